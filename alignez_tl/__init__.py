@@ -1,0 +1,55 @@
+"""alignez-tl: AlignEZ steering for TransformerLens models.
+
+The model writes its own preference pairs (`generate_preferences`), the SVD of the
+differences of their activations gives an alignment subspace (`fit_subspace`), and a
+`Steerer` edits the residual stream along it with TransformerLens hooks.
+"""
+
+from .activations import capture
+from .hooks import SITES, edit_delta, edit_hook, edit_sequential, hook_name, project_out_hook
+from .models import DEFAULT_MODEL, EMBEDDED_MODELS, encode, load_model, model_signature, render
+from .objectives import Objective, get_objective, list_objectives, register_objective
+from .preferences import PreferencePair, PreferenceSet, generate_preferences
+from .steering import QuerySelection, Steerer
+from .subspace import (
+    AlignmentSubspace,
+    EmptySubspaceError,
+    LayerSubspace,
+    SubspaceFileError,
+    SubspaceMismatchError,
+    fit_subspace,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "EMBEDDED_MODELS",
+    "SITES",
+    "AlignmentSubspace",
+    "EmptySubspaceError",
+    "LayerSubspace",
+    "Objective",
+    "PreferencePair",
+    "PreferenceSet",
+    "QuerySelection",
+    "Steerer",
+    "SubspaceFileError",
+    "SubspaceMismatchError",
+    "__version__",
+    "capture",
+    "edit_delta",
+    "edit_hook",
+    "edit_sequential",
+    "encode",
+    "fit_subspace",
+    "generate_preferences",
+    "get_objective",
+    "hook_name",
+    "list_objectives",
+    "load_model",
+    "model_signature",
+    "project_out_hook",
+    "register_objective",
+    "render",
+]

@@ -1,0 +1,274 @@
+"""TransformerLens hook-function factories: capture, edit (boost / suppress), project out.
+
+Every factory returns a plain `fn(activation, hook)` that can go straight into
+`model.hooks(fwd_hooks=[(name, fn)])` or `model.run_with_hooks(...)`. The edit math
+lives in pure functions (`edit_delta`, `edit_sequential`) that take tensors only, so
+it is testable without a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+__all__ = [
+    "SITES",
+    "EditTerm",
+    "PositionTracker",
+    "StopForward",
+    "capture_hook",
+    "edit_delta",
+    "edit_hook",
+    "edit_sequential",
+    "hook_name",
+    "project_out_hook",
+    "stop_hook",
+]
+
+SITES: dict[str, str] = {
+    "resid_post": "blocks.{layer}.hook_resid_post",
+    "resid_pre": "blocks.{layer}.hook_resid_pre",
+    "mlp_out": "blocks.{layer}.hook_mlp_out",
+    "attn_out": "blocks.{layer}.hook_attn_out",
+}
+POSITIONS = ("generated", "all")
+MODES = ("boost", "suppress")
+
+HookFn = Callable[[Tensor, object], Optional[Tensor]]
+
+
+def hook_name(site: str, layer: int) -> str:
+    """The TransformerLens hook name of `site` at `layer` (works on bridge and HookedTransformer)."""
+    if site not in SITES:
+        raise ValueError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
+    return SITES[site].format(layer=int(layer))
+
+
+def check_layers(layers: Sequence[int], n_layers: int) -> list[int]:
+    """Validate layer indices against the model depth; returns them as sorted unique ints."""
+    out = []
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise TypeError(f"layer indices must be ints, got {layer!r}")
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"layer {layer} is out of range: the model has layers 0..{n_layers - 1}")
+        out.append(layer)
+    if not out:
+        raise ValueError("no layers given")
+    return sorted(set(out))
+
+
+# --------------------------------------------------------------------------- capture
+
+
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass once everything needed was captured."""
+
+
+def stop_hook() -> HookFn:
+    """A hook that stops the forward pass (catch `StopForward` around the call)."""
+
+    def fn(activation: Tensor, hook: object) -> None:
+        raise StopForward
+
+    return fn
+
+
+def capture_hook(
+    store: dict, key: object, last_index: Optional[Tensor] = None, stop: bool = False
+) -> HookFn:
+    """Store the activation of the last real token of each row in `store[key]`.
+
+    `last_index[b]` is the position of row b's last real token (default: the final
+    position, right for left-padded or unpadded batches). The stored tensor is
+    `[batch, d_model]` float32, detached. With `stop=True` the hook then raises
+    `StopForward`, so no later layer runs.
+    """
+
+    def fn(activation: Float[Tensor, "batch pos d_model"], hook: object) -> None:
+        if last_index is None:
+            rows = activation[:, -1]
+        else:
+            idx = last_index.to(activation.device)
+            rows = activation[torch.arange(activation.shape[0], device=activation.device), idx]
+        store[key] = rows.detach().to(torch.float32).clone()
+        if stop:
+            raise StopForward
+
+    return fn
+
+
+# --------------------------------------------------------------------------- editing
+
+
+def _sigma(mode: str, x: Tensor) -> Tensor:
+    return torch.tanh(x) if mode == "boost" else torch.relu(x)
+
+
+def edit_delta(
+    x: Float[Tensor, "... d_model"],
+    directions: Float[Tensor, "k d_model"],
+    scales: Float[Tensor, " k"],
+    coef: Float[Tensor, "... k"],
+    mode: str,
+) -> Float[Tensor, "... d_model"]:
+    """The AlignEZ edit of `x` along orthonormal `directions`, as one vectorised step.
+
+    `delta = Σ_j coef_j · s_j · σ(⟨x, θ_j⟩ / s_j) · θ_j` with σ = tanh (boost) or ReLU
+    (suppress). `coef` carries alpha times the per-row 0/1 selection mask (and any
+    objective weight); it broadcasts against `x`'s leading dimensions. Because the θ_j
+    are orthonormal, an edit along θ_i leaves ⟨x, θ_j⟩ unchanged for j ≠ i, so this equals
+    the paper's sequential update (`edit_sequential`) up to rounding.
+    """
+    proj = x @ directions.T  # [..., k]
+    step = coef * scales * _sigma(mode, proj / scales)
+    return step @ directions
+
+
+def edit_sequential(
+    x: Float[Tensor, "... d_model"],
+    directions: Float[Tensor, "k d_model"],
+    scales: Float[Tensor, " k"],
+    alpha: float,
+    mode: str,
+) -> Float[Tensor, "... d_model"]:
+    """The paper's update, one direction after the other (the reference for tests).
+
+    `x̂ ← x̂ + α · s_j · σ(⟨x̂, θ_j⟩ / s_j) · θ_j` for j = 1..k. Returns the edited `x`.
+    """
+    out = x.clone()
+    for theta, s in zip(directions, scales):
+        proj = (out * theta).sum(-1, keepdim=True)
+        out = out + alpha * s * _sigma(mode, proj / s) * theta
+    return out
+
+
+@dataclass
+class EditTerm:
+    """One objective's edit at one layer.
+
+    `directions` [k, d] (orthonormal rows), `scales` [k] (s_j), `coef` [rows, k]:
+    alpha · weight · mask, where rows is 1 (all batch rows alike) or the batch size
+    (per-row selection), and `mode` is "boost" or "suppress".
+    """
+
+    directions: Tensor
+    scales: Tensor
+    coef: Tensor
+    mode: str
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.directions.ndim != 2 or self.coef.ndim != 2:
+            raise ValueError("directions must be [k, d] and coef [rows, k]")
+        if self.coef.shape[1] != self.directions.shape[0] or self.scales.shape != (
+            self.directions.shape[0],
+        ):
+            raise ValueError("directions, scales and coef disagree on k")
+
+
+@dataclass
+class PositionTracker:
+    """Which sequence positions to edit in each forward call.
+
+    `"all"`: every position. `"generated"`: the last prompt token and every generated
+    token, which is what the paper's edit of "the last position of every forward call"
+    touches under KV-cache generation. The tracker recognises the three kinds of call
+    a generation makes:
+
+    * a new sequence (prompt length P, or `prompt_len` when given): positions P-1..S-1;
+    * a KV-cache step (one new token): that position;
+    * a cache-less step (the sequence grew by exactly one token): positions P-1..S-1,
+      so the recomputed past gets the same edits it got when it was generated, and
+      generation with and without the KV cache is identical.
+
+    Each hook holds its own tracker; all hooks see the same calls, so they agree.
+    """
+
+    positions: str = "generated"
+    prompt_len: Optional[int] = None
+    _start: Optional[int] = field(default=None, repr=False)
+    _total: Optional[int] = field(default=None, repr=False)
+    log: Optional[list] = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+
+    def reset(self) -> None:
+        self._start = self._total = None
+
+    def window(self, seq_len: int) -> tuple[int, int]:
+        """The [start, stop) positions of this call to edit, and advance the state."""
+        if self.positions == "all":
+            span = (0, seq_len)
+        elif seq_len == 1 and self._total is not None:  # KV-cache step
+            self._total += 1
+            span = (0, 1)
+        elif self._total is not None and self._start is not None and seq_len == self._total + 1:
+            self._total = seq_len  # cache-less step: the past is recomputed
+            span = (self._start, seq_len)
+        else:  # a new sequence
+            prompt = self.prompt_len if self.prompt_len is not None else seq_len
+            if not 1 <= prompt <= seq_len:
+                raise ValueError(
+                    f"prompt_len={self.prompt_len} does not fit a forward call of {seq_len} positions"
+                )
+            self._start = prompt - 1
+            self._total = seq_len
+            span = (self._start, seq_len)
+        if self.log is not None:
+            self.log.append((seq_len, span))
+        return span
+
+
+def edit_hook(terms: Sequence[EditTerm], tracker: PositionTracker) -> HookFn:
+    """A hook that adds every term's edit, each computed from the same input activation.
+
+    Work is done in float32 and cast back to the activation's dtype. Rows whose
+    coefficients are all zero are returned bit-identical.
+    """
+    if not terms:
+        raise ValueError("edit_hook needs at least one term")
+
+    def fn(activation: Float[Tensor, "batch pos d_model"], hook: object) -> Tensor:
+        start, stop = tracker.window(activation.shape[1])
+        batch = activation.shape[0]
+        x = activation[:, start:stop].to(torch.float32)
+        delta = torch.zeros_like(x)
+        for term in terms:
+            coef = term.coef
+            if coef.shape[0] not in (1, batch):
+                raise ValueError(
+                    f"the steering was set up for {coef.shape[0]} queries but the forward pass "
+                    f"has a batch of {batch}: pass one query per row (or a single query)"
+                )
+            delta = delta + edit_delta(
+                x,
+                term.directions.to(x.device),
+                term.scales.to(x.device),
+                coef.to(x.device)[:, None, :],
+                term.mode,
+            )
+        out = activation.clone()
+        out[:, start:stop] = (x + delta).to(activation.dtype)
+        return out
+
+    return fn
+
+
+def project_out_hook(directions: Float[Tensor, "k d_model"]) -> HookFn:
+    """A hook that removes the span of orthonormal `directions` at every position."""
+
+    def fn(activation: Float[Tensor, "batch pos d_model"], hook: object) -> Tensor:
+        theta = directions.to(device=activation.device, dtype=torch.float32)
+        x = activation.to(torch.float32)
+        x = x - (x @ theta.T) @ theta
+        return x.to(activation.dtype)
+
+    return fn

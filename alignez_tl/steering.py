@@ -1,0 +1,448 @@
+"""Steering: per-query direction filter, layer selection, edit hooks, generation.
+
+A `Steerer` turns one or more fitted `AlignmentSubspace`s into TransformerLens hook
+functions. For each query it measures, at every layer, how much the query's own
+activation already points along each direction (ALIGNEZ.md §3), keeps the directions
+the query does not yet express, scores the layer, and edits the top-n layers. In a
+batch, every row carries its own selection: the hook at a layer edits only the rows
+that chose that layer, with the directions each row kept (per-row masks), so one
+batched `generate` gives the same tokens as one query at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .activations import capture
+from .hooks import MODES, POSITIONS, EditTerm, PositionTracker, check_layers, edit_hook, hook_name
+from .models import encode, model_device, render, stop_token_ids, trim_generated
+from .subspace import AlignmentSubspace
+
+__all__ = ["QuerySelection", "Steerer"]
+
+SCALES = ("fitted", "paper")
+FILTERS = ("paper", "all")
+
+
+@dataclass
+class QuerySelection:
+    """What one objective chose for one query.
+
+    Attributes:
+        query: the query text.
+        layers: the edited layers, best score first.
+        scores: every layer's score `s_l(q) = sqrt(Σ_{θ kept} ⟨q̂, θ⟩²)`.
+        kept: per layer, the indices of the directions the filter kept.
+        cos: per layer, `⟨q̂, θ_j⟩` for every direction (q̂ = the query's unit activation).
+    """
+
+    query: str
+    layers: list[int]
+    scores: dict[int, float]
+    kept: dict[int, list[int]]
+    cos: dict[int, list[float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "layers": self.layers,
+            "scores": {str(k): v for k, v in self.scores.items()},
+            "kept": {str(k): v for k, v in self.kept.items()},
+        }
+
+
+@dataclass(frozen=True)
+class _Term:
+    """One objective inside a Steerer."""
+
+    subspace: AlignmentSubspace
+    alpha: float
+    weight: float
+    mode: str
+    scale: Union[str, float]
+    direction_filter: str
+    top_n: int
+    layers: Optional[tuple[int, ...]]
+
+    def scales(self, layer: int) -> Tensor:
+        sub = self.subspace.layers[layer]
+        if self.scale == "paper":
+            return torch.ones(sub.rank)
+        if self.scale == "fitted":
+            rms = sub.proj_rms.clone()
+            return torch.where(rms > 0, rms, torch.ones_like(rms))
+        return torch.full((sub.rank,), float(self.scale))
+
+    def candidate_layers(self) -> list[int]:
+        usable = [layer for layer, sub in sorted(self.subspace.layers.items()) if sub.rank > 0]
+        if self.layers is None:
+            return usable
+        return [layer for layer in self.layers if layer in usable]
+
+
+def _check_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+class Steerer:
+    """Edits a model's residual stream along fitted alignment subspaces.
+
+    Args:
+        subspace: a fitted `AlignmentSubspace`.
+        alpha: step size α. Default: +1 for a boost objective, −1 for a suppress one
+            (the paper's values).
+        mode: `"boost"` (σ = tanh) or `"suppress"` (σ = ReLU); default from the subspace's
+            objective.
+        scale: `"fitted"` (default: s_j = RMS of the fitted activations' projections on
+            θ_j), `"paper"` (s_j = 1, the paper's exact formula), or a positive number.
+        direction_filter: `"paper"` keeps, per query and layer, the directions the query
+            does not already express (⟨q̂, θ⟩ ≤ 0 when boosting, > 0 when suppressing);
+            `"all"` keeps every direction.
+        top_n: how many layers to edit per query, by score (paper: 5).
+        layers: a fixed list of layers instead of per-query top-n selection (the
+            direction filter still applies when a query is given).
+        positions: `"generated"` (default: the last prompt token and every generated
+            token, the paper's KV-cache behaviour) or `"all"`.
+        weight: this objective's weight when composed with others.
+
+    Use `Steerer.compose` for several objectives; `hooks()` for plain `(name, fn)` pairs;
+    `apply()` as a context manager; `generate()` for batched steered generation.
+    """
+
+    def __init__(
+        self,
+        subspace: AlignmentSubspace,
+        alpha: Optional[float] = None,
+        *,
+        mode: Optional[str] = None,
+        scale: Union[str, float] = "fitted",
+        direction_filter: str = "paper",
+        top_n: int = 5,
+        layers: Optional[Sequence[int]] = None,
+        positions: str = "generated",
+        weight: float = 1.0,
+    ) -> None:
+        if not isinstance(subspace, AlignmentSubspace):
+            raise TypeError(f"Steerer needs an AlignmentSubspace, got {type(subspace).__name__}")
+        mode = subspace.mode if mode is None else mode
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        alpha = (1.0 if mode == "boost" else -1.0) if alpha is None else _check_number("alpha", alpha)
+        weight = _check_number("weight", weight)
+        if weight < 0:
+            raise ValueError(f"weight must be >= 0, got {weight}")
+        if isinstance(scale, str):
+            if scale not in SCALES:
+                raise ValueError(f"scale must be one of {SCALES} or a positive number, got {scale!r}")
+        elif _check_number("scale", scale) <= 0:
+            raise ValueError(f"a numeric scale must be positive, got {scale}")
+        if direction_filter not in FILTERS:
+            raise ValueError(f"direction_filter must be one of {FILTERS}, got {direction_filter!r}")
+        if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
+            raise ValueError(f"top_n must be a positive int, got {top_n!r}")
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+        fixed = None
+        if layers is not None:
+            n_layers = int(subspace.model.get("n_layers") or (max(subspace.layers) + 1))
+            fixed = tuple(check_layers(list(layers), n_layers))
+            missing = [layer for layer in fixed if layer not in subspace.layers]
+            if missing:
+                raise ValueError(
+                    f"layers {missing} were not fitted; the subspace has layers {subspace.layer_indices}"
+                )
+            empty = [layer for layer in fixed if subspace.layers[layer].rank == 0]
+            if len(empty) == len(fixed):
+                raise ValueError(f"layers {fixed} have no directions (every pair was filtered out there)")
+        self.terms: list[_Term] = [
+            _Term(subspace, alpha, weight, mode, scale, direction_filter, top_n, fixed)
+        ]
+        self.positions = positions
+
+    # ------------------------------------------------------------------ composition
+
+    @classmethod
+    def compose(
+        cls, steerers: Sequence["Steerer"], weights: Optional[Sequence[float]] = None
+    ) -> "Steerer":
+        """Several objectives at once: `x̂ = x + Σ_p w_p · Δ_p(x)`.
+
+        Every objective's edit Δ_p is computed from the same input x (not compounded),
+        and each objective chooses its own layers per query.
+        """
+        steerers = list(steerers)
+        if not steerers:
+            raise ValueError("compose needs at least one Steerer")
+        weights = [1.0] * len(steerers) if weights is None else list(weights)
+        if len(weights) != len(steerers):
+            raise ValueError(f"{len(weights)} weights for {len(steerers)} steerers")
+        positions = {s.positions for s in steerers}
+        if len(positions) != 1:
+            raise ValueError(f"composed steerers must share `positions`; got {sorted(positions)}")
+        d_models = {t.subspace.d_model for s in steerers for t in s.terms}
+        sites = {t.subspace.site for s in steerers for t in s.terms}
+        if len(d_models) != 1 or len(sites) != 1:
+            raise ValueError("composed subspaces must share d_model and site")
+        out = cls.__new__(cls)
+        out.positions = positions.pop()
+        out.terms = []
+        for steerer, w in zip(steerers, weights):
+            w = _check_number("weight", w)
+            if w < 0:
+                raise ValueError(f"weights must be >= 0, got {w}")
+            out.terms.extend(replace(t, weight=t.weight * w) for t in steerer.terms)
+        return out
+
+    def overlap(self) -> list[list[float]]:
+        """Mean absolute cosine between objectives' directions, over shared layers.
+
+        Entry [p][q] is the mean |⟨θ_p, θ_q⟩| over all direction pairs at the layers
+        both subspaces fitted: 0 means orthogonal objectives, 1 identical ones.
+        """
+        n = len(self.terms)
+        out = [[0.0] * n for _ in range(n)]
+        for i, a in enumerate(self.terms):
+            for j, b in enumerate(self.terms):
+                vals = []
+                for layer in set(a.subspace.layers) & set(b.subspace.layers):
+                    ta, tb = a.subspace.layers[layer].directions, b.subspace.layers[layer].directions
+                    if ta.numel() and tb.numel():
+                        vals.append((ta @ tb.T).abs().mean())
+                out[i][j] = float(torch.stack(vals).mean()) if vals else 0.0
+        return out
+
+    # ------------------------------------------------------------------ selection
+
+    def check_model(self, model: Any, *, strict: bool = True) -> None:
+        for term in self.terms:
+            term.subspace.check_model(model, strict=strict)
+
+    def select(
+        self, model: Any, queries: Sequence[str], *, chat: Optional[bool] = None, batch_size: int = 16
+    ) -> list[list[QuerySelection]]:
+        """Per objective, per query: the kept directions, layer scores and chosen layers.
+
+        The query activation is the last token of `render(model, query)`: for a chat
+        model, the end of the generation prompt, which is the first position steering
+        edits during generation.
+        """
+        queries = _as_queries(queries)
+        site = self.terms[0].subspace.site
+        layers = sorted({layer for t in self.terms for layer in t.candidate_layers()})
+        texts = [render(model, q, chat=chat) for q in queries]
+        acts = capture(model, texts, layers, site, batch_size=batch_size, chat=chat)
+        unit = acts / acts.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        index = {layer: i for i, layer in enumerate(layers)}
+        result = []
+        for term in self.terms:
+            per_query = []
+            for qi, query in enumerate(queries):
+                scores, kept, cosines = {}, {}, {}
+                for layer in term.candidate_layers():
+                    theta = term.subspace.layers[layer].directions
+                    cos = theta @ unit[qi, index[layer]]
+                    if term.direction_filter == "all":
+                        keep = torch.ones_like(cos, dtype=torch.bool)
+                    elif term.mode == "boost":
+                        keep = cos <= 0
+                    else:
+                        keep = cos > 0
+                    kept[layer] = keep.nonzero().flatten().tolist()
+                    scores[layer] = float(cos[keep].square().sum().sqrt())
+                    cosines[layer] = cos.tolist()
+                ranked = [layer for layer in scores if kept[layer]]
+                if term.layers is None:
+                    ranked.sort(key=lambda layer: (-scores[layer], layer))
+                    chosen = ranked[: term.top_n]
+                else:
+                    chosen = ranked
+                per_query.append(QuerySelection(query, chosen, scores, kept, cosines))
+            result.append(per_query)
+        return result
+
+    # ------------------------------------------------------------------ hooks
+
+    def hooks(
+        self,
+        model: Any,
+        query: Union[str, Sequence[str], None] = None,
+        *,
+        selections: Optional[list[list[QuerySelection]]] = None,
+        prompt_len: Optional[int] = None,
+        chat: Optional[bool] = None,
+        record: Optional[list] = None,
+        strict: bool = True,
+    ) -> list[tuple[str, Any]]:
+        """Plain `(hook_name, fn)` pairs for `model.hooks(fwd_hooks=...)` or `run_with_hooks`.
+
+        Args:
+            query: one query (its selection applies to every batch row) or one query per
+                batch row. Without a query, a Steerer built with fixed `layers` edits all
+                directions at those layers.
+            selections: reuse the output of `select()` instead of recomputing it.
+            prompt_len: the padded prompt length, when known: pins which positions
+                `positions="generated"` edits (see `hooks.PositionTracker`).
+            record: a list that receives `(hook_name, seq_len, (start, stop))` for every
+                edit, to check which positions were edited.
+            strict: refuse a subspace fitted on a model with another id.
+
+        Each call returns fresh hooks with fresh position state: use one set per generation.
+        """
+        self.check_model(model, strict=strict)
+        if selections is None and query is not None:
+            queries = [query] if isinstance(query, str) else _as_queries(query)
+            selections = self.select(model, queries, chat=chat)
+        by_layer: dict[int, list[EditTerm]] = {}
+        for ti, term in enumerate(self.terms):
+            rows = self._masks(term, None if selections is None else selections[ti])
+            for layer, mask in rows.items():
+                coef = mask * (term.alpha * term.weight)
+                by_layer.setdefault(layer, []).append(
+                    EditTerm(term.subspace.layers[layer].directions, term.scales(layer), coef, term.mode)
+                )
+        site = self.terms[0].subspace.site
+        out = []
+        for layer in sorted(by_layer):
+            name = hook_name(site, layer)
+            log = None
+            if record is not None:
+                log = _NamedLog(record, name)
+            tracker = PositionTracker(self.positions, prompt_len, log=log)
+            out.append((name, edit_hook(by_layer[layer], tracker)))
+        return out
+
+    def _masks(self, term: _Term, selections: Optional[list[QuerySelection]]) -> dict[int, Tensor]:
+        """Per layer, a `[rows, k]` 0/1 mask of the directions each row edits."""
+        masks: dict[int, Tensor] = {}
+        if selections is None:
+            if term.layers is None:
+                raise ValueError(
+                    "no query given: pass query=... (per-query layer selection) or build the "
+                    "Steerer with layers=[...] to edit fixed layers"
+                )
+            for layer in term.candidate_layers():
+                masks[layer] = torch.ones(1, term.subspace.layers[layer].rank)
+            return masks
+        for row, sel in enumerate(selections):
+            for layer in sel.layers:
+                if layer not in masks:
+                    masks[layer] = torch.zeros(len(selections), term.subspace.layers[layer].rank)
+                masks[layer][row, sel.kept[layer]] = 1.0
+        return masks
+
+    @contextlib.contextmanager
+    def apply(
+        self,
+        model: Any,
+        query: Union[str, Sequence[str], None] = None,
+        **kwargs: Any,
+    ) -> Iterator[list[tuple[str, Any]]]:
+        """Context manager: the steering hooks are on inside, removed on exit (even on error).
+
+        `kwargs` go to `hooks()`. Yields the `(name, fn)` pairs it added.
+        """
+        hooks = self.hooks(model, query, **kwargs)
+        with model.hooks(fwd_hooks=hooks):
+            yield hooks
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(
+        self,
+        model: Any,
+        queries: Sequence[str],
+        *,
+        prompts: Optional[Sequence[str]] = None,
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: Optional[float] = None,
+        seed: int = 0,
+        batch_size: int = 8,
+        use_past_kv_cache: bool = True,
+        steer: bool = True,
+        chat: Optional[bool] = None,
+        verbose: bool = False,
+        return_tokens: bool = False,
+    ) -> Union[list[str], tuple[list[list[int]], list[str]]]:
+        """Steered generation for many queries, batched, one `generate` call per batch.
+
+        Each query is rendered with `models.render` (chat template for instruct models),
+        unless `prompts` gives the exact prompt text per query. Every row of a batch gets
+        its own layers and directions. Greedy by default. `steer=False` gives the
+        unsteered answers through the same code path (the fair baseline).
+
+        Returns the decoded new text of each query, cut at the first stop token, or
+        `(new_token_ids, texts)` with `return_tokens=True`.
+        """
+        queries = _as_queries(queries)
+        if prompts is not None and len(prompts) != len(queries):
+            raise ValueError(f"{len(prompts)} prompts for {len(queries)} queries")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.check_model(model)
+        texts = list(prompts) if prompts is not None else [render(model, q, chat=chat) for q in queries]
+        text_chat = chat if prompts is None else False
+        stops = stop_token_ids(model)
+        device = model_device(model)
+        all_ids: list[list[int]] = []
+        starts = range(0, len(queries), batch_size)
+        for bi, start in enumerate(tqdm(starts, desc="steered generation" if steer else "generation",
+                                        disable=not verbose, leave=False)):
+            batch = encode(model, texts[start : start + batch_size], chat=text_chat)
+            hooks = []
+            if steer:
+                hooks = self.hooks(model, queries[start : start + batch_size],
+                                   prompt_len=batch.input_ids.shape[1], chat=chat)
+            torch.manual_seed(seed + bi)
+            kwargs: dict[str, Any] = dict(
+                max_new_tokens=max_new_tokens, do_sample=do_sample, stop_at_eos=True,
+                eos_token_id=stops, verbose=False, use_past_kv_cache=use_past_kv_cache,
+            )
+            if do_sample:
+                kwargs.update(temperature=temperature, top_p=top_p)
+            if batch.padded:
+                kwargs["attention_mask"] = batch.attention_mask.to(device)
+            with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
+                out = model.generate(batch.input_ids.to(device), **kwargs)
+            new = out[:, batch.input_ids.shape[1] :]
+            all_ids.extend(trim_generated(row.tolist(), stops) for row in new)
+        decoded = [model.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in all_ids]
+        return (all_ids, decoded) if return_tokens else decoded
+
+
+class _NamedLog(list):
+    """Adapter: a PositionTracker log that writes `(hook_name, seq_len, span)` to a shared list."""
+
+    def __init__(self, sink: list, name: str) -> None:
+        super().__init__()
+        self._sink, self._name = sink, name
+
+    def append(self, item: Any) -> None:  # type: ignore[override]
+        seq_len, span = item
+        self._sink.append((self._name, seq_len, span))
+
+
+def _as_queries(queries: Any) -> list[str]:
+    if isinstance(queries, str):
+        raise TypeError("expected a list of queries, got a single string: wrap it in a list")
+    queries = list(queries)
+    if not queries:
+        raise ValueError("the query list is empty")
+    for q in queries:
+        if not isinstance(q, str) or not q.strip():
+            raise ValueError(f"every query must be a non-empty string; got {q!r}")
+    return queries
