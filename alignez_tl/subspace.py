@@ -251,15 +251,18 @@ class AlignmentSubspace:
 
     # ------------------------------------------------------------------ checks
 
-    def check_model(self, model: Any, *, strict: bool = True) -> None:
+    def check_model(self, model: Any, *, strict: bool = True, site: Optional[str] = None) -> None:
         """Refuse a model this subspace was not fitted on, saying why.
 
         Always refused: a different `d_model`, a layer beyond the model's depth, a
         different `n_layers` or TransformerLens compatibility mode (different residual
-        numerics). With `strict=True` (default) a different model id is refused too.
+        numerics), and, when `site` is given, a different hook site. With `strict=True`
+        (default) a different model id is refused too.
         """
         sig = model_signature(model)
         reasons = []
+        if site is not None and site != self.site:
+            reasons.append(f"site {self.site!r} (subspace) vs {site!r} (requested)")
         if sig["d_model"] != self.d_model:
             reasons.append(f"d_model {self.d_model} (subspace) vs {sig['d_model']} (model)")
         if self.model:
@@ -279,7 +282,7 @@ class AlignmentSubspace:
             reasons.append(f"layers {too_deep} do not exist in a {sig['n_layers']}-layer model")
         if reasons:
             raise SubspaceMismatchError(
-                "this subspace was fitted on a different model: " + "; ".join(reasons)
+                "this subspace does not fit: " + "; ".join(reasons)
                 + (". Pass strict=False to accept a different model id only." if strict else "")
             )
 
@@ -323,12 +326,18 @@ class AlignmentSubspace:
 
     @classmethod
     def load(
-        cls, path: Union[str, os.PathLike], model: Any = None, *, strict: bool = True
+        cls,
+        path: Union[str, os.PathLike],
+        model: Any = None,
+        *,
+        strict: bool = True,
+        site: Optional[str] = None,
     ) -> "AlignmentSubspace":
         """Read a subspace file, validating format, version, shapes and dtypes.
 
-        With `model`, also refuse it when it does not match (`check_model`). No code is
-        executed on load (safetensors holds raw tensors and a JSON header only).
+        With `model`, also refuse it when it does not match (`check_model`; `site` too
+        when given). No code is executed on load (safetensors holds raw tensors and a
+        JSON header only).
         """
         from safetensors import safe_open
 
@@ -391,15 +400,19 @@ class AlignmentSubspace:
         if sub.site not in SITES:
             raise SubspaceFileError(f"{path}: unknown site {sub.site!r}")
         if model is not None:
-            sub.check_model(model, strict=strict)
+            sub.check_model(model, strict=strict, site=site)
+        elif site is not None and site != sub.site:
+            raise SubspaceMismatchError(f"{path}: fitted at site {sub.site!r}, requested {site!r}")
         return sub
 
 
 def _atomic_write(path: Path, write) -> None:
     """Call `write(tmp_path)` on a temporary file next to `path`, then rename it over."""
     folder = path.parent if str(path.parent) else Path(".")
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"cannot write {path}: {folder} is not a folder")
     if not folder.is_dir():
-        raise FileNotFoundError(f"the folder {folder} does not exist")
+        raise FileNotFoundError(f"cannot write {path}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise PermissionError(f"the folder {folder} is not writable")
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")

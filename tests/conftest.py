@@ -1,0 +1,31 @@
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from tiny import make_model  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def llama():
+    """Tiny random Llama bridge (float32: the bridge's Llama attention gives NaN for
+    padded rows in float64), with a ChatML chat template."""
+    return make_model("llama", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def gpt2():
+    """Tiny random GPT-2 bridge in float64 (no chat template): near-exact numerics."""
+    return make_model("gpt2", dtype=torch.float64)
+
+
+@pytest.fixture(params=["llama", "gpt2"])
+def tiny(request, llama, gpt2):
+    return {"llama": llama, "gpt2": gpt2}[request.param]
+
+

@@ -1,0 +1,134 @@
+"""The edit math and the position tracker, on plain tensors."""
+
+import math
+
+import pytest
+import torch
+
+from alignez_tl.hooks import (
+    EditTerm,
+    PositionTracker,
+    edit_delta,
+    edit_hook,
+    edit_sequential,
+    hook_name,
+    project_out_hook,
+)
+
+
+def orthonormal(k, d, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=torch.float64))
+    return q.T.contiguous()  # [k, d]
+
+
+def test_hook_names():
+    assert hook_name("resid_post", 3) == "blocks.3.hook_resid_post"
+    assert hook_name("mlp_out", 0) == "blocks.0.hook_mlp_out"
+    assert hook_name("resid_pre", 2) == "blocks.2.hook_resid_pre"
+    assert hook_name("attn_out", 1) == "blocks.1.hook_attn_out"
+    with pytest.raises(ValueError, match="unknown site"):
+        hook_name("resid_mid_typo", 1)
+
+
+def test_edit_matches_hand_computation():
+    theta = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    x = torch.tensor([2.0, -3.0, 5.0], dtype=torch.float64)
+    scales = torch.tensor([4.0, 0.5], dtype=torch.float64)
+    alpha = 1.5
+    # by hand: direction 0: <x,θ0>=2 -> 1.5*4*tanh(2/4); direction 1: <x,θ1>=-3 -> 1.5*0.5*tanh(-6)
+    expected = torch.tensor(
+        [2.0 + 1.5 * 4 * math.tanh(0.5), -3.0 + 1.5 * 0.5 * math.tanh(-6.0), 5.0], dtype=torch.float64
+    )
+    coef = torch.full((2,), alpha, dtype=torch.float64)
+    got = x + edit_delta(x, theta, scales, coef, "boost")
+    assert torch.allclose(got, expected, atol=1e-14, rtol=0)
+    assert torch.allclose(edit_sequential(x, theta, scales, alpha, "boost"), expected, atol=1e-14, rtol=0)
+    # suppress with alpha=-1: only the positive part along each direction is removed
+    sup = x + edit_delta(x, theta, torch.ones(2, dtype=torch.float64), torch.full((2,), -1.0, dtype=torch.float64), "suppress")
+    assert torch.equal(sup, torch.tensor([0.0, -3.0, 5.0], dtype=torch.float64))
+
+
+def test_vectorised_equals_sequential_for_orthonormal_directions():
+    theta = orthonormal(5, 32)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(7, 32, generator=g, dtype=torch.float64) * 10
+    scales = torch.rand(5, generator=g, dtype=torch.float64) + 0.1
+    for mode, alpha in (("boost", 0.7), ("suppress", -1.0)):
+        seq = edit_sequential(x, theta, scales, alpha, mode)
+        vec = x + edit_delta(x, theta, scales, torch.full((5,), alpha, dtype=torch.float64), mode)
+        assert torch.allclose(seq, vec, atol=1e-12, rtol=0)
+
+
+def test_paper_scale_is_the_exact_paper_formula():
+    """scale s_j = 1 gives x + α·tanh(<x,θ>)·θ per direction, in sequence."""
+    theta = orthonormal(3, 16, seed=4)
+    x = torch.randn(16, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    ref = x.clone()
+    for t in theta:  # the authors' update, written out
+        ref = ref + 1.0 * torch.tanh(torch.dot(ref, t)) * t
+    got = x + edit_delta(x, theta, torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64), "boost")
+    assert torch.allclose(got, ref, atol=1e-14, rtol=0)
+
+
+def test_edit_is_bounded_by_alpha_times_scale_per_direction():
+    theta = orthonormal(4, 8)
+    scales = torch.tensor([0.5, 1.0, 2.0, 3.0], dtype=torch.float64)
+    alpha = 2.0
+    x = torch.randn(100, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 1e6
+    delta = edit_delta(x, theta, scales, torch.full((4,), alpha, dtype=torch.float64), "boost")
+    per_dir = (delta @ theta.T).abs()
+    assert (per_dir <= alpha * scales + 1e-9).all()
+    assert torch.isfinite(delta).all()
+    # tanh keeps the sign: a boost grows |<x, θ>| and never flips it;
+    # suppress (ReLU, alpha=-1) never leaves the projection positive
+    before, after = x @ theta.T, (x + delta) @ theta.T
+    assert (after.abs() >= before.abs() - 1e-6).all()
+    assert (torch.sign(after) == torch.sign(before)).all()
+    sup = x + edit_delta(x, theta, torch.ones(4, dtype=torch.float64), -torch.ones(4, dtype=torch.float64), "suppress")
+    assert ((sup @ theta.T) <= 1e-6).all()
+
+
+def test_edit_hook_per_row_mask_and_dtype():
+    theta = orthonormal(2, 8).float()
+    act = torch.randn(3, 5, 8).to(torch.bfloat16)
+    coef = torch.tensor([[1.0, 1.0], [0.0, 0.0], [0.0, 1.0]])
+    fn = edit_hook([EditTerm(theta, torch.ones(2), coef, "boost")], PositionTracker("all"))
+    out = fn(act, None)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out[1], act[1])  # a row that selected nothing is untouched, bit for bit
+    x = act[2].float()
+    want = (x + edit_delta(x, theta, torch.ones(2), coef[2], "boost")).to(torch.bfloat16)
+    assert torch.equal(out[2], want)
+    assert not torch.equal(out[0], act[0])
+    with pytest.raises(ValueError, match="batch of 4"):
+        fn(torch.randn(4, 5, 8), None)
+
+
+def test_position_tracker_generated_with_and_without_cache():
+    # KV-cache generation: prompt of 6, then one token per call
+    t = PositionTracker("generated", log=[])
+    assert t.window(6) == (5, 6)
+    assert t.window(1) == (0, 1)
+    assert t.window(1) == (0, 1)
+    # cache-less: the whole sequence each call; the past keeps its edits
+    t = PositionTracker("generated")
+    assert t.window(6) == (5, 6)
+    assert t.window(7) == (5, 7)
+    assert t.window(8) == (5, 8)
+    # a new, shorter prompt restarts
+    assert t.window(4) == (3, 4)
+    # a pinned prompt length
+    t = PositionTracker("generated", prompt_len=4)
+    assert t.window(4) == (3, 4)
+    assert t.window(5) == (3, 5)
+    assert PositionTracker("all").window(9) == (0, 9)
+    with pytest.raises(ValueError):
+        PositionTracker("last")
+
+
+def test_project_out_removes_the_span():
+    theta = orthonormal(3, 10)
+    x = torch.randn(2, 4, 10, dtype=torch.float64)
+    out = project_out_hook(theta)(x, None)
+    assert (out.float() @ theta.float().T).abs().max() < 1e-5

