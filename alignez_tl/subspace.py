@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -28,6 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ._io import atomic_write
 from .activations import capture, capture_tokens
 from .hooks import SITES, check_layers
 from .models import Encoded, model_signature, render, require_tokenizer
@@ -314,14 +314,12 @@ class AlignmentSubspace:
         from safetensors.torch import save_file
 
         path = Path(path)
-        if path.is_dir():
-            raise IsADirectoryError(f"{path} is a folder; give a file path such as {path / 'subspace.safetensors'}")
         tensors = {}
         for layer, sub in self.layers.items():
             for name in LayerSubspace._TENSORS:
                 tensors[f"layer.{layer}.{name}"] = getattr(sub, name).detach().to(torch.float32).contiguous()
         meta = {"alignez": json.dumps(self._metadata(), sort_keys=True)}
-        _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
         return path
 
     @classmethod
@@ -404,26 +402,6 @@ class AlignmentSubspace:
         elif site is not None and site != sub.site:
             raise SubspaceMismatchError(f"{path}: fitted at site {sub.site!r}, requested {site!r}")
         return sub
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)` on a temporary file next to `path`, then rename it over."""
-    folder = path.parent if str(path.parent) else Path(".")
-    if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"cannot write {path}: {folder} is not a folder")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"cannot write {path}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise PermissionError(f"the folder {folder} is not writable")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _versions() -> dict[str, str]:

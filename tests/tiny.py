@@ -8,6 +8,8 @@ corpus, with BOS/EOS/PAD and, for the Llama one, a ChatML chat template.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 import warnings
 from functools import lru_cache
@@ -51,8 +53,15 @@ def _tokenizer_dir(chat: bool) -> str:
     )
     if chat:
         tok.chat_template = CHATML
-    path = tempfile.mkdtemp(prefix="alignez-tok-")
+    path = _scratch("alignez-tok-")
     tok.save_pretrained(path)
+    return path
+
+
+def _scratch(prefix: str) -> str:
+    """A temporary folder removed when the test process exits."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
 
 
@@ -96,7 +105,7 @@ def make_model(arch: str = "llama", *, n_layers: int = 4, d_model: int = 64, see
     from transformer_lens.model_bridge import TransformerBridge
 
     hf, tok = make_hf_model(arch, n_layers=n_layers, d_model=d_model, seed=seed, dtype=dtype)
-    path = Path(tempfile.mkdtemp(prefix=f"alignez-{arch}-"))
+    path = Path(_scratch(f"alignez-{arch}-"))
     hf.config.save_pretrained(path)
     tok.save_pretrained(path)
     with warnings.catch_warnings():

@@ -1,0 +1,393 @@
+"""The `alignez` command: demo, prefs, fit, generate.
+
+Every subcommand takes `--model`, `--seed`, `--out` and `--quiet`, checks its inputs and
+its output location before any model work starts, and writes each file atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from ._io import atomic_write_jsonl, atomic_write_text, check_writable_folder
+
+DEMO_QUERIES = [
+    "How can I get better at managing my time?",
+    "Explain why the sky is blue.",
+    "What should I pack for a weekend hiking trip?",
+    "How do I make a simple tomato pasta sauce?",
+]
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _say(args: argparse.Namespace, *parts: Any) -> None:
+    if not args.quiet:
+        print(*parts, flush=True)
+
+
+def _read_queries(args: argparse.Namespace) -> list[str]:
+    """Queries from repeated --query and/or --queries FILE (plain lines or JSONL)."""
+    queries = list(args.query or [])
+    if args.queries:
+        path = Path(args.queries)
+        if not path.is_file():
+            raise CLIError(f"--queries: no such file: {path}")
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("{"):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise CLIError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
+                if not isinstance(record.get("query"), str) or not record["query"].strip():
+                    raise CLIError(f"{path}:{lineno}: a JSON line needs a non-empty \"query\" string")
+                queries.append(record["query"])
+            else:
+                queries.append(line)
+    if not queries:
+        raise CLIError("no queries: pass --query TEXT (repeatable) or --queries FILE")
+    return queries
+
+
+def _check_out_file(path: str, force: bool) -> Path:
+    out = Path(path)
+    if out.exists() and not force:
+        raise CLIError(f"{out} exists; pass --force to overwrite it")
+    if out.is_dir():
+        raise CLIError(f"{out} is a folder; give a file path")
+    try:
+        check_writable_folder(out.parent if str(out.parent) else ".")
+    except OSError as exc:
+        raise CLIError(str(exc)) from None
+    return out
+
+
+def _prepare_out_dir(path: Optional[str], force: bool, prefix: str) -> Path:
+    out = Path(path) if path else Path(f"alignez-out/{prefix}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise CLIError(f"--out {out} is not empty; pass --force to write into it")
+    try:
+        check_writable_folder(out)
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"cannot use --out {out}: {exc}") from None
+    return out
+
+
+def _load(args: argparse.Namespace) -> Any:
+    import torch
+
+    from .models import ModelSpecError, load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return load_model(args.model, verbose=not args.quiet)
+    except ModelSpecError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _parse_layers(text: Optional[str]) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise CLIError(f"--layers takes comma-separated integers, got {text!r}") from None
+
+
+def _steerer(args: argparse.Namespace, sub: Any) -> Any:
+    from .steering import Steerer
+
+    try:
+        return Steerer(
+            sub, alpha=args.alpha, scale=_scale(args.scale), direction_filter=args.filter,
+            top_n=args.top_n, layers=_parse_layers(args.layers), positions=args.positions,
+        )
+    except (TypeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _scale(text: str) -> Any:
+    if text in ("fitted", "paper"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise CLIError(f"--scale takes fitted, paper or a positive number, got {text!r}") from None
+
+
+def _side_by_side(rows: Sequence[dict], width: int = 100) -> str:
+    out = []
+    for row in rows:
+        out.append("=" * width)
+        out.append(f"Q: {row['query']}")
+        out.append(f"   edited layers: {row['layers'] or 'none'}")
+        for label in ("base", "steered"):
+            wrapped = textwrap.fill(row[label] or "(empty)", width=width - 12,
+                                    subsequent_indent=" " * 11)
+            out.append(f"  {label:>7}: {wrapped}")
+    out.append("=" * width)
+    return "\n".join(out)
+
+
+def _generate_rows(args, model, steerer, queries) -> list[dict]:
+    base = steerer.generate(model, queries, max_new_tokens=args.max_new_tokens, steer=False,
+                            batch_size=args.batch_size, seed=args.seed, verbose=not args.quiet)
+    steered = steerer.generate(model, queries, max_new_tokens=args.max_new_tokens,
+                               batch_size=args.batch_size, seed=args.seed, verbose=not args.quiet)
+    selections = steerer.select(model, queries)
+    rows = []
+    for i, q in enumerate(queries):
+        per_objective = [sel[i] for sel in selections]
+        rows.append({
+            "query": q,
+            "base": base[i],
+            "steered": steered[i],
+            "changed": base[i] != steered[i],
+            "layers": sorted({layer for sel in per_objective for layer in sel.layers}),
+            "selection": [sel.to_dict() for sel in per_objective],
+        })
+    return rows
+
+
+def _steer_settings(args) -> dict[str, Any]:
+    return {"alpha": args.alpha, "scale": args.scale, "filter": args.filter, "top_n": args.top_n,
+            "layers": args.layers, "positions": args.positions,
+            "max_new_tokens": args.max_new_tokens, "decoding": "greedy", "seed": args.seed}
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .preferences import generate_preferences
+    from .subspace import fit_subspace
+
+    out = _prepare_out_dir(args.out, args.force, "demo")
+    queries = DEMO_QUERIES[: args.n_queries]
+    t0 = time.perf_counter()
+    model = _load(args)
+    _say(args, f"[1/4] self-generating {args.objective} preference pairs for {len(queries)} queries")
+    prefs = generate_preferences(
+        model, queries, objective=args.objective, n_characteristics=args.n_characteristics,
+        elicit_tokens=args.elicit_tokens, response_tokens=args.response_tokens,
+        seed=args.seed, batch_size=args.batch_size, verbose=not args.quiet,
+    )
+    prefs.save(out / "pairs.jsonl")
+    _say(args, f"      {len(prefs)} pairs -> {out / 'pairs.jsonl'}")
+    _say(args, "[2/4] fitting the alignment subspace at every layer (resid_post)")
+    sub = fit_subspace(model, prefs, batch_size=args.batch_size, verbose=not args.quiet)
+    sub.save(out / "subspace.safetensors")
+    _say(args, textwrap.indent(sub.summary(), "      "))
+    _say(args, "[3/4] generating base and steered answers (greedy)")
+    steerer = _steerer(args, sub)
+    rows = _generate_rows(args, model, steerer, queries)
+    atomic_write_jsonl(out / "generations.jsonl", rows)
+    _say(args, "[4/4] base vs steered")
+    _say(args, _side_by_side(rows))
+    summary = {
+        "model": args.model, "objective": args.objective, "queries": queries,
+        "pairs": len(prefs), "ranks": {str(k): v for k, v in sub.ranks().items()},
+        "steering": _steer_settings(args), "changed": sum(r["changed"] for r in rows),
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "files": ["pairs.jsonl", "subspace.safetensors", "generations.jsonl", "summary.json"],
+    }
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    print(f"{summary['changed']}/{len(rows)} answers changed; wrote {out}/ "
+          "(pairs.jsonl, subspace.safetensors, generations.jsonl, summary.json)")
+    return 0
+
+
+def cmd_prefs(args: argparse.Namespace) -> int:
+    from .objectives import get_objective
+    from .preferences import generate_preferences
+
+    queries = _read_queries(args)
+    try:
+        get_objective(args.objective)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    out = _check_out_file(args.out, args.force)
+    model = _load(args)
+    prefs = generate_preferences(
+        model, queries, objective=args.objective, n_characteristics=args.n_characteristics,
+        elicit_tokens=args.elicit_tokens, response_tokens=args.response_tokens,
+        do_sample=not args.greedy, temperature=args.temperature, top_p=args.top_p,
+        seed=args.seed, batch_size=args.batch_size, verbose=not args.quiet,
+    )
+    prefs.save(out)
+    print(f"wrote {len(prefs)} pairs to {out}")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .preferences import PreferenceSet
+    from .subspace import EmptySubspaceError, fit_subspace
+
+    prefs_path = Path(args.prefs)
+    if not prefs_path.is_file():
+        raise CLIError(f"--prefs: no such file: {prefs_path}")
+    try:
+        prefs = PreferenceSet.load(prefs_path)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    out = _check_out_file(args.out, args.force)
+    model = _load(args)
+    try:
+        sub = fit_subspace(
+            model, prefs, layers=_parse_layers(args.layers), site=args.site, tau=args.tau,
+            variance=args.variance, max_rank=args.max_rank, batch_size=args.batch_size,
+            verbose=not args.quiet,
+        )
+    except (EmptySubspaceError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    sub.save(out)
+    _say(args, sub.summary())
+    print(f"wrote the subspace to {out}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .subspace import AlignmentSubspace, SubspaceFileError, SubspaceMismatchError
+
+    queries = _read_queries(args)
+    out = _check_out_file(args.out, args.force)
+    try:
+        sub = AlignmentSubspace.load(args.subspace)
+    except SubspaceFileError as exc:
+        raise CLIError(str(exc)) from None
+    steerer = _steerer(args, sub)
+    model = _load(args)
+    try:
+        sub.check_model(model)
+    except SubspaceMismatchError as exc:
+        raise CLIError(str(exc)) from None
+    rows = _generate_rows(args, model, steerer, queries)
+    atomic_write_jsonl(out, rows)
+    _say(args, _side_by_side(rows))
+    print(f"wrote {len(rows)} generations to {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    from .models import DEFAULT_MODEL, EMBEDDED_MODELS
+
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"embedded key ({', '.join(EMBEDDED_MODELS)}), Hugging Face name or local "
+                        f"folder (default: {DEFAULT_MODEL})")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling and batching (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or tables; print only the result line")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per forward/generate call (default: 16)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+
+
+def _gen_options(p: argparse.ArgumentParser, elicit: int, response: int) -> None:
+    p.add_argument("--objective", default="helpful",
+                   help="helpful, harmless, humor, creative or math (default: helpful)")
+    p.add_argument("--n-characteristics", type=int, default=3, help="pairs per query (default: 3)")
+    p.add_argument("--elicit-tokens", type=int, default=elicit, help=f"tokens per characteristics list (default: {elicit})")
+    p.add_argument("--response-tokens", type=int, default=response, help=f"tokens per paired answer (default: {response})")
+
+
+def _steer_options(p: argparse.ArgumentParser, max_new: int, alpha: Optional[float] = None) -> None:
+    default = "+1 boost, -1 suppress (the paper's)" if alpha is None else f"{alpha}"
+    p.add_argument("--alpha", type=float, default=alpha, help=f"step size (default: {default})")
+    p.add_argument("--scale", default="fitted", help="fitted (default), paper (s=1) or a number")
+    p.add_argument("--filter", default="paper", choices=["paper", "all"], help="per-query direction filter")
+    p.add_argument("--top-n", type=int, default=5, help="layers edited per query (default: 5)")
+    p.add_argument("--layers", default=None, help="fixed comma-separated layers instead of top-n")
+    p.add_argument("--positions", default="generated", choices=["generated", "all"])
+    p.add_argument("--max-new-tokens", type=int, default=max_new, help=f"new tokens per answer (default: {max_new})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alignez",
+        description="AlignEZ for TransformerLens: self-generated preferences -> alignment "
+                    "subspace -> steered generation.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="the whole method on built-in queries, base vs steered side by side",
+                       description="Self-generates helpful/useless pairs for a few built-in queries, fits "
+                                   "the subspace, and prints base vs steered answers. Writes pairs.jsonl, "
+                                   "subspace.safetensors, generations.jsonl and summary.json to --out.")
+    _common(p)
+    p.add_argument("--out", default=None, help="output folder (default: alignez-out/demo-<time>)")
+    p.add_argument("--n-queries", type=int, default=len(DEMO_QUERIES), choices=range(1, len(DEMO_QUERIES) + 1),
+                   metavar=f"1..{len(DEMO_QUERIES)}", help="how many built-in queries")
+    _gen_options(p, elicit=40, response=64)
+    _steer_options(p, max_new=48, alpha=0.25)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("prefs", help="self-generate preference pairs to a JSONL file",
+                       description="The model describes good and bad answers to each query and writes both.")
+    _common(p)
+    p.add_argument("--query", action="append", help="a query (repeatable)")
+    p.add_argument("--queries", help="a file of queries: one per line, or JSONL with a \"query\" field")
+    p.add_argument("--out", default="pairs.jsonl", help="output JSONL (default: pairs.jsonl)")
+    _gen_options(p, elicit=50, response=200)
+    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.set_defaults(func=cmd_prefs)
+
+    p = sub.add_parser("fit", help="fit the alignment subspace from a pairs file",
+                       description="Captures last-token activations of every pair and fits the per-layer subspace.")
+    _common(p)
+    p.add_argument("--prefs", required=True, help="pairs JSONL from `alignez prefs`")
+    p.add_argument("--out", default="subspace.safetensors", help="output file (default: subspace.safetensors)")
+    p.add_argument("--site", default="resid_post", choices=["resid_post", "mlp_out", "resid_pre", "attn_out"])
+    p.add_argument("--layers", default=None, help="comma-separated layers (default: all)")
+    p.add_argument("--tau", type=float, default=0.8, help="pair filter on cos(pos, neg) (default: 0.8)")
+    p.add_argument("--variance", type=float, default=0.9, help="explained variance to keep (default: 0.9)")
+    p.add_argument("--max-rank", type=int, default=None, help="cap on directions per layer")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("generate", help="base and steered answers with a fitted subspace",
+                       description="Greedy base and steered generation, one batched generate call per batch.")
+    _common(p)
+    p.add_argument("--subspace", required=True, help="subspace file from `alignez fit`")
+    p.add_argument("--query", action="append", help="a query (repeatable)")
+    p.add_argument("--queries", help="a file of queries: one per line, or JSONL with a \"query\" field")
+    p.add_argument("--out", default="generations.jsonl", help="output JSONL (default: generations.jsonl)")
+    _steer_options(p, max_new=64)
+    p.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CLIError as exc:
+        print(f"alignez {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"alignez {args.command}: interrupted; files already written are complete", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
