@@ -1,0 +1,133 @@
+"""The `alignez` command: help, bad input caught before work, and a full run."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from alignez_tl import cli
+from tiny import make_hf_model
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny random Llama checkpoint on disk, loadable with --model <folder>."""
+    import torch
+
+    hf, tok = make_hf_model("llama", dtype=torch.float32)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    hf.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("command", ["demo", "prefs", "fit", "generate"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--seed", "--model", "--out", "--quiet"):
+        assert flag in text
+
+
+def run(args, capsys):
+    code = cli.main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_unknown_model_key_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    called = []
+    monkeypatch.setattr("alignez_tl.preferences.generate_preferences", lambda *a, **k: called.append(1))
+    code, _, err = run(["prefs", "--model", "no-such-model", "--query", "hi", "--out", str(tmp_path / "p.jsonl")], capsys)
+    assert code == 2 and "unknown model 'no-such-model'" in err
+    assert not called and not (tmp_path / "p.jsonl").exists()
+
+
+def test_empty_queries_and_unwritable_outputs(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    code, _, err = run(["prefs", "--queries", str(empty), "--out", str(tmp_path / "p.jsonl")], capsys)
+    assert code == 2 and "no queries" in err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run(["prefs", "--query", "hi", "--out", str(blocker / "p.jsonl")], capsys)
+    assert code == 2 and "not a folder" in err
+    code, _, err = run(["demo", "--out", str(blocker)], capsys)
+    assert code == 2 and "is a file" in err
+    assert blocker.read_text() == "x"
+
+
+def test_existing_output_needs_force(tmp_path, capsys):
+    out = tmp_path / "p.jsonl"
+    out.write_text("keep me")
+    code, _, err = run(["prefs", "--query", "hi", "--out", str(out)], capsys)
+    assert code == 2 and "--force" in err and out.read_text() == "keep me"
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    code, _, err = run(["demo", "--out", str(full)], capsys)
+    assert code == 2 and "not empty" in err
+
+
+def test_malformed_queries_file_names_the_line(tmp_path, capsys):
+    bad = tmp_path / "q.jsonl"
+    bad.write_text('{"query": "fine"}\n{"query": \n')
+    code, _, err = run(["prefs", "--queries", str(bad), "--out", str(tmp_path / "p.jsonl")], capsys)
+    assert code == 2 and f"{bad}:2" in err
+
+
+def test_corrupt_subspace_file_is_refused(tmp_path, capsys):
+    bad = tmp_path / "s.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    code, _, err = run(["generate", "--subspace", str(bad), "--query", "hi", "--out", str(tmp_path / "g.jsonl")], capsys)
+    assert code == 2 and "not a readable safetensors file" in err
+
+
+def test_prefs_fit_generate_end_to_end_on_a_tiny_model(tiny_dir, tmp_path, capsys):
+    prefs = tmp_path / "pairs.jsonl"
+    sub = tmp_path / "sub.safetensors"
+    gens = tmp_path / "gens.jsonl"
+    common = ["--model", tiny_dir, "--quiet", "--seed", "1"]
+    code, out, err = run(["prefs", *common, "--query", "How do I bake bread?", "--query", "Hi",
+                          "--elicit-tokens", "8", "--response-tokens", "12", "--out", str(prefs)], capsys)
+    assert code == 0, err
+    lines = prefs.read_text(encoding="utf-8").splitlines()
+    assert json.loads(lines[0])["type"] == "header" and len(lines) >= 3
+    code, out, err = run(["fit", *common, "--prefs", str(prefs), "--tau", "1.0", "--out", str(sub)], capsys)
+    assert code == 0, err
+    code, out, err = run(["generate", *common, "--subspace", str(sub), "--query", "How do I bake bread?",
+                          "--alpha", "4", "--max-new-tokens", "6", "--out", str(gens)], capsys)
+    assert code == 0, err
+    [row] = [json.loads(line) for line in gens.read_text(encoding="utf-8").splitlines()]
+    assert set(row) >= {"query", "base", "steered", "changed", "layers"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gens.jsonl", "pairs.jsonl", "sub.safetensors"]
+
+
+def test_console_script_entry_point():
+    out = subprocess.run([sys.executable, "-m", "alignez_tl.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "demo" in out.stdout
+
+
+@pytest.mark.slow
+def test_demo_on_the_embedded_model(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "alignez_tl.cli", "demo", "--out", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "generations.jsonl", "pairs.jsonl", "subspace.safetensors", "summary.json"]
+    rows = [json.loads(line) for line in (out / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 4
+    assert any(r["steered"] != r["base"] for r in rows)
+    assert all(r["layers"] for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pairs"] > 0 and summary["changed"] == sum(r["changed"] for r in rows)
+    from alignez_tl import AlignmentSubspace, PreferenceSet
+
+    assert len(PreferenceSet.load(out / "pairs.jsonl")) == summary["pairs"]
+    assert AlignmentSubspace.load(out / "subspace.safetensors").model["model_id"] == "smollm2-135m-instruct"
