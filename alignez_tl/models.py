@@ -481,12 +481,14 @@ def trim_generated(ids: Sequence[int], stops: Sequence[int]) -> list[int]:
 
 
 def hf_model_of(model: Any) -> Optional[Any]:
-    """The Hugging Face model a TransformerBridge wraps (shares its weights), else None."""
-    try:
-        inner = model.original_model
-    except Exception:  # noqa: BLE001 - HookedTransformer has none; the bridge may raise odd errors
-        return None
-    return inner if hasattr(inner, "generate") else None
+    """A plain Hugging Face model sharing a TransformerBridge's weights, else None.
+
+    This is the un-wrapped view of `fastpath.unwrapped_hf_model`: booting the bridge wraps
+    the Hugging Face modules in place, which slows their own `generate` down on a GPU.
+    """
+    from .fastpath import unwrapped_hf_model
+
+    return unwrapped_hf_model(model)
 
 
 @torch.inference_mode()
@@ -503,8 +505,9 @@ def generate_plain(
 ) -> list[list[int]]:
     """Generate continuations with no hooks, on the fastest path the model offers.
 
-    For a `TransformerBridge` this is Hugging Face `generate` on the wrapped model (same
-    weights); otherwise the model's own `generate`. Returns the new token ids of each
+    For a `TransformerBridge` this is Hugging Face `generate` on an un-wrapped view of
+    its weights (shared, not copied: `fastpath.unwrapped_hf_model`); otherwise the
+    model's own `generate`. Returns the new token ids of each
     row, cut at the first stop token.
     """
     if max_new_tokens < 1:

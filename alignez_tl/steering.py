@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -22,10 +22,11 @@ from tqdm.auto import tqdm
 
 from .activations import capture
 from .hooks import MODES, POSITIONS, EditTerm, PositionTracker, check_layers, edit_hook, hook_name
-from .models import encode, model_device, render, seeded, stop_token_ids, trim_generated
+from .fastpath import native_hooks, unwrapped_hf_model
+from .models import Encoded, encode, model_device, render, seeded, stop_token_ids, trim_generated
 from .subspace import AlignmentSubspace
 
-__all__ = ["QuerySelection", "Steerer"]
+__all__ = ["BACKENDS", "QuerySelection", "Steerer", "generate_with_hooks"]
 
 SCALES = ("fitted", "paper")
 _MAX_RANK = 1 << 16  # more directions than any layer can have
@@ -419,6 +420,7 @@ class Steerer:
         chat: Optional[bool] = None,
         verbose: bool = False,
         return_tokens: bool = False,
+        backend: str = "auto",
     ) -> Union[list[str], tuple[list[list[int]], list[str]]]:
         """Steered generation for many queries, batched, one `generate` call per batch.
 
@@ -427,44 +429,111 @@ class Steerer:
         its own layers and directions. Greedy by default. `steer=False` gives the
         unsteered answers through the same code path (the fair baseline).
 
+        `backend` picks the generation engine (see `generate_with_hooks`): by default the
+        fast path on a bridge, which gives the same greedy tokens as the TransformerLens
+        hook path (`backend="tl"`, the reference).
+
         Returns the decoded new text of each query, cut at the first stop token, or
         `(new_token_ids, texts)` with `return_tokens=True`.
         """
         queries = _as_queries(queries)
         if prompts is not None and len(prompts) != len(queries):
             raise ValueError(f"{len(prompts)} prompts for {len(queries)} queries")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.check_model(model)
         texts = list(prompts) if prompts is not None else [render(model, q, chat=chat) for q in queries]
-        text_chat = chat if prompts is None else False
-        stops = stop_token_ids(model)
-        device = model_device(model)
-        all_ids: list[list[int]] = []
-        starts = range(0, len(queries), batch_size)
-        for bi, start in enumerate(tqdm(starts, desc="steered generation" if steer else "generation",
-                                        disable=not verbose, leave=False)):
-            batch = encode(model, texts[start : start + batch_size], chat=text_chat)
-            hooks = []
-            if steer:
-                hooks = self.hooks(model, queries[start : start + batch_size],
-                                   prompt_len=batch.input_ids.shape[1], chat=chat)
-            kwargs: dict[str, Any] = dict(
-                max_new_tokens=max_new_tokens, do_sample=do_sample, stop_at_eos=True,
-                eos_token_id=stops, verbose=False, use_past_kv_cache=use_past_kv_cache,
-            )
-            if do_sample:
-                kwargs.update(temperature=temperature, top_p=top_p)
-            if batch.padded:
-                kwargs["attention_mask"] = batch.attention_mask.to(device)
-            with seeded(seed + bi, device), torch.inference_mode(), model.hooks(fwd_hooks=hooks):
-                out = model.generate(batch.input_ids.to(device), **kwargs)
-            new = out[:, batch.input_ids.shape[1] :]
-            all_ids.extend(trim_generated(row.tolist(), stops) for row in new)
+
+        def hooks_for(start: int, stop: int, batch: Encoded) -> list:
+            if not steer:
+                return []
+            return self.hooks(model, queries[start:stop], prompt_len=batch.input_ids.shape[1], chat=chat)
+
+        all_ids = generate_with_hooks(
+            model, texts, hooks_for, chat=chat if prompts is None else False,
+            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
+            seed=seed, batch_size=batch_size, use_past_kv_cache=use_past_kv_cache, backend=backend,
+            verbose=verbose, desc="steered generation" if steer else "generation",
+        )
         decoded = [model.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in all_ids]
         return (all_ids, decoded) if return_tokens else decoded
+
+
+BACKENDS = ("auto", "hf", "tl")
+
+
+def generate_with_hooks(
+    model: Any,
+    texts: Sequence[str],
+    hooks_for: Callable[[int, int, Encoded], list],
+    *,
+    chat: Optional[bool] = None,
+    max_new_tokens: int = 64,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: Optional[float] = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    use_past_kv_cache: bool = True,
+    backend: str = "auto",
+    verbose: bool = False,
+    desc: str = "generation",
+) -> list[list[int]]:
+    """Batched generation of `texts` with per-batch hooks; the loop every steerer shares.
+
+    `hooks_for(start, stop, batch)` returns the `(hook_name, fn)` pairs for rows
+    `start:stop` (already encoded, left-padded, as `batch`). `backend`: `"tl"` runs
+    TransformerLens `generate` under `model.hooks(...)` (the reference); `"hf"` runs
+    Hugging Face `generate` on the un-wrapped view of a bridge with the same functions
+    as native hooks (`fastpath`); `"auto"` takes `"hf"` where the model offers it.
+    Both give the same greedy tokens. Each batch is seeded with `seed + batch index`
+    without touching the caller's random state. Returns each row's new token ids, cut
+    at the first stop token.
+    """
+    if isinstance(texts, str):
+        raise TypeError("expected a list of prompt texts, got a single string")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    view = unwrapped_hf_model(model) if backend in ("auto", "hf") else None
+    if backend == "hf" and view is None:
+        raise ValueError("backend='hf' needs a TransformerBridge (not in compatibility mode)")
+    stops = stop_token_ids(model)
+    pad = int(getattr(model.tokenizer, "pad_token_id", None) or stops[0])
+    device = model_device(model)
+    all_ids: list[list[int]] = []
+    starts = range(0, len(texts), batch_size)
+    for bi, start in enumerate(tqdm(starts, desc=desc, disable=not verbose, leave=False)):
+        stop = min(start + batch_size, len(texts))
+        batch = encode(model, list(texts[start:stop]), chat=chat)
+        hooks = hooks_for(start, stop, batch)
+        ids = batch.input_ids.to(device)
+        mask = batch.attention_mask.to(device)
+        with seeded(seed + bi, device), torch.inference_mode():
+            if view is not None:
+                kwargs: dict[str, Any] = dict(
+                    max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stops,
+                    pad_token_id=pad, use_cache=use_past_kv_cache,
+                )
+                kwargs.update(dict(temperature=temperature, top_p=top_p) if do_sample
+                              else dict(temperature=None, top_p=None, top_k=None))
+                with native_hooks(view, hooks):
+                    out = view.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            else:
+                kwargs = dict(
+                    max_new_tokens=max_new_tokens, do_sample=do_sample, stop_at_eos=True,
+                    eos_token_id=stops, verbose=False, use_past_kv_cache=use_past_kv_cache,
+                )
+                if do_sample:
+                    kwargs.update(temperature=temperature, top_p=top_p)
+                if batch.padded:
+                    kwargs["attention_mask"] = mask
+                with model.hooks(fwd_hooks=hooks):
+                    out = model.generate(ids, **kwargs)
+        new = out[:, ids.shape[1]:]
+        all_ids.extend(trim_generated(row.tolist(), stops) for row in new)
+    return all_ids
 
 
 class _NamedLog(list):
