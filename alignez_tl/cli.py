@@ -1,4 +1,4 @@
-"""The `alignez` command: demo, prefs, fit, generate.
+"""The `alignez` command: demo, prefs, fit, generate, analyze.
 
 Every subcommand takes `--model`, `--seed`, `--out` and `--quiet`, checks its inputs and
 its output location before any model work starts, and writes each file atomically.
@@ -38,25 +38,15 @@ def _say(args: argparse.Namespace, *parts: Any) -> None:
 
 def _read_queries(args: argparse.Namespace) -> list[str]:
     """Queries from repeated --query and/or --queries FILE (plain lines or JSONL)."""
+    from .prompts import PromptFileError, load_prompts
+
     queries = list(args.query or [])
     if args.queries:
-        path = Path(args.queries)
-        if not path.is_file():
-            raise CLIError(f"--queries: no such file: {path}")
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            line = line.strip()
-            if not line:
-                continue
-            if line.startswith("{"):
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise CLIError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
-                if not isinstance(record.get("query"), str) or not record["query"].strip():
-                    raise CLIError(f"{path}:{lineno}: a JSON line needs a non-empty \"query\" string")
-                queries.append(record["query"])
-            else:
-                queries.append(line)
+        try:
+            queries += [p["query"] for p in load_prompts(args.queries)]
+        except PromptFileError as exc:
+            if "holds no prompts" not in str(exc):
+                raise CLIError(str(exc)) from None
     if not queries:
         raise CLIError("no queries: pass --query TEXT (repeatable) or --queries FILE")
     return queries
@@ -209,8 +199,65 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "files": ["pairs.jsonl", "subspace.safetensors", "generations.jsonl", "summary.json"],
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    print(f"{summary['changed']}/{len(rows)} answers changed; wrote {out}/ "
-          "(pairs.jsonl, subspace.safetensors, generations.jsonl, summary.json)")
+    if not args.no_report:
+        _say(args, "[5/5] analyses and the HTML report")
+        report = _analyze(args, model, sub, prefs, queries, steerer, rows, out)
+        summary["files"] += ["layer_signal.json", "ablation.json", "attribution.json", "report.html"]
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        print(f"report: {report}")
+    print(f"{summary['changed']}/{len(rows)} answers changed; wrote {out}/ ({', '.join(summary['files'])})")
+    return 0
+
+
+def _analyze(args, model, sub, prefs, prompts, steerer, rows, out: Path) -> Path:
+    """Run the three analyses, write their JSON and the HTML report into `out`."""
+    from analyses.ablation import ablate_components
+    from analyses.attribution import attribute_steering
+    from analyses.layer_signal import layer_signal
+    from analyses.report import Report, write_report
+
+    verbose = not args.quiet
+    signal = layer_signal(model, sub, prefs, queries=prompts, seed=args.seed, verbose=verbose)
+    atomic_write_text(out / "layer_signal.json", _json(signal.to_dict()))
+    ablation = ablate_components(model, steerer, prompts, pairs=prefs, max_components=args.max_components,
+                                 greedy_tokens=args.ablation_tokens, verbose=verbose)
+    atomic_write_text(out / "ablation.json", _json(ablation.to_dict()))
+    attributions = [attribute_steering(model, steerer, q, max_new_tokens=args.attribution_tokens)
+                    for q in prompts[: args.n_attributions]]
+    atomic_write_text(out / "attribution.json", _json([a.to_dict() for a in attributions]))
+    report = Report(subspace=sub, layer_signal=signal, ablation=ablation, attributions=attributions,
+                    answers=rows, title=f"alignez-tl report: {sub.objective_name}",
+                    meta={"command": " ".join(sys.argv), "steering": _steer_settings(args)})
+    return write_report(out / "report.html", report)
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .preferences import PreferenceSet
+    from .subspace import AlignmentSubspace, SubspaceFileError, SubspaceMismatchError
+
+    args.query = None
+    args.queries = args.prompts
+    prompts = _read_queries(args)
+    try:
+        sub = AlignmentSubspace.load(args.subspace)
+        prefs = PreferenceSet.load(args.prefs)
+    except (SubspaceFileError, ValueError, OSError) as exc:
+        raise CLIError(str(exc)) from None
+    steerer = _steerer(args, sub)
+    out = _prepare_out_dir(args.out, args.force, "analyze")
+    model = _load(args)
+    try:
+        sub.check_model(model)
+    except SubspaceMismatchError as exc:
+        raise CLIError(str(exc)) from None
+    rows = _generate_rows(args, model, steerer, prompts)
+    atomic_write_jsonl(out / "generations.jsonl", rows)
+    report = _analyze(args, model, sub, prefs, prompts, steerer, rows, out)
+    print(f"report: {report}")
     return 0
 
 
@@ -320,6 +367,13 @@ def _steer_options(p: argparse.ArgumentParser, max_new: int, alpha: Optional[flo
     p.add_argument("--max-new-tokens", type=int, default=max_new, help=f"new tokens per answer (default: {max_new})")
 
 
+def _analysis_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-components", type=int, default=3, help="directions studied by the ablation (default: 3)")
+    p.add_argument("--ablation-tokens", type=int, default=8, help="greedy tokens per ablation variant (default: 8)")
+    p.add_argument("--n-attributions", type=int, default=2, help="prompts to attribute (default: 2)")
+    p.add_argument("--attribution-tokens", type=int, default=24, help="tokens per attribution (default: 24)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alignez",
@@ -338,7 +392,21 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar=f"1..{len(DEMO_QUERIES)}", help="how many built-in queries")
     _gen_options(p, elicit=40, response=64)
     _steer_options(p, max_new=48, alpha=0.25)
+    p.add_argument("--no-report", action="store_true", help="skip the analyses and the HTML report")
+    _analysis_options(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("analyze", help="layer signal, ablation, attribution and one HTML report",
+                       description="Runs the analyses on a fitted subspace and its pairs and writes "
+                                   "report.html (self-contained) plus the numbers as JSON to --out.")
+    _common(p)
+    p.add_argument("--subspace", required=True, help="subspace file from `alignez fit`")
+    p.add_argument("--prefs", required=True, help="the pairs JSONL the subspace was fitted on")
+    p.add_argument("--prompts", required=True, help="prompts to steer: one per line, or JSONL with \"query\"")
+    p.add_argument("--out", default=None, help="output folder (default: alignez-out/analyze-<time>)")
+    _steer_options(p, max_new=48, alpha=0.25)
+    _analysis_options(p)
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("prefs", help="self-generate preference pairs to a JSONL file",
                        description="The model describes good and bad answers to each query and writes both.")
