@@ -6,6 +6,7 @@ differences of their activations gives an alignment subspace (`fit_subspace`), a
 """
 
 from .activations import capture
+from .baselines import DiffMeanSteerer, NoSteerer, PCASteerer, PromptSteerer
 from .hooks import SITES, edit_delta, edit_hook, edit_sequential, hook_name, project_out_hook
 from .models import DEFAULT_MODEL, EMBEDDED_MODELS, encode, load_model, model_signature, render
 from .objectives import Objective, get_objective, list_objectives, register_objective
@@ -27,6 +28,10 @@ __all__ = [
     "EMBEDDED_MODELS",
     "SITES",
     "AlignmentSubspace",
+    "DiffMeanSteerer",
+    "NoSteerer",
+    "PCASteerer",
+    "PromptSteerer",
     "EmptySubspaceError",
     "LayerSubspace",
     "Objective",

@@ -1,0 +1,623 @@
+"""Baselines for AlignEZ, usable wherever a `Steerer` is (ALIGNEZ.md §6).
+
+Every baseline is built from the same data AlignEZ fits its subspace on (a
+self-generated `PreferenceSet`, text pairs, token tensors or activations: whatever
+`fit_subspace` takes), so a comparison isolates the method, not the data:
+
+* `DiffMeanSteerer` (DiffMean / CAA): `v = mean_k (P[k] − N[k])` at one layer, added as
+  `x + coef · v`.
+* `PCASteerer`: the first principal component of the mean-centred differences
+  (repeng's `pca_diff`), oriented so `⟨mean diff, pc⟩ ≥ 0`, added as `x + coef · pc`
+  (or `coef · rms · pc` with `coef_scale="rms"`).
+* `PromptSteerer` (prompt-only): no activation edit; a system prompt naming the
+  objective's positive keyword ("You are a helpful assistant.").
+* `NoSteerer`: nothing at all, through the same generation path.
+
+They share the `Steerer` surface: `hooks(model, query, *, prompt_len, record, strict)`
+returns `(hook_name, fn)` pairs, `apply(model, ...)` is a context manager that always
+removes them, and `generate(model, queries, ...)` *is* `Steerer.generate` (prompt-only
+calls the same loop, `steering.generate_with_hooks`, with its own prompts): the same
+batching, left padding, seeding, stop tokens, backend and `steer=False` unsteered path,
+so the only difference between two runs is the steering itself.
+
+The closed forms are pure functions on tensors: `diffmean_vector`, `pca_direction`.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .hooks import POSITIONS, SITES, PositionTracker, check_layers, hook_name
+from .models import model_signature, render, require_tokenizer
+from .steering import Steerer, _as_queries, _check_number, _NamedLog, generate_with_hooks
+from .subspace import EmptySubspaceError, SubspaceMismatchError, _pair_activations
+
+__all__ = [
+    "COEF_SCALES",
+    "DEFAULT_SYSTEM_TEMPLATE",
+    "Baseline",
+    "DiffMeanSteerer",
+    "NoSteerer",
+    "PCASteerer",
+    "PromptSteerer",
+    "VectorSteerer",
+    "add_hook",
+    "diffmean_vector",
+    "pca_direction",
+]
+
+DEFAULT_SYSTEM_TEMPLATE = "You are a {positive} assistant."
+COEF_SCALES = ("unit", "rms")
+
+
+# --------------------------------------------------------------------------- closed forms
+
+
+def _check_pairs(pos: Tensor, neg: Tensor) -> None:
+    if not isinstance(pos, Tensor) or not isinstance(neg, Tensor):
+        raise TypeError("pos and neg must be tensors")
+    if pos.shape != neg.shape or pos.ndim != 2:
+        raise ValueError(f"pos and neg must both be [n, d_model]; got {tuple(pos.shape)} and {tuple(neg.shape)}")
+    if pos.shape[0] == 0:
+        raise EmptySubspaceError("no pairs: there is nothing to fit")
+    if not pos.is_floating_point() or not neg.is_floating_point():
+        raise TypeError("pos and neg must be float activations")
+    if not torch.isfinite(pos).all() or not torch.isfinite(neg).all():
+        raise ValueError("the activations contain NaN or inf")
+
+
+def _out_dtype(t: Tensor) -> torch.dtype:
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def diffmean_vector(
+    pos: Float[Tensor, "n d_model"], neg: Float[Tensor, "n d_model"]
+) -> Float[Tensor, " d_model"]:
+    """DiffMean / CAA: `mean_k (pos[k] − neg[k])`, not normalised.
+
+    Computed in float64, returned in the inputs' dtype (at least float32).
+    """
+    _check_pairs(pos, neg)
+    return (pos.to(torch.float64) - neg.to(torch.float64)).mean(0).to(_out_dtype(pos))
+
+
+def pca_direction(
+    pos: Float[Tensor, "n d_model"], neg: Float[Tensor, "n d_model"]
+) -> Float[Tensor, " d_model"]:
+    """The first principal component of the mean-centred differences, unit norm.
+
+    `D = pos − neg`, `D_c = D − mean(D)`, `D_c = U Σ Vᵀ`, `pc = V[:, 0]`, flipped so that
+    `⟨mean(D), pc⟩ ≥ 0` (pointing from negative to positive). This is repeng's
+    `pca_diff` (scikit-learn's PCA centres the data); note that steering-vectors'
+    `pca_aggregator` is *uncentred* instead. Needs at least two pairs whose differences
+    are not all equal (otherwise the centred differences are zero and there is no
+    component). Computed in float64, returned in the inputs' dtype (at least float32).
+    """
+    _check_pairs(pos, neg)
+    if pos.shape[0] < 2:
+        raise ValueError("the PCA of the differences needs at least 2 pairs (one pair has no variance)")
+    diffs = pos.to(torch.float64) - neg.to(torch.float64)
+    mean = diffs.mean(0)
+    centred = diffs - mean
+    _, sigma, vh = torch.linalg.svd(centred, full_matrices=False)
+    if not float(sigma[0]) > 1e-6 * float(diffs.norm()):  # below float32 rounding: no spread
+        raise ValueError(
+            "the differences are all equal, so their mean-centred PCA has no component; "
+            "use DiffMean (or more varied pairs)"
+        )
+    pc = vh[0]
+    if float(mean @ pc) < 0:
+        pc = -pc
+    return pc.to(_out_dtype(pos))
+
+
+def _cosine_filter(pos: Tensor, neg: Tensor, tau: Optional[float]) -> tuple[Tensor, Tensor]:
+    """Drop the pairs with `cos(pos, neg) > tau` (AlignEZ's pair filter); None keeps all."""
+    if tau is None:
+        return pos, neg
+    cos = torch.nn.functional.cosine_similarity(pos.double(), neg.double(), dim=-1, eps=1e-12)
+    keep = cos <= tau
+    if not keep.any():
+        raise EmptySubspaceError(
+            f"all {pos.shape[0]} pairs have cos(pos, neg) > tau={tau} "
+            f"(range [{float(cos.min()):.3f}, {float(cos.max()):.3f}]): nothing left to fit"
+        )
+    return pos[keep], neg[keep]
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+def add_hook(vector: Float[Tensor, " d_model"], tracker: PositionTracker):
+    """A hook that adds `vector` at the tracker's positions of every row.
+
+    The sum is computed in the wider of float32 and the activation's dtype and cast
+    back, so a float32 or float64 model gets exactly `x + vector` at those positions.
+    """
+    cache: dict[tuple, Tensor] = {}
+
+    def fn(activation: Float[Tensor, "batch pos d_model"], hook: object) -> Tensor:
+        start, stop = tracker.window(activation.shape[1])
+        work = torch.promote_types(activation.dtype, torch.float32)
+        key = (activation.device, work)
+        if key not in cache:
+            cache[key] = vector.to(device=activation.device, dtype=work)
+        out = activation.clone()
+        out[:, start:stop] = (activation[:, start:stop].to(work) + cache[key]).to(activation.dtype)
+        return out
+
+    return fn
+
+
+# --------------------------------------------------------------------------- base
+
+
+class Baseline:
+    """What every baseline shares with `Steerer`: `hooks`, `apply`, `generate`.
+
+    Subclasses define `hooks()` and `check_model()`. `apply` and `generate` are
+    `Steerer.apply` and `Steerer.generate` themselves (the shared loop
+    `steering.generate_with_hooks`: batching, left padding, seeding, stop tokens, the
+    `backend` choice; `steer=False` runs the unsteered model through the same path).
+    """
+
+    method = "baseline"
+
+    def check_model(self, model: Any, *, strict: bool = True) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def hooks(
+        self,
+        model: Any,
+        query: Union[str, Sequence[str], None] = None,
+        *,
+        prompt_len: Optional[int] = None,
+        record: Optional[list] = None,
+        strict: bool = True,
+        **kwargs: Any,
+    ) -> list[tuple[str, Any]]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    apply = Steerer.apply
+    generate = Steerer.generate
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready settings, for reports."""
+        return {"method": self.method}
+
+
+class NoSteerer(Baseline):
+    """No steering: `hooks()` is empty; `generate` renders each query plainly."""
+
+    method = "none"
+
+    @classmethod
+    def fit(cls, model: Any = None, data: Any = None, **kwargs: Any) -> "NoSteerer":
+        """For a uniform API: ignores its arguments."""
+        return cls()
+
+    def check_model(self, model: Any, *, strict: bool = True) -> None:
+        require_tokenizer(model, "generation")
+
+    def hooks(self, model: Any, query: Any = None, *, prompt_len: Optional[int] = None,
+              record: Optional[list] = None, strict: bool = True, **kwargs: Any) -> list[tuple[str, Any]]:
+        return []
+
+    def __repr__(self) -> str:
+        return "NoSteerer()"
+
+
+# --------------------------------------------------------------------------- vectors
+
+
+class VectorSteerer(Baseline):
+    """Adds a fixed vector to the residual stream at one layer: `x + coef · vector`.
+
+    Args:
+        vector: `[d_model]`, the step per unit of `coef` (float32 is kept).
+        layer: the layer whose `site` output is edited.
+        coef: the multiplier (any finite number; negative steers away).
+        site: `resid_post` (default), `resid_pre`, `mlp_out` or `attn_out`.
+        positions: `"generated"` (default: the last prompt token and every generated
+            token, as `Steerer`) or `"all"` (every position, the prompt included).
+        model: `models.model_signature` of the model it was fitted on (`{}`: unknown).
+
+    Every batch row gets the same edit; the `query` given to `hooks` is ignored.
+    """
+
+    method = "vector"
+
+    def __init__(
+        self,
+        vector: Tensor,
+        *,
+        layer: int,
+        coef: float = 1.0,
+        site: str = "resid_post",
+        positions: str = "generated",
+        model: Optional[dict[str, Any]] = None,
+        objective: Optional[dict[str, Any]] = None,
+        info: Optional[dict[str, Any]] = None,
+    ) -> None:
+        _check_settings(layer=layer, coef=coef, site=site, positions=positions)
+        if not isinstance(vector, Tensor) or vector.ndim != 1 or not vector.is_floating_point():
+            raise ValueError("vector must be a 1-D float tensor [d_model]")
+        if not torch.isfinite(vector).all():
+            raise ValueError("vector contains NaN or inf")
+        if model and not 0 <= layer < int(model.get("n_layers", layer + 1)):
+            raise ValueError(f"layer {layer} is out of range: the model has layers 0..{model['n_layers'] - 1}")
+        self.vector = vector.detach().to(torch.promote_types(vector.dtype, torch.float32)).cpu()
+        self.layer = int(layer)
+        self.coef = float(coef)
+        self.site = site
+        self.positions = positions
+        self.model = dict(model or {})
+        self.objective = dict(objective or {})
+        self.info = dict(info or {})
+
+    @property
+    def d_model(self) -> int:
+        return int(self.vector.shape[0])
+
+    @property
+    def direction(self) -> Tensor:
+        """`vector / ‖vector‖` (zeros for a zero vector)."""
+        norm = self.vector.norm()
+        return self.vector / norm if norm > 0 else torch.zeros_like(self.vector)
+
+    @property
+    def delta(self) -> Tensor:
+        """What the hook adds at each edited position: `coef · vector`."""
+        return self.coef * self.vector
+
+    @property
+    def hook_name(self) -> str:
+        return hook_name(self.site, self.layer)
+
+    def with_coef(self, coef: float) -> "VectorSteerer":
+        """A copy with another `coef` (no refit): for coefficient sweeps."""
+        out = self.__class__.__new__(self.__class__)
+        out.__dict__.update(self.__dict__)
+        _check_settings(layer=self.layer, coef=coef, site=self.site, positions=self.positions)
+        out.coef = float(coef)
+        return out
+
+    def check_model(self, model: Any, *, strict: bool = True) -> None:
+        """Refuse a model this vector does not fit (d_model, depth, compatibility mode, id)."""
+        sig = model_signature(model)
+        reasons = []
+        if sig["d_model"] != self.d_model:
+            reasons.append(f"d_model {self.d_model} (vector) vs {sig['d_model']} (model)")
+        if self.layer >= sig["n_layers"]:
+            reasons.append(f"layer {self.layer} does not exist in a {sig['n_layers']}-layer model")
+        if self.model:
+            if self.model.get("n_layers") != sig["n_layers"]:
+                reasons.append(f"n_layers {self.model.get('n_layers')} vs {sig['n_layers']}")
+            if bool(self.model.get("compatibility_mode")) != sig["compatibility_mode"]:
+                reasons.append("TransformerLens compatibility mode differs: residual numerics differ")
+            if strict and self.model.get("model_id") != sig["model_id"]:
+                reasons.append(f"model id {self.model.get('model_id')!r} vs {sig['model_id']!r}")
+        if reasons:
+            raise SubspaceMismatchError(
+                f"this {self.method} steering vector does not fit: " + "; ".join(reasons)
+                + (". Pass strict=False to accept a different model id only." if strict else "")
+            )
+
+    def hooks(
+        self,
+        model: Any,
+        query: Union[str, Sequence[str], None] = None,
+        *,
+        prompt_len: Optional[int] = None,
+        record: Optional[list] = None,
+        strict: bool = True,
+        **kwargs: Any,
+    ) -> list[tuple[str, Any]]:
+        """One `(hook_name, fn)` pair adding `coef · vector` at the chosen positions.
+
+        `query` is accepted for `Steerer` compatibility and ignored (every row gets the
+        same edit). `prompt_len` and `record` mean what they mean for `Steerer.hooks`.
+        Each call returns a fresh hook with fresh position state.
+        """
+        self.check_model(model, strict=strict)
+        name = self.hook_name
+        log = _NamedLog(record, name) if record is not None else None
+        tracker = PositionTracker(self.positions, prompt_len, log=log)
+        return [(name, add_hook(self.delta, tracker))]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "method": self.method, "layer": self.layer, "site": self.site, "coef": self.coef,
+            "positions": self.positions, "vector_norm": float(self.vector.norm()),
+            "delta_norm": float(self.delta.norm()), "objective": self.objective.get("name"),
+            **self.info,
+        }
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(layer={self.layer}, coef={self.coef:g}, site={self.site!r}, "
+                f"positions={self.positions!r}, |vector|={float(self.vector.norm()):.4g})")
+
+
+def _check_settings(*, layer: Any, coef: Any, site: Any, positions: Any) -> None:
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise TypeError(f"layer must be an int, got {layer!r}")
+    if layer < 0:
+        raise ValueError(f"layer {layer} is out of range: layers are numbered from 0")
+    _check_number("coef", coef)
+    if site not in SITES:
+        raise ValueError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+
+
+def _fit_activations(
+    model: Any, data: Any, *, layer: int, site: str, tau: Optional[float], batch_size: int,
+    chat: Optional[bool], verbose: bool,
+) -> tuple[Tensor, Tensor, int, dict[str, Any]]:
+    """Pair activations at one layer, through `fit_subspace`'s own capture."""
+    if tau is not None:
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not -1.0 < tau <= 1.0:
+            raise ValueError(f"tau must be None or a number in (-1, 1]; got {tau!r}")
+    if model is not None:
+        check_layers([layer], int(model.cfg.n_layers))
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    pos, neg, objective, _ = _pair_activations(model, data, [layer], site, batch_size, chat, verbose)
+    pos, neg = pos[:, 0], neg[:, 0]
+    n_pairs = int(pos.shape[0])
+    pos, neg = _cosine_filter(pos, neg, tau)
+    return pos, neg, n_pairs, objective
+
+
+def _objective_dict(objective: Any, fitted: dict[str, Any]) -> dict[str, Any]:
+    if objective is None:
+        return fitted
+    from .objectives import get_objective
+
+    return get_objective(objective).to_dict()
+
+
+class DiffMeanSteerer(VectorSteerer):
+    """DiffMean / CAA: `x + coef · v` with `v = mean_k (Φ(pos_k) − Φ(neg_k))` (not normalised).
+
+    `vector` is the raw mean difference, `direction` its unit vector. `coef = 1` adds the
+    mean preference gap itself. Build it with `DiffMeanSteerer.fit`.
+    """
+
+    method = "diffmean"
+
+    @classmethod
+    def fit(
+        cls,
+        model: Any,
+        data: Any,
+        *,
+        layer: int,
+        coef: float = 1.0,
+        site: str = "resid_post",
+        positions: str = "generated",
+        tau: Optional[float] = None,
+        batch_size: int = 16,
+        chat: Optional[bool] = None,
+        objective: Any = None,
+        verbose: bool = False,
+    ) -> "DiffMeanSteerer":
+        """Fit from the same data `fit_subspace` takes.
+
+        Args:
+            model: the TransformerLens model (None only for precomputed activations).
+            data: a `PreferenceSet`, `(positive_text, negative_text)` pairs, a `(pos, neg)`
+                pair of token tensors, or `(pos, neg)` float activations `[n, d_model]` (or
+                `[n, 1, d_model]`) of this layer. Texts are embedded exactly as for the
+                subspace (`PreferenceSet.texts`), the activation taken at the last token.
+            layer: the layer; coef, site, positions: see `VectorSteerer`.
+            tau: None (default, CAA: every pair) or AlignEZ's pair filter, dropping the
+                pairs with `cos(pos, neg) > tau`.
+            objective: name/object to record when `data` is not a PreferenceSet.
+        """
+        _check_settings(layer=layer, coef=coef, site=site, positions=positions)
+        pos, neg, n_pairs, obj = _fit_activations(model, data, layer=layer, site=site, tau=tau,
+                                                  batch_size=batch_size, chat=chat, verbose=verbose)
+        v = diffmean_vector(pos, neg)
+        if not float(v.norm()) > 0:
+            raise ValueError(f"layer {layer}: the mean difference is zero, there is no direction to steer along")
+        return cls(v.to(torch.float32), layer=layer, coef=coef, site=site, positions=positions,
+                   model=model_signature(model) if model is not None else {},
+                   objective=_objective_dict(objective, obj),
+                   info={"n_pairs": n_pairs, "n_kept": int(pos.shape[0]), "tau": tau})
+
+
+class PCASteerer(VectorSteerer):
+    """The first principal component of the mean-centred differences: `x + coef · s · pc`.
+
+    `direction` is the unit `pc` (`⟨mean diff, pc⟩ ≥ 0`), `vector = s · pc` with `s = 1`
+    (`coef_scale="unit"`, default: `coef` is in residual-stream units) or `s = proj_rms`
+    (`coef_scale="rms"`: the RMS of `⟨Φ, pc⟩` over the fitted positive and negative
+    activations, the same statistic AlignEZ's `scale="fitted"` uses, so `coef = 1` is a
+    step of AlignEZ's size). `mean_diff_proj = ⟨mean diff, pc⟩` is recorded too.
+    """
+
+    method = "pca"
+
+    @classmethod
+    def fit(
+        cls,
+        model: Any,
+        data: Any,
+        *,
+        layer: int,
+        coef: float = 1.0,
+        coef_scale: str = "unit",
+        site: str = "resid_post",
+        positions: str = "generated",
+        tau: Optional[float] = None,
+        batch_size: int = 16,
+        chat: Optional[bool] = None,
+        objective: Any = None,
+        verbose: bool = False,
+    ) -> "PCASteerer":
+        """Fit from the same data `fit_subspace` takes (see `DiffMeanSteerer.fit`)."""
+        _check_settings(layer=layer, coef=coef, site=site, positions=positions)
+        if coef_scale not in COEF_SCALES:
+            raise ValueError(f"coef_scale must be one of {COEF_SCALES}, got {coef_scale!r}")
+        pos, neg, n_pairs, obj = _fit_activations(model, data, layer=layer, site=site, tau=tau,
+                                                  batch_size=batch_size, chat=chat, verbose=verbose)
+        pc = pca_direction(pos, neg).to(torch.float64)
+        fitted = torch.cat([pos, neg]).to(torch.float64)
+        proj_rms = float((fitted @ pc).square().mean().sqrt())
+        mean_diff_proj = float(diffmean_vector(pos, neg).to(torch.float64) @ pc)
+        scale = proj_rms if coef_scale == "rms" else 1.0
+        return cls((scale * pc).to(torch.float32), layer=layer, coef=coef, site=site, positions=positions,
+                   model=model_signature(model) if model is not None else {},
+                   objective=_objective_dict(objective, obj),
+                   info={"n_pairs": n_pairs, "n_kept": int(pos.shape[0]), "tau": tau,
+                         "coef_scale": coef_scale, "proj_rms": proj_rms, "mean_diff_proj": mean_diff_proj})
+
+    @property
+    def coef_scale(self) -> str:
+        return str(self.info.get("coef_scale", "unit"))
+
+    @property
+    def proj_rms(self) -> float:
+        return float(self.info.get("proj_rms", math.nan))
+
+
+# --------------------------------------------------------------------------- prompting
+
+
+def _check_template(template: Any) -> None:
+    if not isinstance(template, str) or not template.strip():
+        raise ValueError(f"template must be a non-empty string, got {template!r}")
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise ValueError(f"template {template!r} is not a valid format string ({exc})") from None
+    unknown = names - {"positive", "negative"}
+    if unknown:
+        raise ValueError(f"template may use only {{positive}} and {{negative}}; got {sorted(unknown)}")
+
+
+class PromptSteerer(Baseline):
+    """Prompt-only: no activation edit, a system prompt instead.
+
+    `generate` renders each query with `models.render(model, q, system=self.system)`
+    (for a chat model, a system turn; for a plain model, `"{system}\\n{query}"`).
+    `hooks()` is empty. For a chat template that injects a default system prompt
+    (SmolLM2's "You are a helpful AI assistant named SmolLM, ..."), `system=` replaces it,
+    whereas `NoSteerer` keeps the default: compare against both if that matters.
+    `steer=False` renders plainly (no system prompt), like `NoSteerer`.
+    """
+
+    method = "prompt"
+
+    def __init__(self, system: str, *, objective: Optional[dict[str, Any]] = None) -> None:
+        if not isinstance(system, str) or not system.strip():
+            raise ValueError(f"system must be a non-empty string, got {system!r}")
+        self.system = system
+        self.objective = dict(objective or {})
+
+    @classmethod
+    def fit(
+        cls,
+        model: Any = None,
+        data: Any = None,
+        *,
+        objective: Any = None,
+        template: str = DEFAULT_SYSTEM_TEMPLATE,
+    ) -> "PromptSteerer":
+        """The system prompt from the objective's keywords.
+
+        `template` may use `{positive}` and `{negative}` (default: "You are a {positive}
+        assistant."). The objective comes from `objective=` or else from `data` when it
+        is a `PreferenceSet`; text pairs or activations name no keyword, so pass
+        `objective=` with them. `model` is unused (kept for a uniform `fit`).
+        """
+        from .objectives import Objective, get_objective
+        from .preferences import PreferenceSet
+
+        _check_template(template)
+        if objective is not None:
+            obj: Objective = get_objective(objective)
+        elif isinstance(data, PreferenceSet):
+            obj = data.objective
+        else:
+            raise ValueError(
+                "the prompt-only baseline needs the objective's keywords: pass a PreferenceSet "
+                "or objective=... (a name such as 'helpful', or an Objective)"
+            )
+        system = template.format(positive=obj.positive, negative=obj.negative)
+        return cls(system, objective=obj.to_dict())
+
+    def check_model(self, model: Any, *, strict: bool = True) -> None:
+        require_tokenizer(model, "prompting")
+
+    def hooks(self, model: Any, query: Any = None, *, prompt_len: Optional[int] = None,
+              record: Optional[list] = None, strict: bool = True, **kwargs: Any) -> list[tuple[str, Any]]:
+        return []
+
+    def render(self, model: Any, query: str, *, chat: Optional[bool] = None) -> str:
+        """The prompt `generate` feeds the model for `query`."""
+        text = render(model, query, chat=chat, system=self.system)
+        if self.system not in text:
+            raise ValueError(
+                "the model's chat template dropped the system prompt; the prompt-only baseline "
+                "cannot be run with this template"
+            )
+        return text
+
+    def generate(
+        self,
+        model: Any,
+        queries: Sequence[str],
+        *,
+        prompts: Optional[Sequence[str]] = None,
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: Optional[float] = None,
+        seed: int = 0,
+        batch_size: int = 8,
+        use_past_kv_cache: bool = True,
+        steer: bool = True,
+        chat: Optional[bool] = None,
+        verbose: bool = False,
+        return_tokens: bool = False,
+        backend: str = "auto",
+    ) -> Union[list[str], tuple[list[list[int]], list[str]]]:
+        """`Steerer.generate` with each query rendered with the system prompt.
+
+        Same arguments, same return value, same loop (`steering.generate_with_hooks`,
+        with no hooks). The prompt is tokenised exactly as an unsteered prompt is (chat
+        text: no extra BOS). `steer=False` renders without the system prompt (the
+        unsteered path); explicit `prompts` are used exactly as given, as in `Steerer`.
+        """
+        queries = _as_queries(queries)
+        if prompts is not None:
+            if len(prompts) != len(queries):
+                raise ValueError(f"{len(prompts)} prompts for {len(queries)} queries")
+            texts, text_chat = list(prompts), False
+        elif steer:
+            texts, text_chat = [self.render(model, q, chat=chat) for q in queries], chat
+        else:
+            texts, text_chat = [render(model, q, chat=chat) for q in queries], chat
+        self.check_model(model)
+        all_ids = generate_with_hooks(
+            model, texts, lambda start, stop, batch: [], chat=text_chat,
+            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
+            seed=seed, batch_size=batch_size, use_past_kv_cache=use_past_kv_cache, backend=backend,
+            verbose=verbose, desc="prompted generation" if steer else "generation",
+        )
+        decoded = [model.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in all_ids]
+        return (all_ids, decoded) if return_tokens else decoded
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.method, "system": self.system, "objective": self.objective.get("name")}
+
+    def __repr__(self) -> str:
+        return f"PromptSteerer(system={self.system!r})"
