@@ -230,8 +230,8 @@ class PositionTracker:
 def edit_hook(terms: Sequence[EditTerm], tracker: PositionTracker) -> HookFn:
     """A hook that adds every term's edit, each computed from the same input activation.
 
-    Work is done in float32 and cast back to the activation's dtype. Rows whose
-    coefficients are all zero are returned bit-identical.
+    Work is done in float32 (float64 for float64 activations) and cast back to the
+    activation's dtype. Rows whose coefficients are all zero are returned bit-identical.
     """
     if not terms:
         raise ValueError("edit_hook needs at least one term")
@@ -239,7 +239,7 @@ def edit_hook(terms: Sequence[EditTerm], tracker: PositionTracker) -> HookFn:
     def fn(activation: Float[Tensor, "batch pos d_model"], hook: object) -> Tensor:
         start, stop = tracker.window(activation.shape[1])
         batch = activation.shape[0]
-        x = activation[:, start:stop].to(torch.float32)
+        x = activation[:, start:stop].to(_work_dtype(activation.dtype))
         delta = torch.zeros_like(x)
         for term in terms:
             coef = term.coef
@@ -250,9 +250,9 @@ def edit_hook(terms: Sequence[EditTerm], tracker: PositionTracker) -> HookFn:
                 )
             delta = delta + edit_delta(
                 x,
-                term.directions.to(x.device),
-                term.scales.to(x.device),
-                coef.to(x.device)[:, None, :],
+                term.directions.to(x.device, x.dtype),
+                term.scales.to(x.device, x.dtype),
+                coef.to(x.device, x.dtype)[:, None, :],
                 term.mode,
             )
         out = activation.clone()
@@ -262,12 +262,17 @@ def edit_hook(terms: Sequence[EditTerm], tracker: PositionTracker) -> HookFn:
     return fn
 
 
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half-precision and float32 activations; float64 stays float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def project_out_hook(directions: Float[Tensor, "k d_model"]) -> HookFn:
     """A hook that removes the span of orthonormal `directions` at every position."""
 
     def fn(activation: Float[Tensor, "batch pos d_model"], hook: object) -> Tensor:
-        theta = directions.to(device=activation.device, dtype=torch.float32)
-        x = activation.to(torch.float32)
+        theta = directions.to(device=activation.device, dtype=_work_dtype(activation.dtype))
+        x = activation.to(theta.dtype)
         x = x - (x @ theta.T) @ theta
         return x.to(activation.dtype)
 

@@ -132,3 +132,15 @@ def test_project_out_removes_the_span():
     x = torch.randn(2, 4, 10, dtype=torch.float64)
     out = project_out_hook(theta)(x, None)
     assert (out.float() @ theta.float().T).abs().max() < 1e-5
+
+
+def test_zero_coefficient_rows_are_bit_identical_in_float64():
+    theta = orthonormal(2, 8)
+    act = torch.randn(2, 3, 8, dtype=torch.float64)
+    coef = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    out = edit_hook([EditTerm(theta.float(), torch.ones(2), coef, "boost")], PositionTracker("all"))(act, None)
+    assert out.dtype == torch.float64
+    assert torch.equal(out[0], act[0])
+    want = act[1] + edit_delta(act[1], theta.float().double(), torch.ones(2, dtype=torch.float64),
+                               coef[1].double(), "boost")
+    assert torch.allclose(out[1], want, atol=1e-12, rtol=0)
