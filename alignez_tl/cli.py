@@ -1,4 +1,4 @@
-"""The `alignez` command: demo, prefs, fit, generate, analyze.
+"""The `alignez` command: demo, prefs, fit, generate, analyze, eval.
 
 Every subcommand takes `--model`, `--seed`, `--out` and `--quiet`, checks its inputs and
 its output location before any model work starts, and writes each file atomically.
@@ -261,6 +261,30 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval_cli import EvalError, check_judge, parse_methods, run_eval
+    from .objectives import get_objective
+    from .prompts import PromptFileError, builtin_prompts, load_prompts
+
+    try:
+        args.methods = parse_methods(args.methods)
+        check_judge(args.judge)
+        get_objective(args.objective)
+        prompts = load_prompts(args.prompts) if args.prompts else builtin_prompts(per_category=args.per_category)
+    except (EvalError, PromptFileError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    if args.per_category and args.prompts:
+        raise CLIError("--per-category applies to the built-in prompts only")
+    if args.alpha is not None and args.alpha != args.alpha:
+        raise CLIError("--alpha must be a number")
+    out = _prepare_out_dir(args.out, args.force, "eval")
+    args.load = _load
+    results = run_eval(args, out, prompts, lambda *parts: _say(args, *parts))
+    _say(args, (out / "results.md").read_text(encoding="utf-8"))
+    print(f"wrote {out}/ (results.json, results.md, netwin.png, ...): {results}")
+    return 0
+
+
 def cmd_prefs(args: argparse.Namespace) -> int:
     from .objectives import get_objective
     from .preferences import generate_preferences
@@ -407,6 +431,33 @@ def build_parser() -> argparse.ArgumentParser:
     _steer_options(p, max_new=48, alpha=0.25)
     _analysis_options(p)
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("eval", help="compare AlignEZ with baselines under a judge, with side effects",
+                       description="Self-generates pairs for the prompts, fits AlignEZ and the baselines on "
+                                   "them, generates base and steered answers, judges each method against the "
+                                   "base (A/B order randomised), and measures side effects. Writes "
+                                   "results.json, results.md and netwin.png to --out.")
+    _common(p)
+    p.add_argument("--prompts", default=None,
+                   help="JSONL with \"query\" and \"category\", or one prompt per line "
+                        "(default: the built-in set: advice, writing, math, red-teaming)")
+    p.add_argument("--per-category", type=int, default=None, help="built-in prompts per category (default: all 6)")
+    p.add_argument("--methods", default="alignez,diffmean,pca,prompt",
+                   help="comma-separated: alignez, diffmean, pca, prompt (default: all four)")
+    p.add_argument("--judge", default="self",
+                   help="self (the steered model scores the verdict by log-probability), logprob:<model spec>, "
+                        "http (OpenAI-compatible endpoint from ALIGNEZ_JUDGE_BASE_URL/_MODEL/_API_KEY), "
+                        "profanity or sentiment (offline scorers)")
+    p.add_argument("--out", default=None, help="output folder (default: alignez-out/eval-<time>)")
+    _gen_options(p, elicit=40, response=64)
+    p.add_argument("--alpha", type=float, default=0.25, help="AlignEZ step size (default: 0.25)")
+    p.add_argument("--top-n", type=int, default=5, help="AlignEZ layers per prompt (default: 5)")
+    p.add_argument("--layer", type=int, default=None,
+                   help="layer of the DiffMean and PCA baselines (default: the layer AlignEZ picks most often)")
+    p.add_argument("--coef", type=float, default=1.0, help="DiffMean / PCA coefficient (default: 1.0)")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="new tokens per answer (default: 48)")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("prefs", help="self-generate preference pairs to a JSONL file",
                        description="The model describes good and bad answers to each query and writes both.")

@@ -1,5 +1,8 @@
 """A small built-in prompt set for evaluation, in four categories, written for this project.
 
+`NEUTRAL_TEXTS` are plain factual paragraphs for measuring side effects (KL and
+perplexity on text that has nothing to do with the objective).
+
 `builtin_prompts()` returns dicts with `query` and `category`; `load_prompts(path)` reads
 a user's own JSONL (`{"query": ..., "category": ...}` per line, category optional) or a
 plain text file (one query per line).
@@ -11,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Optional, Union
 
-__all__ = ["CATEGORIES", "PromptFileError", "builtin_prompts", "load_prompts"]
+__all__ = ["CATEGORIES", "NEUTRAL_TEXTS", "PromptFileError", "builtin_prompts", "load_prompts"]
 
 _PROMPTS: dict[str, list[str]] = {
     "advice": [
@@ -92,3 +95,15 @@ def load_prompts(path: Union[str, Path]) -> list[dict]:
     if not out:
         raise PromptFileError(f"{path} holds no prompts")
     return out
+
+
+NEUTRAL_TEXTS = [
+    "The library opens at nine in the morning and closes at six in the evening. On Sundays it "
+    "stays closed, and during the summer holidays the reading room moves to the ground floor.",
+    "Water boils at one hundred degrees Celsius at sea level. At higher altitudes the air pressure "
+    "is lower, so water boils at a lower temperature and pasta takes longer to cook.",
+    "The meeting has been moved to Thursday afternoon. Please bring the quarterly figures and the "
+    "draft of the new schedule, and let the office know if you cannot attend.",
+    "Bicycles were first sold in large numbers at the end of the nineteenth century. Pneumatic tyres "
+    "made them comfortable enough for long trips on the rough roads of the time.",
+]

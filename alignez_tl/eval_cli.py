@@ -1,0 +1,191 @@
+"""`alignez eval`: the whole comparison protocol in one command.
+
+1. the model writes its own preference pairs for the evaluation prompts;
+2. AlignEZ's subspace and every baseline are fitted on that same PreferenceSet;
+3. base answers and each method's answers are generated (greedy, batched);
+4. a judge compares each method with the base, A/B order randomised with the seed;
+5. side effects on neutral text (KL, perplexity) and on the answers (length,
+   degenerate repetition).
+
+Writes `results.json`, `results.md` (a table), `netwin.png` (net win with 95% intervals
+per method), `comparisons.jsonl`, `generations.jsonl`, `pairs.jsonl` and
+`subspace.safetensors` into the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ._io import atomic_write, atomic_write_jsonl, atomic_write_text
+
+METHODS = ("alignez", "diffmean", "pca", "prompt")
+JUDGES = "self, logprob:<model spec>, http, profanity, sentiment"
+
+
+class EvalError(ValueError):
+    """Bad `alignez eval` input (reported before any model work)."""
+
+
+def parse_methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if not methods or unknown:
+        raise EvalError(f"--methods takes a comma-separated subset of {','.join(METHODS)}; got {text!r}")
+    return list(dict.fromkeys(methods))
+
+
+def check_judge(spec: str) -> str:
+    kind = spec.split(":", 1)[0]
+    if kind not in ("self", "logprob", "http", "profanity", "sentiment"):
+        raise EvalError(f"--judge must be one of {JUDGES}; got {spec!r}")
+    if kind == "logprob" and not spec.partition(":")[2]:
+        raise EvalError("--judge logprob:<model> needs a model spec, e.g. logprob:qwen2.5-coder-0.5b-instruct")
+    return spec
+
+
+def make_judge(spec: str, model: Any, verbose: bool) -> Any:
+    from . import evaluate
+    from .models import load_model
+
+    kind, _, arg = spec.partition(":")
+    if kind == "self":
+        return evaluate.LogprobJudge(model, name="self")
+    if kind == "logprob":
+        return evaluate.LogprobJudge(load_model(arg, verbose=verbose), name=arg)
+    if kind == "http":
+        return evaluate.HTTPJudge()
+    if kind == "profanity":
+        return evaluate.profanity_scorer()
+    return evaluate.sentiment_scorer()
+
+
+def build_methods(args: argparse.Namespace, model: Any, prefs: Any, sub: Any, queries: list[str]) -> dict[str, Any]:
+    """The steerers to compare, all fitted on the same PreferenceSet."""
+    from .baselines import DiffMeanSteerer, PCASteerer, PromptSteerer
+    from .steering import Steerer
+
+    alignez = Steerer(sub, alpha=args.alpha, top_n=args.top_n)
+    layer = args.layer
+    if layer is None:  # the layer AlignEZ edits most often on these prompts
+        [selections] = alignez.select(model, queries)
+        counts = Counter(l for sel in selections for l in sel.layers)
+        layer = min(counts, key=lambda l: (-counts[l], l)) if counts else sub.layer_indices[len(sub.layer_indices) // 2]
+    out: dict[str, Any] = {}
+    for name in args.methods:
+        if name == "alignez":
+            out[name] = alignez
+        elif name == "diffmean":
+            out[name] = DiffMeanSteerer.fit(model, prefs, layer=layer, coef=args.coef, verbose=False)
+        elif name == "pca":
+            out[name] = PCASteerer.fit(model, prefs, layer=layer, coef=args.coef, coef_scale="rms", verbose=False)
+        else:
+            out[name] = PromptSteerer.fit(model, prefs)
+    args.baseline_layer = layer
+    return out
+
+
+def plot_netwin(results: dict[str, Any]) -> Any:
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    net = [results[n]["summary"]["overall"]["net_win"] for n in names]
+    lo_hi = [results[n]["summary"]["overall"]["ci"]["net_win"] or [v, v] for n, v in zip(names, net)]
+    err = [[v - lo for v, (lo, _) in zip(net, lo_hi)], [hi - v for v, (_, hi) in zip(net, lo_hi)]]
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.6))
+    colours = ["#2e7d32" if v > 0 else "#c62828" if v < 0 else "#757575" for v in net]
+    ax.bar(names, net, yerr=err, capsize=6, color=colours)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_ylabel("net win vs base (W − L, points)")
+    ax.set_title("net win with 95% bootstrap intervals")
+    ax.set_ylim(-105, 105)
+    fig.tight_layout()
+    return fig
+
+
+def markdown_table(results: dict[str, Any], side: dict[str, Any]) -> str:
+    lines = ["| method | win % | lose % | tie % | net win [95% CI] | wrong-way % | KL/token | ppl ratio | length change | became degenerate % |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, res in results.items():
+        o = res["summary"]["overall"]
+        ci = o["ci"]["net_win"]
+        ci_text = f"[{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "n/a"
+        s = side.get(name, {})
+        g = s.get("generation", s)  # activation methods nest the answer statistics
+        fmt = lambda v, f="{:.3g}": "n/a" if v is None else f.format(v)  # noqa: E731
+        lines.append(
+            f"| {name} | {o['win']:.1f} | {o['lose']:.1f} | {o['tie']:.1f} | {o['net_win']:.1f} {ci_text} | "
+            f"{o['wrong_way']:.1f} | {fmt(s.get('kl'))} | {fmt(s.get('ppl_ratio'))} | "
+            f"{fmt(g.get('length_change'))} | {fmt(g.get('became_degenerate'), '{:.1f}')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run_eval(args: argparse.Namespace, out: Path, prompts: list[dict], say) -> Path:
+    """Steps 1–5 of the protocol; returns the path of results.json."""
+    from . import evaluate
+    from .preferences import generate_preferences
+    from .prompts import NEUTRAL_TEXTS
+    from .subspace import fit_subspace
+
+    t0 = time.perf_counter()
+    model = args.load(args)
+    judge = make_judge(args.judge, model, not args.quiet)
+    queries = [p["query"] for p in prompts]
+    categories = [p["category"] for p in prompts]
+    verbose = not args.quiet
+    say(f"[1/5] self-generating {args.objective} preference pairs for {len(queries)} prompts")
+    prefs = generate_preferences(model, queries, objective=args.objective, n_characteristics=args.n_characteristics,
+                                 elicit_tokens=args.elicit_tokens, response_tokens=args.response_tokens,
+                                 seed=args.seed, batch_size=args.batch_size, verbose=verbose)
+    prefs.save(out / "pairs.jsonl")
+    say("[2/5] fitting AlignEZ and the baselines on the same pairs")
+    sub = fit_subspace(model, prefs, batch_size=args.batch_size, verbose=verbose)
+    sub.save(out / "subspace.safetensors")
+    methods = build_methods(args, model, prefs, sub, queries)
+    say("[3/5] generating base and steered answers")
+    gen = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed, verbose=verbose)
+    base = methods[args.methods[0]].generate(model, queries, steer=False, **gen)
+    answers = {name: m.generate(model, queries, **gen) for name, m in methods.items()}
+    atomic_write_jsonl(out / "generations.jsonl", [
+        {"query": q, "category": c, "base": base[i], **{n: answers[n][i] for n in methods}}
+        for i, (q, c) in enumerate(zip(queries, categories))])
+    say(f"[4/5] judging with {args.judge}")
+    results: dict[str, Any] = {}
+    all_comparisons = []
+    for name in methods:
+        comps = evaluate.pairwise_compare(judge, queries, base, answers[name], seed=args.seed,
+                                          objective=args.objective)
+        for c in comps:
+            c.detail = {**(c.detail or {}), "method": name}
+        all_comparisons += comps
+        results[name] = {
+            "summary": evaluate.summarize(comps, by=categories, seed=args.seed, n_boot=args.n_boot),
+            "per_prompt": evaluate.per_prompt(comps),
+        }
+    evaluate.save_comparisons(out / "comparisons.jsonl", all_comparisons)
+    say("[5/5] side effects on neutral text and on the answers")
+    side: dict[str, Any] = {}
+    for name, m in methods.items():
+        if name == "prompt":  # no activation edit: only the answers can change
+            side[name] = evaluate.generation_stats(base, answers[name], tokenizer=model.tokenizer)
+        else:
+            side[name] = evaluate.side_effects(model, m, NEUTRAL_TEXTS, base_answers=base,
+                                               steered_answers=answers[name], batch_size=args.batch_size)
+    fig = plot_netwin(results)
+    atomic_write(out / "netwin.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    atomic_write_text(out / "results.md", f"# alignez eval: {args.objective}, judge {args.judge}\n\n"
+                      f"{len(queries)} prompts, model {args.model}, seed {args.seed}.\n\n"
+                      + markdown_table(results, side))
+    settings = {k: v for k, v in vars(args).items() if k not in ("func", "load") and not callable(v)}
+    payload = {"settings": settings, "queries": queries, "categories": categories, "methods": list(methods),
+               "baseline_layer": args.baseline_layer, "results": results, "side_effects": side,
+               "ranks": {str(k): v for k, v in sub.ranks().items()},
+               "wall_seconds": round(time.perf_counter() - t0, 1),
+               "files": ["results.json", "results.md", "netwin.png", "comparisons.jsonl",
+                         "generations.jsonl", "pairs.jsonl", "subspace.safetensors"]}
+    return atomic_write_text(out / "results.json", json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
