@@ -36,7 +36,7 @@ from torch import Tensor
 from .hooks import POSITIONS, SITES, PositionTracker, check_layers, hook_name
 from .models import model_signature, render, require_tokenizer
 from .steering import Steerer, _as_queries, _check_number, _NamedLog, generate_with_hooks
-from .subspace import EmptySubspaceError, SubspaceMismatchError, _pair_activations
+from .subspace import EmptySubspaceError, SubspaceMismatchError, pair_activations
 
 __all__ = [
     "COEF_SCALES",
@@ -368,7 +368,7 @@ def _fit_activations(
         check_layers([layer], int(model.cfg.n_layers))
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    pos, neg, objective, _ = _pair_activations(model, data, [layer], site, batch_size, chat, verbose)
+    pos, neg, objective, _ = pair_activations(model, data, [layer], site, batch_size, chat, verbose)
     pos, neg = pos[:, 0], neg[:, 0]
     n_pairs = int(pos.shape[0])
     pos, neg = _cosine_filter(pos, neg, tau)

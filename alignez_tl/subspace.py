@@ -42,6 +42,7 @@ __all__ = [
     "SubspaceMismatchError",
     "fit_layer",
     "fit_subspace",
+    "pair_activations",
 ]
 
 FORMAT = "alignez-subspace"
@@ -418,10 +419,14 @@ def _versions() -> dict[str, str]:
 
 # --------------------------------------------------------------------------- fitting
 
-def _pair_activations(
+def pair_activations(
     model: Any, data: Any, layers: list[int], site: str, batch_size: int, chat: Optional[bool], verbose: bool
 ) -> tuple[Tensor, Tensor, dict[str, Any], dict[str, Any]]:
-    """Turn any supported pair data into `[n, len(layers), d]` pos/neg activations."""
+    """Any pair data `fit_subspace` takes, as `[n, len(layers), d]` pos/neg activations.
+
+    Returns `(pos, neg, objective_dict, seed_info)`. Analyses and baselines use it to
+    embed pairs exactly as the subspace fit does.
+    """
     from .preferences import PreferenceSet
 
     objective: dict[str, Any] = {}
@@ -559,7 +564,7 @@ def fit_subspace(
     else:
         layers = list(layers)
 
-    pos, neg, obj_dict, seed_info = _pair_activations(model, data, layers, site, batch_size, chat, verbose)
+    pos, neg, obj_dict, seed_info = pair_activations(model, data, layers, site, batch_size, chat, verbose)
     if objective is not None:
         from .objectives import get_objective
 
