@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import alignez_tl as ez
-from analyses.ablation import ablate_components
+from analyses.ablation import Ablation, ablate_components
 
 FIT_QUERIES = [
     "How can I get better at managing my time?",
@@ -50,7 +50,13 @@ def main() -> None:
     ap.add_argument("--max-components", type=int, default=5)
     ap.add_argument("--out", default=str(ROOT / "docs" / "img" / "ablation.png"))
     ap.add_argument("--json", help="also write the result's to_dict() here")
+    ap.add_argument("--save-dir", help="save the fitted subspace and the held-out pairs here, for --subspace/--pairs")
+    ap.add_argument("--from-json", help="only redraw the figure from a --json file written earlier")
     args = ap.parse_args()
+    if args.from_json:
+        data = json.loads(Path(args.from_json).read_text())
+        draw(Ablation.from_dict(data), args)
+        return
 
     t0 = time.perf_counter()
     model = ez.load_model(verbose=False)
@@ -71,6 +77,10 @@ def main() -> None:
                                     prefs.settings)
         sub = ez.fit_subspace(model, fit_set, verbose=False)
     held_out = held_out.filter_empty()
+    if args.save_dir:
+        Path(args.save_dir).mkdir(parents=True, exist_ok=True)
+        sub.save(Path(args.save_dir) / "subspace.safetensors")
+        held_out.save(Path(args.save_dir) / "held_out.jsonl")
     print(f"subspace and {len(held_out)} held-out pairs ready in {time.perf_counter() - t:.0f} s; "
           f"ranks {sorted(set(sub.ranks().values()))}")
 
@@ -82,15 +92,20 @@ def main() -> None:
     print(f"ablation: {result.n_forward} forward calls in {elapsed:.0f} s")
     print(result.summary())
 
-    fig = result.plot(title=(f"SmolLM2-135M-Instruct, helpful subspace, α={args.alpha}: "
-                             f"{len(PROMPTS)} prompts, {len(held_out)} held-out pairs, "
-                             f"{args.greedy_tokens} greedy tokens"))
+    if args.json:
+        Path(args.json).write_text(json.dumps({**result.to_dict(), "runtime_s": elapsed}, indent=1))
+    draw(result, args)
+
+
+def draw(result: Ablation, args: argparse.Namespace) -> None:
+    s = result.settings
+    fig = result.plot(title=(f"SmolLM2-135M-Instruct, helpful subspace, α={s['alpha']}: "
+                             f"{s['n_prompts']} prompts, {s['n_pairs']} held-out pairs, "
+                             f"{s['greedy_tokens']} greedy tokens"))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
     print(f"wrote {out} ({out.stat().st_size // 1024} KB)")
-    if args.json:
-        Path(args.json).write_text(json.dumps({**result.to_dict(), "runtime_s": elapsed}, indent=1))
 
 
 if __name__ == "__main__":
