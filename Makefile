@@ -53,6 +53,8 @@ serve-docs: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_core.py
+	$(BIN)/python benchmarks/run_analyses.py
+	$(BIN)/python benchmarks/run_scaling.py
 
 clean:
 	rm -rf $(VENV) site build dist .pytest_cache

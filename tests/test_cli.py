@@ -111,16 +111,25 @@ def test_console_script_entry_point():
     assert out.returncode == 0 and "demo" in out.stdout
 
 
-@pytest.mark.slow
-def test_demo_on_the_embedded_model(tmp_path):
-    out = tmp_path / "demo"
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    """One `alignez demo` run on the embedded model, shared by the slow tests below."""
+    out = tmp_path_factory.mktemp("demo") / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "alignez_tl.cli", "demo", "--out", str(out), "--quiet"],
-        capture_output=True, text=True, timeout=1800,
+        capture_output=True, text=True, timeout=2400,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"report: {out / 'report.html'}" in proc.stdout
+    return out
+
+
+@pytest.mark.slow
+def test_demo_on_the_embedded_model(demo_out):
+    out = demo_out
     assert sorted(p.name for p in out.iterdir()) == [
-        "generations.jsonl", "pairs.jsonl", "subspace.safetensors", "summary.json"]
+        "ablation.json", "attribution.json", "generations.jsonl", "layer_signal.json", "pairs.jsonl",
+        "report.html", "subspace.safetensors", "summary.json"]
     rows = [json.loads(line) for line in (out / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 4
     assert any(r["steered"] != r["base"] for r in rows)
@@ -131,3 +140,28 @@ def test_demo_on_the_embedded_model(tmp_path):
 
     assert len(PreferenceSet.load(out / "pairs.jsonl")) == summary["pairs"]
     assert AlignmentSubspace.load(out / "subspace.safetensors").model["model_id"] == "smollm2-135m-instruct"
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert all(f'id="{s}"' in html for s in ("spectrum", "layer-signal", "ablation", "attribution", "answers"))
+    assert "not computed" not in html
+
+
+@pytest.mark.slow
+def test_analyze_on_the_embedded_model(demo_out, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("How do I keep houseplants alive?\nExplain why the sky is blue.\n", encoding="utf-8")
+    out = tmp_path / "analysis"
+    proc = subprocess.run(
+        [sys.executable, "-m", "alignez_tl.cli", "analyze", "--subspace", str(demo_out / "subspace.safetensors"),
+         "--prefs", str(demo_out / "pairs.jsonl"), "--prompts", str(prompts), "--out", str(out), "--quiet",
+         "--n-attributions", "1", "--max-components", "2", "--max-new-tokens", "16"],
+        capture_output=True, text=True, timeout=2400,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "ablation.json", "attribution.json", "generations.jsonl", "layer_signal.json", "report.html"]
+    signal = json.loads((out / "layer_signal.json").read_text(encoding="utf-8"))
+    assert signal["recommended"] and signal["rule"]
+    [attribution] = json.loads((out / "attribution.json").read_text(encoding="utf-8"))
+    assert attribution["n_forward_passes"] == 2
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert html.count('<img class="figure"') == 4 and "How do I keep houseplants alive?" in html
