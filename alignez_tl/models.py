@@ -40,6 +40,7 @@ __all__ = [
     "is_chat_model",
     "load_model",
     "model_signature",
+    "pad_id",
     "render",
     "require_tokenizer",
 ]
@@ -430,7 +431,7 @@ def encode(
             stacklevel=2,
         )
     width = max(len(r) for r in rows)
-    pad = _pad_id(tok)
+    pad = pad_id(tok)
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, ids in enumerate(rows):
@@ -439,7 +440,8 @@ def encode(
     return Encoded(input_ids, mask, n_truncated)
 
 
-def _pad_id(tok: Any) -> int:
+def pad_id(tok: Any) -> int:
+    """The id used for padding: the tokenizer's pad token, else EOS, else BOS, else 0."""
     for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
         val = getattr(tok, attr, None)
         if val is not None:
@@ -537,7 +539,7 @@ def _generate_plain(model, ids, mask, stops, *, max_new_tokens, do_sample, tempe
         kwargs: dict[str, Any] = dict(
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,
-            pad_token_id=_pad_id(model.tokenizer),
+            pad_token_id=pad_id(model.tokenizer),
             eos_token_id=stops,
         )
         if do_sample:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .activations import capture
 from .hooks import MODES, POSITIONS, EditTerm, PositionTracker, check_layers, edit_hook, hook_name
 from .fastpath import native_hooks, unwrapped_hf_model
-from .models import Encoded, encode, model_device, render, seeded, stop_token_ids, trim_generated
+from .models import Encoded, encode, model_device, pad_id, render, seeded, stop_token_ids, trim_generated
 from .subspace import AlignmentSubspace
 
 __all__ = ["BACKENDS", "QuerySelection", "Steerer", "generate_with_hooks"]
@@ -500,7 +500,7 @@ def generate_with_hooks(
     if backend == "hf" and view is None:
         raise ValueError("backend='hf' needs a TransformerBridge (not in compatibility mode)")
     stops = stop_token_ids(model)
-    pad = int(getattr(model.tokenizer, "pad_token_id", None) or stops[0])
+    pad = pad_id(model.tokenizer)
     device = model_device(model)
     all_ids: list[list[int]] = []
     starts = range(0, len(texts), batch_size)

@@ -30,7 +30,7 @@ from torch import Tensor
 from ._io import atomic_write
 from .activations import capture, capture_tokens
 from .hooks import SITES, check_layers
-from .models import Encoded, model_signature, render, require_tokenizer
+from .models import Encoded, model_signature, pad_id, render, require_tokenizer
 
 __all__ = [
     "FORMAT",
@@ -40,6 +40,7 @@ __all__ = [
     "LayerSubspace",
     "SubspaceFileError",
     "SubspaceMismatchError",
+    "check_text_pairs",
     "fit_layer",
     "fit_subspace",
     "pair_activations",
@@ -449,12 +450,7 @@ def pair_activations(
                 "fit_subspace takes a PreferenceSet, a list of (positive, negative) text pairs, "
                 f"a (pos, neg) pair of token or activation tensors; got {type(data).__name__}"
             )
-        pairs = list(data)
-        if not pairs:
-            raise EmptySubspaceError("no pairs given: there is nothing to fit")
-        for i, pair in enumerate(pairs):
-            if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
-                raise TypeError(f"pair {i} is not a (positive_text, negative_text) tuple of strings")
+        pairs = check_text_pairs(data)
         require_tokenizer(model, "fitting from text pairs")
         pos_texts = [p for p, _ in pairs]
         neg_texts = [n for _, n in pairs]
@@ -463,6 +459,17 @@ def pair_activations(
                    desc="capturing pair activations")
     n = len(pos_texts)
     return acts[:n], acts[n:], objective, seed_info
+
+
+def check_text_pairs(data: Sequence[Any]) -> list[tuple[str, str]]:
+    """`data` as a non-empty list of `(positive_text, negative_text)` string pairs, or a clear error."""
+    pairs = list(data)
+    if not pairs:
+        raise EmptySubspaceError("no pairs given: there is nothing to fit")
+    for i, pair in enumerate(pairs):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
+            raise TypeError(f"pair {i} is not a (positive_text, negative_text) tuple of strings")
+    return pairs
 
 
 def _tensor_pairs(model, pos_t, neg_t, layers, site, batch_size):
@@ -503,7 +510,8 @@ def _tensor_pairs(model, pos_t, neg_t, layers, site, batch_size):
 
 def _pad_rows(rows: list[Tensor], model: Any) -> Encoded:
     width = max(int(r.numel()) for r in rows)
-    pad = getattr(getattr(model, "tokenizer", None), "pad_token_id", None) or 0
+    tok = getattr(model, "tokenizer", None)
+    pad = pad_id(tok) if tok is not None else 0
     ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):

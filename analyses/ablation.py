@@ -47,7 +47,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from alignez_tl.hooks import hook_name, project_out_hook
-from alignez_tl.models import Encoded, encode, model_device, render, require_tokenizer
+from alignez_tl.models import Encoded, encode, model_device, pad_id, render, require_tokenizer
 from alignez_tl.steering import BACKENDS, QuerySelection, Steerer, generate_with_hooks
 
 __all__ = ["Ablation", "ablate_components", "projection_hooks"]
@@ -438,14 +438,6 @@ def _margin_batch(prompt_ids: list[list[int]], resp_ids: list[list[int]], pad: i
     return ids, mask, p
 
 
-def _pad_id(tok: Any) -> int:
-    for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
-        val = getattr(tok, attr, None)
-        if val is not None:
-            return int(val)
-    return 0
-
-
 # --------------------------------------------------------------------------- entry point
 
 
@@ -600,7 +592,7 @@ def ablate_components(
         index = {q: i for i, q in enumerate(uniq)}
         row_q = [index[q] for q, _, _ in kept_pairs for _ in (0, 1)]
         pair_sels = [[per_obj[i] for i in row_q] for per_obj in uniq_sels]
-        pad = _pad_id(tok)
+        pad = pad_id(tok)
         for start in range(0, len(row_q), batch_size):
             rows = list(range(start, min(start + batch_size, len(row_q))))
             ids, mask, p = _margin_batch([prompt_ids_all[r] for r in rows],

@@ -451,13 +451,9 @@ def _pair_count(prefs: Any, subspace: AlignmentSubspace) -> tuple[str, int]:
         raise TypeError(
             "prefs must be a PreferenceSet, a list of (positive_text, negative_text) pairs, or a "
             f"(pos, neg) pair of activation tensors; got {type(prefs).__name__}")
-    pairs = list(prefs)
-    if not pairs:
-        raise ValueError("no pairs given: there is nothing to analyse")
-    for i, pair in enumerate(pairs):
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
-            raise TypeError(f"pair {i} is not a (positive_text, negative_text) tuple of strings")
-    return "texts", len(pairs)
+    from alignez_tl.subspace import check_text_pairs
+
+    return "texts", len(check_text_pairs(prefs))
 
 
 def _activations(model, prefs, kind, layers, site, batch_size, chat, verbose) -> tuple[Tensor, Tensor, int]:
