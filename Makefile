@@ -10,6 +10,7 @@
 # Everything runs inside .venv, created by `make venv` (CPU only, no GPU needed).
 
 PYTHON ?= python3
+export NO_MKDOCS_2_WARNING := 1   # silence Material for MkDocs' end-of-life banner
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
