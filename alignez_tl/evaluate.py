@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .models import _pad_id, encode, model_device, render, require_tokenizer
+from .models import pad_id, encode, model_device, render, require_tokenizer
 
 __all__ = [
     "ASPECTS",
@@ -639,7 +639,7 @@ class LogprobJudge:
         for ids, mask in zip(enc.input_ids, enc.attention_mask):
             rows.append(ids[mask.bool()].tolist() + self.shared_prefix)
         width = max(len(r) for r in rows)
-        pad = _pad_id(self.tokenizer)
+        pad = pad_id(self.tokenizer)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):

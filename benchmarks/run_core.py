@@ -430,7 +430,7 @@ def bench_prefgen(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     raw = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     hf = models.hf_model_of(model)
     stops = models.stop_token_ids(model)
-    pad = models._pad_id(model.tokenizer)
+    pad = models.pad_id(model.tokenizer)
 
     gp = None
     gp_reason = None
