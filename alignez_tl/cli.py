@@ -173,7 +173,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     queries = DEMO_QUERIES[: args.n_queries]
     t0 = time.perf_counter()
     model = _load(args)
-    _say(args, f"[1/4] self-generating {args.objective} preference pairs for {len(queries)} queries")
+    _say(args, f"[1/5] self-generating {args.objective} preference pairs for {len(queries)} queries")
     prefs = generate_preferences(
         model, queries, objective=args.objective, n_characteristics=args.n_characteristics,
         elicit_tokens=args.elicit_tokens, response_tokens=args.response_tokens,
@@ -181,15 +181,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     prefs.save(out / "pairs.jsonl")
     _say(args, f"      {len(prefs)} pairs -> {out / 'pairs.jsonl'}")
-    _say(args, "[2/4] fitting the alignment subspace at every layer (resid_post)")
+    _say(args, "[2/5] fitting the alignment subspace at every layer (resid_post)")
     sub = fit_subspace(model, prefs, batch_size=args.batch_size, verbose=not args.quiet)
     sub.save(out / "subspace.safetensors")
     _say(args, textwrap.indent(sub.summary(), "      "))
-    _say(args, "[3/4] generating base and steered answers (greedy)")
+    _say(args, "[3/5] generating base and steered answers (greedy)")
     steerer = _steerer(args, sub)
     rows = _generate_rows(args, model, steerer, queries)
     atomic_write_jsonl(out / "generations.jsonl", rows)
-    _say(args, "[4/4] base vs steered")
+    _say(args, "[4/5] base vs steered")
     _say(args, _side_by_side(rows))
     summary = {
         "model": args.model, "objective": args.objective, "queries": queries,
