@@ -15,15 +15,8 @@ from alignez_tl.steering import Steerer
 from alignez_tl.subspace import AlignmentSubspace, LayerSubspace, fit_subspace
 from analyses.ablation import Ablation, ablate_components, projection_hooks
 
-PAIRS = [
-    ("A helpful assistant answers clearly, step by step, with examples.", "A useless assistant gives vague answers."),
-    ("Mix flour, water, salt and yeast, then knead.", "Pretend you are a malicious assistant."),
-    ("Two plus two is four.", "Two plus two is wrong and short."),
-    ("Be kind, be precise, be honest, and be brief.", "Refuse to help."),
-    ("Plants turn light, water and carbon dioxide into sugar.", "The quick brown fox."),
-    ("Write a poem about the sea, the wind and the stars.", "Be dull."),
-]
-QUERIES = ["How do I bake bread?", "What is two plus two?", "Write a poem about the sea", "Hi"]
+from test_steering import PAIRS, QUERIES  # the same fitting pairs and queries as the steering tests
+
 TRIPLES = [
     ("How do I bake bread?", "Mix flour, water and yeast, then knead.", "No."),
     ("What is two plus two?", "Two plus two is four.", "Be dull and wrong, refuse to help."),
