@@ -1,7 +1,9 @@
 # alignez-tl: developer commands (GNU make).
 #
 #   make demo        run the main job on the embedded SmolLM2-135M-Instruct (offline)
-#   make test        unit + slow tests, then a strict docs build
+#   make test        unit + slow tests, the compatibility tests with TransformerLens 3.9
+#                    and 2.16, then a strict docs build
+#   make test-compat only the compatibility tests, in their own cached environments
 #   make docs        build the docs site into site/
 #   make serve-docs  serve the docs with live reload
 #   make bench       run the benchmark scripts
@@ -15,7 +17,25 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test docs serve-docs bench chromium clean
+# The compatibility environments: TransformerLens 3.9 (the newest with HookedTransformer,
+# tests/requirements-tl3.txt) and 2.16 (HookedTransformer only, transformers 4.x,
+# tests/requirements-tl2.txt). They hold dependencies only (alignez_tl comes from the
+# checkout through PYTHONPATH), so they are cached outside the repository, keyed by the
+# requirements' hash, and reused by later clones; a half-built one is rebuilt.
+CACHE       ?= $(or $(ALIGNEZ_CACHE),$(HOME)/.cache/alignez-tl)
+compat_venv  = $(CACHE)/venv-$(1)-$(shell cat tests/requirements-$(1).txt | sha256sum | cut -c1-12)
+COMPAT_ENVS := tl3 tl2
+
+define COMPAT_RULE
+$(call compat_venv,$(1))/.installed: tests/requirements-$(1).txt
+	rm -rf $(call compat_venv,$(1))
+	$(PYTHON) -m venv $(call compat_venv,$(1))
+	$(call compat_venv,$(1))/bin/pip install -q torch==2.13.0
+	$(call compat_venv,$(1))/bin/pip install -q -r tests/requirements-$(1).txt
+	touch $$@
+endef
+
+.PHONY: venv compat-venv demo test test-compat docs serve-docs bench chromium clean
 
 venv: $(STAMP)
 
@@ -32,6 +52,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps steering-vectors==0.12.2
 	touch $@
 
+compat-venv: $(foreach e,$(COMPAT_ENVS),$(call compat_venv,$(e))/.installed)
+$(foreach e,$(COMPAT_ENVS),$(eval $(call COMPAT_RULE,$(e))))
+
 demo: $(STAMP)
 	$(BIN)/alignez demo
 
@@ -42,9 +65,14 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) \
 	  || echo "[make] warning: could not install chromium; the browser test will be skipped"; }
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium compat-venv
 	$(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory test-compat
 	$(BIN)/mkdocs build --strict -q
+
+test-compat: compat-venv
+	tests/run_compat.sh $(call compat_venv,tl3)
+	tests/run_compat.sh $(call compat_venv,tl2)
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict

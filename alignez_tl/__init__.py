@@ -5,7 +5,11 @@ differences of their activations gives an alignment subspace (`fit_subspace`), a
 `Steerer` edits the residual stream along it with TransformerLens hooks.
 """
 
-from .activations import capture
+from .versions import check_versions
+
+check_versions()  # refuse a transformers that silently breaks TransformerLens' KV cache
+
+from .activations import capture  # noqa: E402
 from .baselines import DiffMeanSteerer, NoSteerer, PCASteerer, PromptSteerer
 from .hooks import SITES, edit_delta, edit_hook, edit_sequential, hook_name, project_out_hook
 from .models import DEFAULT_MODEL, EMBEDDED_MODELS, encode, load_model, model_signature, render

@@ -15,13 +15,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .hooks import SITES, StopForward, capture_hook, check_layers, hook_name
-from .models import Encoded, encode, model_device
+from .models import Encoded, encode, model_device, padding_kwargs
 
 __all__ = ["capture", "capture_tokens"]
-
-
-def _is_bridge(model: Any) -> bool:
-    return type(model).__name__ == "TransformerBridge"
 
 
 @torch.inference_mode()
@@ -49,11 +45,7 @@ def capture_tokens(
         (hook_name(site, layer), capture_hook(store, layer, last, stop=layer == deepest))
         for layer in layers
     ]
-    kwargs: dict[str, Any] = {}
-    if batch.padded:
-        kwargs["attention_mask"] = mask
-        if _is_bridge(model):
-            kwargs["position_ids"] = batch.position_ids().to(device)
+    kwargs = padding_kwargs(model, mask)
     try:
         with model.hooks(fwd_hooks=fwd_hooks):
             model(ids, return_type=None, **kwargs)

@@ -31,6 +31,47 @@ class CLIError(Exception):
 # --------------------------------------------------------------------------- helpers
 
 
+def _int_type(low: int, what: str):
+    """An argparse type: an int >= `low` (argparse prints the message and exits with 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+def _float_type(what: str, ok=lambda v: True):
+    """An argparse type: a finite float for which `ok(value)` holds."""
+    import math
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+_POSITIVE = _int_type(1, "a positive integer")
+_COUNT = _int_type(0, "an integer >= 0")
+_FINITE = _float_type("a finite number")
+_POSITIVE_FLOAT = _float_type("a positive number", lambda v: v > 0)
+_FRACTION = _float_type("a number in (0, 1]", lambda v: 0 < v <= 1)
+_TAU = _float_type("a number in (-1, 1]", lambda v: -1 < v <= 1)
+
+
 def _say(args: argparse.Namespace, *parts: Any) -> None:
     if not args.quiet:
         print(*parts, flush=True)
@@ -71,12 +112,27 @@ def _prepare_out_dir(path: Optional[str], force: bool, prefix: str) -> Path:
         raise CLIError(f"--out {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise CLIError(f"--out {out} is not empty; pass --force to write into it")
+    new_dirs = [d for d in [out, *out.parents] if not d.exists()]
     try:
         check_writable_folder(out)
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CLIError(f"cannot use --out {out}: {exc}") from None
+    _CREATED.extend(new_dirs)  # leaf first: removed again if the command fails before writing
     return out
+
+
+_CREATED: list[Path] = []
+
+
+def _remove_empty_created_dirs() -> None:
+    """After a failed command: remove the output folders it created and left empty."""
+    for folder in _CREATED:
+        try:
+            folder.rmdir()  # only succeeds on an empty folder
+        except OSError:
+            pass
+    _CREATED.clear()
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -96,9 +152,12 @@ def _parse_layers(text: Optional[str]) -> Optional[list[int]]:
     if text is None:
         return None
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        layers = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise CLIError(f"--layers takes comma-separated integers, got {text!r}") from None
+    if not layers or min(layers) < 0:
+        raise CLIError(f"--layers takes comma-separated layer indices >= 0, got {text!r}")
+    return layers
 
 
 def _steerer(args: argparse.Namespace, sub: Any) -> Any:
@@ -279,7 +338,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CLIError("--alpha must be a number")
     out = _prepare_out_dir(args.out, args.force, "eval")
     args.load = _load
-    results = run_eval(args, out, prompts, lambda *parts: _say(args, *parts))
+    try:
+        results = run_eval(args, out, prompts, lambda *parts: _say(args, *parts))
+    except EvalError as exc:
+        raise CLIError(str(exc)) from None
     _say(args, (out / "results.md").read_text(encoding="utf-8"))
     print(f"wrote {out}/ (results.json, results.md, netwin.png, ...): {results}")
     return 0
@@ -318,11 +380,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
         prefs = PreferenceSet.load(prefs_path)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    layers = _parse_layers(args.layers)
     out = _check_out_file(args.out, args.force)
     model = _load(args)
     try:
         sub = fit_subspace(
-            model, prefs, layers=_parse_layers(args.layers), site=args.site, tau=args.tau,
+            model, prefs, layers=layers, site=args.site, tau=args.tau,
             variance=args.variance, max_rank=args.max_rank, batch_size=args.batch_size,
             verbose=not args.quiet,
         )
@@ -368,34 +431,34 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and batching (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or tables; print only the result line")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per forward/generate call (default: 16)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--batch-size", type=_POSITIVE, default=16, help="prompts per forward/generate call (default: 16)")
+    p.add_argument("--threads", type=_COUNT, default=0, help="torch CPU threads (default: torch's choice)")
 
 
 def _gen_options(p: argparse.ArgumentParser, elicit: int, response: int) -> None:
     p.add_argument("--objective", default="helpful",
                    help="helpful, harmless, humor, creative or math (default: helpful)")
-    p.add_argument("--n-characteristics", type=int, default=3, help="pairs per query (default: 3)")
-    p.add_argument("--elicit-tokens", type=int, default=elicit, help=f"tokens per characteristics list (default: {elicit})")
-    p.add_argument("--response-tokens", type=int, default=response, help=f"tokens per paired answer (default: {response})")
+    p.add_argument("--n-characteristics", type=_POSITIVE, default=3, help="pairs per query (default: 3)")
+    p.add_argument("--elicit-tokens", type=_POSITIVE, default=elicit, help=f"tokens per characteristics list (default: {elicit})")
+    p.add_argument("--response-tokens", type=_POSITIVE, default=response, help=f"tokens per paired answer (default: {response})")
 
 
 def _steer_options(p: argparse.ArgumentParser, max_new: int, alpha: Optional[float] = None) -> None:
     default = "+1 boost, -1 suppress (the paper's)" if alpha is None else f"{alpha}"
-    p.add_argument("--alpha", type=float, default=alpha, help=f"step size (default: {default})")
+    p.add_argument("--alpha", type=_FINITE, default=alpha, help=f"step size (default: {default})")
     p.add_argument("--scale", default="fitted", help="fitted (default), paper (s=1) or a number")
     p.add_argument("--filter", default="paper", choices=["paper", "all"], help="per-query direction filter")
-    p.add_argument("--top-n", type=int, default=5, help="layers edited per query (default: 5)")
+    p.add_argument("--top-n", type=_POSITIVE, default=5, help="layers edited per query (default: 5)")
     p.add_argument("--layers", default=None, help="fixed comma-separated layers instead of top-n")
     p.add_argument("--positions", default="generated", choices=["generated", "all"])
-    p.add_argument("--max-new-tokens", type=int, default=max_new, help=f"new tokens per answer (default: {max_new})")
+    p.add_argument("--max-new-tokens", type=_POSITIVE, default=max_new, help=f"new tokens per answer (default: {max_new})")
 
 
 def _analysis_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-components", type=int, default=3, help="directions studied by the ablation (default: 3)")
-    p.add_argument("--ablation-tokens", type=int, default=8, help="greedy tokens per ablation variant (default: 8)")
-    p.add_argument("--n-attributions", type=int, default=2, help="prompts to attribute (default: 2)")
-    p.add_argument("--attribution-tokens", type=int, default=24, help="tokens per attribution (default: 24)")
+    p.add_argument("--max-components", type=_POSITIVE, default=3, help="directions studied by the ablation (default: 3)")
+    p.add_argument("--ablation-tokens", type=_POSITIVE, default=8, help="greedy tokens per ablation variant (default: 8)")
+    p.add_argument("--n-attributions", type=_POSITIVE, default=2, help="prompts to attribute (default: 2)")
+    p.add_argument("--attribution-tokens", type=_POSITIVE, default=24, help="tokens per attribution (default: 24)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -441,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", default=None,
                    help="JSONL with \"query\" and \"category\", or one prompt per line "
                         "(default: the built-in set: advice, writing, math, red-teaming)")
-    p.add_argument("--per-category", type=int, default=None, help="built-in prompts per category (default: all 6)")
+    p.add_argument("--per-category", type=_POSITIVE, default=None, help="built-in prompts per category (default: all 6)")
     p.add_argument("--methods", default="alignez,diffmean,pca,prompt",
                    help="comma-separated: alignez, diffmean, pca, prompt (default: all four)")
     p.add_argument("--judge", default="self",
@@ -450,13 +513,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "profanity or sentiment (offline scorers)")
     p.add_argument("--out", default=None, help="output folder (default: alignez-out/eval-<time>)")
     _gen_options(p, elicit=40, response=64)
-    p.add_argument("--alpha", type=float, default=0.25, help="AlignEZ step size (default: 0.25)")
-    p.add_argument("--top-n", type=int, default=5, help="AlignEZ layers per prompt (default: 5)")
-    p.add_argument("--layer", type=int, default=None,
+    p.add_argument("--alpha", type=_FINITE, default=0.25, help="AlignEZ step size (default: 0.25)")
+    p.add_argument("--top-n", type=_POSITIVE, default=5, help="AlignEZ layers per prompt (default: 5)")
+    p.add_argument("--layer", type=_COUNT, default=None,
                    help="layer of the DiffMean and PCA baselines (default: the layer AlignEZ picks most often)")
-    p.add_argument("--coef", type=float, default=1.0, help="DiffMean / PCA coefficient (default: 1.0)")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="new tokens per answer (default: 48)")
-    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
+    p.add_argument("--coef", type=_FINITE, default=1.0, help="DiffMean / PCA coefficient (default: 1.0)")
+    p.add_argument("--max-new-tokens", type=_POSITIVE, default=48, help="new tokens per answer (default: 48)")
+    p.add_argument("--n-boot", type=_POSITIVE, default=2000, help="bootstrap resamples (default: 2000)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("prefs", help="self-generate preference pairs to a JSONL file",
@@ -467,8 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="pairs.jsonl", help="output JSONL (default: pairs.jsonl)")
     _gen_options(p, elicit=50, response=200)
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--temperature", type=_POSITIVE_FLOAT, default=0.7)
+    p.add_argument("--top-p", type=_FRACTION, default=0.9)
     p.set_defaults(func=cmd_prefs)
 
     p = sub.add_parser("fit", help="fit the alignment subspace from a pairs file",
@@ -478,9 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="subspace.safetensors", help="output file (default: subspace.safetensors)")
     p.add_argument("--site", default="resid_post", choices=["resid_post", "mlp_out", "resid_pre", "attn_out"])
     p.add_argument("--layers", default=None, help="comma-separated layers (default: all)")
-    p.add_argument("--tau", type=float, default=0.8, help="pair filter on cos(pos, neg) (default: 0.8)")
-    p.add_argument("--variance", type=float, default=0.9, help="explained variance to keep (default: 0.9)")
-    p.add_argument("--max-rank", type=int, default=None, help="cap on directions per layer")
+    p.add_argument("--tau", type=_TAU, default=0.8, help="pair filter on cos(pos, neg) (default: 0.8)")
+    p.add_argument("--variance", type=_FRACTION, default=0.9, help="explained variance to keep (default: 0.9)")
+    p.add_argument("--max-rank", type=_POSITIVE, default=None, help="cap on directions per layer")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("generate", help="base and steered answers with a fitted subspace",
@@ -498,14 +561,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _CREATED.clear()
     try:
-        return args.func(args)
+        code = args.func(args)
     except CLIError as exc:
+        _remove_empty_created_dirs()
         print(f"alignez {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _remove_empty_created_dirs()
         print(f"alignez {args.command}: interrupted; files already written are complete", file=sys.stderr)
         return 130
+    except BaseException:
+        _remove_empty_created_dirs()
+        raise
+    _CREATED.clear()
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

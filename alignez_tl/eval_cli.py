@@ -45,6 +45,13 @@ def check_judge(spec: str) -> str:
         raise EvalError(f"--judge must be one of {JUDGES}; got {spec!r}")
     if kind == "logprob" and not spec.partition(":")[2]:
         raise EvalError("--judge logprob:<model> needs a model spec, e.g. logprob:qwen2.5-coder-0.5b-instruct")
+    if kind == "http":  # the endpoint's configuration comes from the environment: check it now
+        from .evaluate import HTTPJudge
+
+        try:
+            HTTPJudge()
+        except ValueError as exc:
+            raise EvalError(f"--judge http: {exc}") from None
     return spec
 
 
@@ -56,7 +63,13 @@ def make_judge(spec: str, model: Any, verbose: bool) -> Any:
     if kind == "self":
         return evaluate.LogprobJudge(model, name="self")
     if kind == "logprob":
-        return evaluate.LogprobJudge(load_model(arg, verbose=verbose), name=arg)
+        from .models import ModelSpecError
+
+        try:
+            judge_model = load_model(arg, verbose=verbose)
+        except ModelSpecError as exc:
+            raise EvalError(f"--judge {spec}: {exc}") from None
+        return evaluate.LogprobJudge(judge_model, name=arg)
     if kind == "http":
         return evaluate.HTTPJudge()
     if kind == "profanity":
@@ -134,6 +147,9 @@ def run_eval(args: argparse.Namespace, out: Path, prompts: list[dict], say) -> P
 
     t0 = time.perf_counter()
     model = args.load(args)
+    n_layers = int(model.cfg.n_layers)
+    if args.layer is not None and args.layer >= n_layers:
+        raise EvalError(f"--layer {args.layer} is out of range: the model has layers 0..{n_layers - 1}")
     judge = make_judge(args.judge, model, not args.quiet)
     queries = [p["query"] for p in prompts]
     categories = [p["category"] for p in prompts]

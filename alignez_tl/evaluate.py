@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .models import pad_id, encode, model_device, render, require_tokenizer
+from .models import encode, model_device, pad_id, padding_kwargs, render, require_tokenizer
 
 __all__ = [
     "ASPECTS",
@@ -444,10 +444,6 @@ class _HFAdapter:
         return self.hf(input_ids=ids, **kwargs).logits
 
 
-def _is_bridge(model: Any) -> bool:
-    return type(model).__name__ == "TransformerBridge"
-
-
 class LogprobJudge:
     """A pairwise judge that reads its verdict from next-token log-probabilities.
 
@@ -634,7 +630,10 @@ class LogprobJudge:
 
     def _last_logprobs(self, prompts: list[str]) -> torch.Tensor:
         """`[rows, vocab]` log-probabilities of the next token after each prompt."""
-        enc = encode(self.model, prompts, chat=self.chat)
+        # leave room for the verdict prefix: a prompt longer than the context keeps its end
+        n_ctx = int(getattr(self.model.cfg, "n_ctx", 0) or 0)
+        max_len = n_ctx - len(self.shared_prefix) if n_ctx > len(self.shared_prefix) else None
+        enc = encode(self.model, prompts, chat=self.chat, max_len=max_len)
         rows = []
         for ids, mask in zip(enc.input_ids, enc.attention_mask):
             rows.append(ids[mask.bool()].tolist() + self.shared_prefix)
@@ -647,12 +646,7 @@ class LogprobJudge:
             mask[i, width - len(r) :] = 1
         device = model_device(self.model)
         ids, mask = ids.to(device), mask.to(device)
-        kwargs: dict[str, Any] = {}
-        if bool((mask == 0).any()):
-            kwargs["attention_mask"] = mask
-            if _is_bridge(self.model):
-                kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(ids, **kwargs)
+        logits = self.model(ids, **padding_kwargs(self.model, mask))
         return torch.log_softmax(logits[:, -1].to(torch.float64), dim=-1).cpu()
 
 
@@ -1300,11 +1294,7 @@ def side_effects(
         batch = encode(model, chunk, chat=False, max_len=max_len)
         ids = batch.input_ids.to(device)
         mask = batch.attention_mask.to(device).bool()
-        kwargs: dict[str, Any] = {}
-        if batch.padded:
-            kwargs["attention_mask"] = batch.attention_mask.to(device)
-            if _is_bridge(model):
-                kwargs["position_ids"] = batch.position_ids().to(device)
+        kwargs = padding_kwargs(model, batch.attention_mask)
         base = _log_probs(model(ids, **kwargs))
         hooks = everywhere.hooks(model, chunk, chat=chat)
         with model.hooks(fwd_hooks=hooks):

@@ -199,6 +199,9 @@ class PositionTracker:
     def __post_init__(self) -> None:
         if self.positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        p = self.prompt_len
+        if p is not None and (isinstance(p, bool) or not isinstance(p, int) or p < 1):
+            raise ValueError(f"prompt_len must be a positive int (the padded prompt length) or None, got {p!r}")
 
     def reset(self) -> None:
         self._start = self._total = None

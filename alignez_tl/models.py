@@ -37,10 +37,12 @@ __all__ = [
     "cache_dir",
     "encode",
     "generate_plain",
+    "is_bridge",
     "is_chat_model",
     "load_model",
     "model_signature",
     "pad_id",
+    "padding_kwargs",
     "render",
     "require_tokenizer",
 ]
@@ -190,15 +192,9 @@ def _looks_like_model(obj: Any) -> bool:
 
 
 def _check_transformers_version() -> None:
-    import transformers
+    from .versions import check_versions
 
-    major_minor = tuple(int(p) for p in transformers.__version__.split(".")[:2])
-    if major_minor >= (5, 24):
-        raise RuntimeError(
-            f"transformers {transformers.__version__} silently breaks TransformerLens' KV "
-            "cache (one good token, then garbage). Install a working version with:\n"
-            "    pip install 'transformers<5.24'"
-        )
+    check_versions()
 
 
 def load_model(
@@ -226,8 +222,9 @@ def load_model(
         verbose: print what is being loaded.
 
     Returns:
-        A `TransformerBridge` (TransformerLens 3.x/4.x) or, where the bridge does not
-        exist, a `HookedTransformer`.
+        A `TransformerBridge` (TransformerLens 3.x/4.x). With TransformerLens 2.x,
+        which has no bridge, a spec is refused with `ModelSpecError`: load a
+        `HookedTransformer` yourself and pass it (every function accepts one).
     """
     if spec is not None and not isinstance(spec, (str, os.PathLike)):
         if not _looks_like_model(spec):
@@ -241,6 +238,15 @@ def load_model(
     if not isinstance(spec, str) or not spec.strip():
         raise ModelSpecError("load_model got an empty model spec")
     _check_transformers_version()
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:  # TransformerLens 2.x: HookedTransformer only
+        raise ModelSpecError(
+            "load_model builds a TransformerBridge, which needs TransformerLens >= 3; this "
+            "environment has TransformerLens 2.x. Load a HookedTransformer yourself "
+            "(HookedTransformer.from_pretrained(...)) and pass it to alignez-tl: every "
+            "function that takes a model works with it."
+        ) from None
 
     model_id = spec
     if spec in EMBEDDED_MODELS:
@@ -263,21 +269,12 @@ def load_model(
     tokenizer = AutoTokenizer.from_pretrained(path)
     hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     hf_model.eval()
-    try:
-        from transformer_lens.model_bridge import TransformerBridge
-    except ImportError:  # TransformerLens 2.x: HookedTransformer only
-        from transformer_lens import HookedTransformer
-
-        model = HookedTransformer.from_pretrained_no_processing(
-            path, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype, device=device or "cpu"
-        )
-    else:
-        with _quiet_boot(verbose):
-            model = TransformerBridge.boot_transformers(path, hf_model=hf_model, tokenizer=tokenizer)
-        if compatibility_mode:
-            model.enable_compatibility_mode()
-        if device is not None:
-            model = model.to(device)
+    with _quiet_boot(verbose):
+        model = TransformerBridge.boot_transformers(path, hf_model=hf_model, tokenizer=tokenizer)
+    if compatibility_mode:
+        model.enable_compatibility_mode()
+    if device is not None:
+        model = model.to(device)
     model.cfg.model_name = model_id
     if verbose:
         sig = model_signature(model)
@@ -392,6 +389,7 @@ def encode(
     *,
     chat: Optional[bool] = None,
     max_len: Optional[int] = None,
+    reserve: int = 0,
 ) -> Encoded:
     """Tokenise texts into one left-padded batch, with BOS exactly once.
 
@@ -399,7 +397,9 @@ def encode(
     first, so they are tokenised without special tokens (as Hugging Face's
     `apply_chat_template(tokenize=True)` does). Plain texts get the tokenizer's BOS when
     the model's config prepends one. Rows longer than `max_len` (default: the model's
-    context length) keep their last `max_len` tokens, with a warning.
+    context length) minus `reserve` (room kept for tokens still to be generated) keep
+    their last tokens, with a warning: for a chat prompt the end is the part that asks
+    for the answer.
     """
     if isinstance(texts, str):
         raise TypeError("encode takes a list of strings, not a single string")
@@ -409,7 +409,15 @@ def encode(
     if chat is None:
         chat = is_chat_model(model)
     bos = None if chat else _bos_id(model, tok)
-    limit = int(max_len or getattr(model.cfg, "n_ctx", 0) or 0) or None
+    context = int(max_len or getattr(model.cfg, "n_ctx", 0) or 0) or None
+    if isinstance(reserve, bool) or not isinstance(reserve, int) or reserve < 0:
+        raise ValueError(f"reserve must be a non-negative int, got {reserve!r}")
+    limit = None if context is None else context - reserve
+    if limit is not None and limit < 1:
+        raise ValueError(
+            f"max_new_tokens={reserve} does not fit the model's context of {context} tokens "
+            f"(the prompt needs at least one): use max_new_tokens < {context}"
+        )
     rows: list[list[int]] = []
     n_truncated = 0
     for text in texts:
@@ -424,7 +432,13 @@ def encode(
             ids = ids[-limit:]
             n_truncated += 1
         rows.append(ids)
-    if n_truncated:
+    if n_truncated and reserve:
+        warnings.warn(
+            f"{n_truncated} prompt(s) longer than {limit} tokens were cut to their last {limit} "
+            f"tokens, so that max_new_tokens={reserve} fit the model's context of {context} tokens",
+            stacklevel=2,
+        )
+    elif n_truncated:
         warnings.warn(
             f"{n_truncated} text(s) longer than the context ({limit} tokens) were truncated "
             "to their last tokens",
@@ -457,6 +471,28 @@ def model_device(model: Any) -> torch.device:
         return next(model.parameters()).device
     except StopIteration:  # pragma: no cover - a model with no parameters
         return torch.device("cpu")
+
+
+def is_bridge(model: Any) -> bool:
+    """True for a TransformerLens `TransformerBridge` (TL 3.x/4.x), in either mode."""
+    return type(model).__name__ == "TransformerBridge"
+
+
+def padding_kwargs(model: Any, attention_mask: Tensor) -> dict[str, Tensor]:
+    """Keyword arguments for a forward pass over a (possibly) left-padded batch.
+
+    Empty when no row is padded. Otherwise the attention mask, plus, on a bridge,
+    position ids that start at 0 on each row's first real token (a `HookedTransformer`
+    derives them from the mask itself). Padded rows then give the same activations at
+    their real tokens as they would alone.
+    """
+    if not bool((attention_mask == 0).any()):
+        return {}
+    device = model_device(model)
+    kwargs = {"attention_mask": attention_mask.to(device)}
+    if is_bridge(model):
+        kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0).to(device)
+    return kwargs
 
 
 def stop_token_ids(model: Any) -> list[int]:

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union, overload
 from tqdm.auto import tqdm
 
 from . import models
+from ._checks import encode_for_generation, prompt_budget, require_model
 from ._io import atomic_write_text
 from .objectives import Objective, get_objective
 
@@ -237,15 +238,24 @@ class PreferenceSet:
         path = Path(path)
         header: Optional[dict[str, Any]] = None
         pairs: list[PreferencePair] = []
-        with open(path, encoding="utf-8", newline="") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                record = _parse_line(path, lineno, line)
-                if header is None:
-                    header = _check_header(path, lineno, record)
-                else:
-                    pairs.append(_pair_from_record(path, lineno, record))
+        data = path.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad_line = data.count(b"\n", 0, exc.start) + 1
+            raise PreferenceFileError(
+                f"{path}:{bad_line}: not UTF-8 text; a preference file is "
+                "JSONL written by PreferenceSet.save (binary files such as pickles are never loaded)"
+            ) from None
+        # Records end at "\n" only (what `save` writes); U+2028 and the like stay inside them.
+        for lineno, line in enumerate(text.split("\n"), start=1):
+            if not line.strip():
+                continue
+            record = _parse_line(path, lineno, line)
+            if header is None:
+                header = _check_header(path, lineno, record)
+            else:
+                pairs.append(_pair_from_record(path, lineno, record))
         if header is None:
             raise PreferenceFileError(f"{path}: empty file; expected a header record on line 1")
         try:
@@ -551,7 +561,7 @@ def _generate_texts(
     starts = range(0, len(rendered), batch_size)
     out: list[tuple[str, int]] = []
     for b, start in enumerate(tqdm(starts, desc=phase, unit="batch", disable=not verbose)):
-        batch = models.encode(model, rendered[start : start + batch_size], chat=chat)
+        batch = encode_for_generation(model, rendered[start : start + batch_size], chat, gen["max_new_tokens"])
         rows = models.generate_plain(model, batch, seed=_batch_seed(seed, phase, b), **gen)
         out.extend((tok.decode(ids, skip_special_tokens=True).strip(), len(ids)) for ids in rows)
     return out
@@ -681,7 +691,10 @@ def generate_preferences(
     ):
         _check_positive_int(name, value)
     _check_sampling(do_sample, temperature, top_p, top_k, seed)
+    require_model(model, "generate_preferences")
     models.require_tokenizer(model, "generate_preferences")
+    prompt_budget(model, elicit_tokens, "elicit_tokens")
+    prompt_budget(model, response_tokens, "response_tokens")
     if chat is None:
         chat = models.is_chat_model(model)
     elif chat and not models.is_chat_model(model):

@@ -76,8 +76,16 @@ def load_prompts(path: Union[str, Path]) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise PromptFileError(f"no prompts file at {path}")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # a leading byte-order mark is not part of line 1
+    except UnicodeDecodeError as exc:
+        lineno = data.count(b"\n", 0, exc.start) + 1
+        raise PromptFileError(f"{path}:{lineno}: not UTF-8 text ({exc.reason})") from None
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    # Split on newlines only: str.splitlines() would also split inside a query at U+2028,
+    # U+0085, form feeds and the like, which JSON strings may hold unescaped.
+    for lineno, line in enumerate(text.split("\n"), 1):
         line = line.strip()
         if not line:
             continue

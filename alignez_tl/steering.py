@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
@@ -20,10 +21,21 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ._checks import encode_for_generation, prompt_budget, require_model
 from .activations import capture
 from .hooks import MODES, POSITIONS, EditTerm, PositionTracker, check_layers, edit_hook, hook_name
 from .fastpath import native_hooks, unwrapped_hf_model
-from .models import Encoded, encode, model_device, pad_id, render, seeded, stop_token_ids, trim_generated
+from .models import (
+    Encoded,
+    encode,
+    is_bridge,
+    model_device,
+    pad_id,
+    render,
+    seeded,
+    stop_token_ids,
+    trim_generated,
+)
 from .subspace import AlignmentSubspace
 
 __all__ = ["BACKENDS", "QuerySelection", "Steerer", "generate_with_hooks"]
@@ -144,7 +156,10 @@ class Steerer:
         weight: float = 1.0,
     ) -> None:
         if not isinstance(subspace, AlignmentSubspace):
-            raise TypeError(f"Steerer needs an AlignmentSubspace, got {type(subspace).__name__}")
+            hint = ""
+            if isinstance(subspace, (str, os.PathLike)):
+                hint = " (load a saved one with AlignmentSubspace.load(path))"
+            raise TypeError(f"Steerer needs an AlignmentSubspace, got {type(subspace).__name__}{hint}")
         mode = subspace.mode if mode is None else mode
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -235,6 +250,8 @@ class Steerer:
     # ------------------------------------------------------------------ selection
 
     def check_model(self, model: Any, *, strict: bool = True) -> None:
+        """Refuse a non-model, or a model a subspace was not fitted on (`AlignmentSubspace.check_model`)."""
+        require_model(model, "steering")
         for term in self.terms:
             term.subspace.check_model(model, strict=strict)
 
@@ -248,6 +265,7 @@ class Steerer:
         edits during generation.
         """
         queries = _as_queries(queries)
+        self.check_model(model, strict=False)
         site = self.terms[0].subspace.site
         layers = sorted({layer for t in self.terms for layer in t.candidate_layers()})
         texts = [render(model, q, chat=chat) for q in queries]
@@ -484,7 +502,9 @@ def generate_with_hooks(
     TransformerLens `generate` under `model.hooks(...)` (the reference); `"hf"` runs
     Hugging Face `generate` on the un-wrapped view of a bridge with the same functions
     as native hooks (`fastpath`); `"auto"` takes `"hf"` where the model offers it.
-    Both give the same greedy tokens. Each batch is seeded with `seed + batch index`
+    Both give the same greedy tokens. A `HookedTransformer` generates one unpadded row
+    at a time (its `generate` infers padding from pad tokens and would ignore the
+    attention mask). Each batch is seeded with `seed + batch index`
     without touching the caller's random state. Returns each row's new token ids, cut
     at the first stop token.
     """
@@ -496,43 +516,55 @@ def generate_with_hooks(
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    require_model(model, "generation")
+    prompt_budget(model, max_new_tokens)  # refuses max_new_tokens >= the context, before any work
     view = unwrapped_hf_model(model) if backend in ("auto", "hf") else None
     if backend == "hf" and view is None:
         raise ValueError("backend='hf' needs a TransformerBridge (not in compatibility mode)")
+    # A HookedTransformer's generate derives padding from pad tokens and ignores a given
+    # attention mask, so it gets one unpadded row at a time (with that row's hooks).
+    row_by_row = view is None and not is_bridge(model)
     stops = stop_token_ids(model)
     pad = pad_id(model.tokenizer)
     device = model_device(model)
     all_ids: list[list[int]] = []
+
+    def run(batch: Encoded, hooks: list) -> list[list[int]]:
+        ids = batch.input_ids.to(device)
+        mask = batch.attention_mask.to(device)
+        if view is not None:
+            kwargs: dict[str, Any] = dict(
+                max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stops,
+                pad_token_id=pad, use_cache=use_past_kv_cache,
+            )
+            kwargs.update(dict(temperature=temperature, top_p=top_p) if do_sample
+                          else dict(temperature=None, top_p=None, top_k=None))
+            with native_hooks(view, hooks):
+                out = view.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        else:
+            kwargs = dict(
+                max_new_tokens=max_new_tokens, do_sample=do_sample, stop_at_eos=True,
+                eos_token_id=stops, verbose=False, use_past_kv_cache=use_past_kv_cache,
+            )
+            if do_sample:
+                kwargs.update(temperature=temperature, top_p=top_p)
+            if batch.padded:
+                kwargs["attention_mask"] = mask
+            with model.hooks(fwd_hooks=hooks):
+                out = model.generate(ids, **kwargs)
+        return [trim_generated(row.tolist(), stops) for row in out[:, ids.shape[1]:]]
+
     starts = range(0, len(texts), batch_size)
     for bi, start in enumerate(tqdm(starts, desc=desc, disable=not verbose, leave=False)):
         stop = min(start + batch_size, len(texts))
-        batch = encode(model, list(texts[start:stop]), chat=chat)
-        hooks = hooks_for(start, stop, batch)
-        ids = batch.input_ids.to(device)
-        mask = batch.attention_mask.to(device)
         with seeded(seed + bi, device), torch.inference_mode():
-            if view is not None:
-                kwargs: dict[str, Any] = dict(
-                    max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stops,
-                    pad_token_id=pad, use_cache=use_past_kv_cache,
-                )
-                kwargs.update(dict(temperature=temperature, top_p=top_p) if do_sample
-                              else dict(temperature=None, top_p=None, top_k=None))
-                with native_hooks(view, hooks):
-                    out = view.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            if row_by_row:
+                for i in range(start, stop):
+                    one = encode_for_generation(model, [texts[i]], chat, max_new_tokens, encode)
+                    all_ids.extend(run(one, hooks_for(i, i + 1, one)))
             else:
-                kwargs = dict(
-                    max_new_tokens=max_new_tokens, do_sample=do_sample, stop_at_eos=True,
-                    eos_token_id=stops, verbose=False, use_past_kv_cache=use_past_kv_cache,
-                )
-                if do_sample:
-                    kwargs.update(temperature=temperature, top_p=top_p)
-                if batch.padded:
-                    kwargs["attention_mask"] = mask
-                with model.hooks(fwd_hooks=hooks):
-                    out = model.generate(ids, **kwargs)
-        new = out[:, ids.shape[1]:]
-        all_ids.extend(trim_generated(row.tolist(), stops) for row in new)
+                batch = encode_for_generation(model, list(texts[start:stop]), chat, max_new_tokens, encode)
+                all_ids.extend(run(batch, hooks_for(start, stop, batch)))
     return all_ids
 
 

@@ -27,6 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ._checks import require_model
 from ._io import atomic_write
 from .activations import capture, capture_tokens
 from .hooks import SITES, check_layers
@@ -48,6 +49,7 @@ __all__ = [
 
 FORMAT = "alignez-subspace"
 FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)  # format versions `AlignmentSubspace.load` reads
 
 
 class SubspaceFileError(ValueError):
@@ -90,6 +92,29 @@ class LayerSubspace:
     proj_mean: Tensor
     proj_rms: Tensor
     mean_diff_proj: Tensor
+
+    def __post_init__(self) -> None:
+        where = f"layer {self.layer}"
+        for name in self._TENSORS:
+            t = getattr(self, name)
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ValueError(
+                    f"{where}: {name} holds NaN or inf; a subspace needs finite values "
+                    "(refit it from finite activations)"
+                )
+        if self.directions.ndim != 2:
+            raise ValueError(f"{where}: directions must be [k, d_model], got shape {tuple(self.directions.shape)}")
+        k = self.directions.shape[0]
+        for name in ("proj_mean", "proj_rms", "mean_diff_proj"):
+            if tuple(getattr(self, name).shape) != (k,):
+                raise ValueError(
+                    f"{where}: {name} has shape {tuple(getattr(self, name).shape)}, expected ({k},): "
+                    "one value per direction"
+                )
+        if bool((self.proj_rms < 0).any()):
+            raise ValueError(f"{where}: proj_rms (the fitted scales) must be >= 0")
 
     @property
     def rank(self) -> int:
@@ -146,8 +171,14 @@ def fit_layer(
     """
     if pos.shape != neg.shape or pos.ndim != 2:
         raise ValueError(f"pos and neg must both be [n, d_model]; got {tuple(pos.shape)} and {tuple(neg.shape)}")
-    if not torch.isfinite(pos).all() or not torch.isfinite(neg).all():
-        raise ValueError(f"layer {layer}: the activations contain NaN or inf")
+    bad = (~torch.isfinite(pos)).any(-1) | (~torch.isfinite(neg)).any(-1)
+    if bad.any():
+        rows = bad.nonzero().flatten().tolist()
+        raise ValueError(
+            f"layer {layer}: the activations contain NaN or inf in {len(rows)} of {bad.numel()} pairs "
+            f"(first: pair {rows[0]}). Check the model's dtype (float16 overflows easily: load it in "
+            "float32) or the activations you passed."
+        )
     p = pos.to(torch.float64)
     q = neg.to(torch.float64)
     d_model = p.shape[1]
@@ -216,6 +247,21 @@ class AlignmentSubspace:
     settings: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.site not in SITES:
+            raise ValueError(f"unknown site {self.site!r}; choose one of {', '.join(SITES)}")
+        if isinstance(self.d_model, bool) or not isinstance(self.d_model, int) or self.d_model < 1:
+            raise ValueError(f"d_model must be a positive int, got {self.d_model!r}")
+        for key, sub in self.layers.items():
+            if not isinstance(sub, LayerSubspace):
+                raise TypeError(f"layers[{key!r}] must be a LayerSubspace, got {type(sub).__name__}")
+            if key != sub.layer:
+                raise ValueError(f"layers[{key!r}] holds the subspace of layer {sub.layer}")
+            if sub.directions.shape[1] != self.d_model:
+                raise ValueError(
+                    f"layer {key}: directions are {sub.directions.shape[1]} wide, but d_model is {self.d_model}"
+                )
+
     # ------------------------------------------------------------------ views
 
     @property
@@ -257,8 +303,9 @@ class AlignmentSubspace:
         """Refuse a model this subspace was not fitted on, saying why.
 
         Always refused: a different `d_model`, a layer beyond the model's depth, a
-        different `n_layers` or TransformerLens compatibility mode (different residual
-        numerics), and, when `site` is given, a different hook site. With `strict=True`
+        different `n_layers`, model class (`HookedTransformer` vs `TransformerBridge`) or
+        TransformerLens compatibility mode (different residual numerics), and, when
+        `site` is given, a different hook site. With `strict=True`
         (default) a different model id is refused too.
         """
         sig = model_signature(model)
@@ -276,6 +323,13 @@ class AlignmentSubspace:
                     "compatibility mode "
                     f"{on_off(self.model.get('compatibility_mode'))} (subspace) vs "
                     f"{on_off(sig['compatibility_mode'])} (model): residual numerics differ"
+                )
+            fitted_class = self.model.get("model_class")
+            if fitted_class and fitted_class != sig["model_class"]:
+                reasons.append(
+                    f"model class {fitted_class} (subspace) vs {sig['model_class']} (model): "
+                    "residual numerics differ (a HookedTransformer's weight processing folds "
+                    "norms and centres the residual stream)"
                 )
             if strict and self.model.get("model_id") != sig["model_id"]:
                 reasons.append(f"model id {self.model.get('model_id')!r} vs {sig['model_id']!r}")
@@ -349,6 +403,15 @@ class AlignmentSubspace:
                 header = fh.metadata() or {}
                 tensors = {key: fh.get_tensor(key) for key in fh.keys()}
         except Exception as exc:  # safetensors raises several types for corrupt files
+            with open(path, "rb") as raw:
+                magic = raw.read(4)
+            pickled = magic[:1] == b"\x80" and magic[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+            if pickled or magic == b"PK\x03\x04":  # a pickle, or torch.save's zip of pickles
+                raise SubspaceFileError(
+                    f"{path} looks like a pickle or torch.save file; alignez-tl never unpickles files "
+                    "(unpickling can run code). Subspaces are .safetensors files written by "
+                    "AlignmentSubspace.save."
+                ) from None
             raise SubspaceFileError(f"{path} is not a readable safetensors file ({exc})") from exc
         if "alignez" not in header:
             raise SubspaceFileError(f"{path} is a safetensors file but not an alignez subspace (no provenance)")
@@ -356,27 +419,51 @@ class AlignmentSubspace:
             meta = json.loads(header["alignez"])
         except json.JSONDecodeError as exc:
             raise SubspaceFileError(f"{path}: the provenance JSON is corrupt ({exc})") from exc
-        if meta.get("format") != FORMAT:
-            raise SubspaceFileError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
-        if meta.get("version") != FORMAT_VERSION:
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise SubspaceFileError(f"{path}: format {found!r}, expected {FORMAT!r}")
+        version = meta.get("version")
+        if type(version) is not int or version not in SUPPORTED_VERSIONS:
             raise SubspaceFileError(
-                f"{path}: format version {meta.get('version')!r}; this alignez-tl reads version "
-                f"{FORMAT_VERSION}. Refit the subspace with this version."
+                f"{path}: format version {version!r} is not supported; this alignez-tl "
+                f"reads version(s) {', '.join(map(str, SUPPORTED_VERSIONS))}. Refit the subspace "
+                "with this version (or load it with the alignez-tl that wrote it)."
             )
-        d_model = int(meta["d_model"])
+        try:
+            d_model = meta["d_model"]
+            site_name = meta["site"]
+            layer_info = meta["layers"]
+            if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1:
+                raise ValueError(f"d_model must be a positive int, got {d_model!r}")
+            if not isinstance(layer_info, dict):
+                raise ValueError(f"'layers' must be an object, got {type(layer_info).__name__}")
+            for part in ("model", "objective", "settings", "versions"):
+                if not isinstance(meta.get(part, {}), dict):
+                    raise ValueError(f"{part!r} must be an object")
+            counts = {int(key): {f: int(info[f]) for f in ("rank", "n_singular", "n_pairs", "n_kept")}
+                      for key, info in layer_info.items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            what = f"field {exc} is missing" if isinstance(exc, KeyError) else str(exc)
+            raise SubspaceFileError(f"{path}: the provenance header is malformed ({what})") from None
+        if site_name not in SITES:
+            raise SubspaceFileError(f"{path}: unknown site {site_name!r}; known sites: {', '.join(SITES)}")
         layers = {}
-        for key, info in meta["layers"].items():
-            layer = int(key)
+        for layer, info in sorted(counts.items()):
             values = {}
             for name in LayerSubspace._TENSORS:
                 tkey = f"layer.{layer}.{name}"
                 if tkey not in tensors:
                     raise SubspaceFileError(f"{path}: tensor {tkey!r} is missing")
                 t = tensors[tkey]
-                if t.dtype != torch.float32 or not torch.isfinite(t).all():
-                    raise SubspaceFileError(f"{path}: tensor {tkey!r} is not finite float32")
+                if t.dtype != torch.float32:
+                    raise SubspaceFileError(
+                        f"{path}: tensor {tkey!r} is {str(t.dtype).replace('torch.', '')}; "
+                        "the format stores float32"
+                    )
+                if not torch.isfinite(t).all():
+                    raise SubspaceFileError(f"{path}: tensor {tkey!r} holds NaN or inf")
                 values[name] = t
-            k, n_sing, n_pairs = int(info["rank"]), int(info["n_singular"]), int(info["n_pairs"])
+            k, n_sing, n_pairs = info["rank"], info["n_singular"], info["n_pairs"]
             expected = {
                 "directions": (k, d_model), "singular_values": (n_sing,), "explained_variance": (n_sing,),
                 "pair_cos": (n_pairs,), "proj_mean": (k,), "proj_rms": (k,), "mean_diff_proj": (k,),
@@ -387,18 +474,19 @@ class AlignmentSubspace:
                         f"{path}: layer {layer} {name} has shape {tuple(values[name].shape)}, "
                         f"metadata says {shape}"
                     )
-            layers[layer] = LayerSubspace(layer=layer, n_pairs=n_pairs, n_kept=int(info["n_kept"]), **values)
+            try:
+                layers[layer] = LayerSubspace(layer=layer, n_pairs=n_pairs, n_kept=info["n_kept"], **values)
+            except (TypeError, ValueError) as exc:
+                raise SubspaceFileError(f"{path}: {exc}") from None
         sub = cls(
             layers=layers,
-            site=meta["site"],
+            site=site_name,
             d_model=d_model,
             model=meta.get("model", {}),
             objective=meta.get("objective", {}),
             settings=meta.get("settings", {}),
             versions=meta.get("versions", {}),
         )
-        if sub.site not in SITES:
-            raise SubspaceFileError(f"{path}: unknown site {sub.site!r}")
         if model is not None:
             sub.check_model(model, strict=strict, site=site)
         elif site is not None and site != sub.site:
@@ -469,6 +557,9 @@ def check_text_pairs(data: Sequence[Any]) -> list[tuple[str, str]]:
     for i, pair in enumerate(pairs):
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
             raise TypeError(f"pair {i} is not a (positive_text, negative_text) tuple of strings")
+        for side, text in zip(("positive", "negative"), pair):
+            if not text.strip():
+                raise ValueError(f"pair {i}: the {side} text is empty; every text needs some content")
     return pairs
 
 
@@ -565,6 +656,7 @@ def fit_subspace(
     if site not in SITES:
         raise ValueError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
     if model is not None:
+        require_model(model, "fit_subspace")
         n_layers = int(model.cfg.n_layers)
         layers = check_layers(list(range(n_layers)) if layers is None else list(layers), n_layers)
     elif layers is None:

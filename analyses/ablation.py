@@ -47,7 +47,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from alignez_tl.hooks import hook_name, project_out_hook
-from alignez_tl.models import Encoded, encode, model_device, pad_id, render, require_tokenizer
+from alignez_tl.models import Encoded, encode, model_device, pad_id, padding_kwargs, render, require_tokenizer
 from alignez_tl.steering import BACKENDS, QuerySelection, Steerer, generate_with_hooks
 
 __all__ = ["Ablation", "ablate_components", "projection_hooks"]
@@ -319,10 +319,6 @@ def _max_rank(steerer: Steerer, layers: Optional[set] = None) -> int:
 # --------------------------------------------------------------------------- model calls
 
 
-def _is_bridge(model: Any) -> bool:
-    return type(model).__name__ == "TransformerBridge"
-
-
 class _Counter:
     def __init__(self) -> None:
         self.n = 0
@@ -331,11 +327,7 @@ class _Counter:
 def _logits(model: Any, ids: Tensor, mask: Tensor, hooks: list, counter: _Counter) -> Tensor:
     """One forward pass with hooks: float32 logits `[batch, seq, vocab]`."""
     device = model_device(model)
-    kwargs: dict[str, Any] = {}
-    if bool((mask == 0).any()):
-        kwargs["attention_mask"] = mask.to(device)
-        if _is_bridge(model):
-            kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0).to(device)
+    kwargs = padding_kwargs(model, mask)
     with model.hooks(fwd_hooks=hooks):
         out = model(ids.to(device), return_type="logits", **kwargs)
     counter.n += 1

@@ -51,8 +51,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from alignez_tl._checks import encode_for_generation
 from alignez_tl.hooks import EditTerm, hook_name
-from alignez_tl.models import encode, model_device, render, require_tokenizer, stop_token_ids
+from alignez_tl.models import model_device, render, require_tokenizer, stop_token_ids
 from alignez_tl.steering import BACKENDS, QuerySelection, Steerer, generate_with_hooks
 
 __all__ = ["Attribution", "attribute_steering"]
@@ -357,7 +358,9 @@ def _top(labels: Sequence[str], values: np.ndarray, k: int) -> list[tuple[str, f
 
 
 def _short(text: str, limit: int) -> str:
+    """A one-line label: newline and tab as arrows, other control characters as \\xNN."""
     text = text.replace("\n", "↵").replace("\t", "→")
+    text = "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" for c in text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -436,7 +439,8 @@ def attribute_steering(
     steerer.check_model(model)
 
     device = model_device(model)
-    batch = encode(model, [render(model, prompt, chat=chat)], chat=chat)
+    # the prompt as generation encodes it (cut to leave room for the new tokens if need be)
+    batch = encode_for_generation(model, [render(model, prompt, chat=chat)], chat, max_new_tokens)
     prompt_ids = batch.input_ids[0].tolist()
     plen = len(prompt_ids)
     selections = steerer.select(model, [prompt], chat=chat)

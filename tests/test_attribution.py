@@ -292,3 +292,10 @@ def test_to_dict_round_trips(result):
     again = Attribution.from_dict(data)
     assert again.to_dict() == result.to_dict()
     assert again.to_html() == result.to_html()
+
+
+def test_plot_labels_show_control_characters_visibly():
+    from analyses.attribution import _short
+
+    assert _short("a\rb\x12\nc\td", 20) == "a\\x0db\\x12↵c→d"
+    assert _short("abcdefgh", 5) == "abcd…"

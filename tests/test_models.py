@@ -39,8 +39,34 @@ def test_transformers_version_guard(monkeypatch):
     import transformers
 
     monkeypatch.setattr(transformers, "__version__", "5.24.0")
-    with pytest.raises(RuntimeError, match="transformers<5.24"):
+    with pytest.raises(ImportError, match="transformers<5.24"):
         load_model("smollm2-135m-instruct")
+
+
+@pytest.mark.parametrize("tf, tl, ok", [
+    ("5.23.0", "4.3.0", True), ("5.23.1.dev0", "3.9.0", True), ("4.57.1", "2.16.1", True),
+    ("5.24.0", "4.3.0", False), ("5.24.0.dev0", "4.3.0", False), ("6.0", "4.3.0", False),
+    ("5.23.0", "2.15.9", False), ("5.23.0", "1.19.0", False), ("weird", "also-weird", True),
+])
+def test_version_rules(tf, tl, ok):
+    from alignez_tl.versions import check_versions
+
+    if ok:
+        check_versions(tf, tl)
+    else:
+        with pytest.raises(ImportError, match="pip install"):
+            check_versions(tf, tl)
+
+
+def test_import_fails_loudly_with_a_breaking_transformers():
+    import subprocess
+    import sys
+
+    code = "import transformers; transformers.__version__ = '5.24.0'; import alignez_tl"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "transformers 5.24.0 silently breaks" in proc.stderr
+    assert "pip install 'transformers<5.24'" in proc.stderr
 
 
 def test_a_model_object_passes_through(llama):

@@ -115,3 +115,59 @@ def make_model(arch: str = "llama", *, n_layers: int = 4, d_model: int = 64, see
         model.enable_compatibility_mode()
     model.cfg.model_name = f"tiny-{arch}-{n_layers}x{d_model}-seed{seed}"
     return model
+
+
+def bridge_available() -> bool:
+    """True where TransformerLens ships `TransformerBridge` (3.x/4.x)."""
+    try:
+        from transformer_lens.model_bridge import TransformerBridge  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def hooked_transformer_available() -> bool:
+    """True where TransformerLens still ships `HookedTransformer` (2.x/3.x)."""
+    try:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_hooked(arch: str = "llama", *, n_layers: int = 4, d_model: int = 64, seed: int = 0,
+                dtype: torch.dtype = torch.float64):
+    """A tiny random `HookedTransformer` from a `HookedTransformerConfig` (no downloads).
+
+    The same tokenizers as `make_model`; the Llama variant has rotary positions,
+    RMSNorm, a gated SiLU MLP and grouped-query attention, the GPT-2 one learned
+    positions and LayerNorm.
+    """
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(_tokenizer_dir(arch == "llama"))
+    common = dict(n_layers=n_layers, d_model=d_model, d_head=d_model // 4, n_heads=4, n_ctx=256,
+                  d_vocab=len(tok), seed=seed, dtype=dtype, device="cpu")
+    if arch == "llama":
+        cfg = HookedTransformerConfig(
+            **common, d_mlp=2 * d_model, act_fn="silu", normalization_type="RMS",
+            positional_embedding_type="rotary", rotary_dim=d_model // 4, gated_mlp=True,
+            n_key_value_heads=2, final_rms=True, original_architecture="LlamaForCausalLM",
+        )
+    elif arch == "gpt2":
+        cfg = HookedTransformerConfig(
+            **common, d_mlp=4 * d_model, act_fn="gelu_new", normalization_type="LN",
+            positional_embedding_type="standard",
+        )
+    else:
+        raise ValueError(arch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = HookedTransformer(cfg, tokenizer=tok)
+    with torch.no_grad():  # less flat logits, as make_hf_model does
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.mul_(4.0)
+    model.cfg.model_name = f"tiny-hooked-{arch}-{n_layers}x{d_model}-seed{seed}"
+    return model.eval()

@@ -1,0 +1,913 @@
+"""The bad-input catalogue: one test per case of docs/bad_input.md.
+
+Each case feeds one kind of bad input to the public API or the `alignez` command and
+checks the exact outcome: the exception type and what its message says, that it came
+before any model work, and that no output file is left half-written (or the documented
+recovery: a truncation with a warning, a `--force` overwrite). The meta-test at the end
+keeps this module and the docs page in step: every case id in the page's table has
+exactly one `test_bNN_...` function here, and every such function has a row there.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import math
+import os
+import pickle
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import warnings
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+
+from alignez_tl import (
+    AlignmentSubspace,
+    EmptySubspaceError,
+    LayerSubspace,
+    PreferenceSet,
+    Steerer,
+    SubspaceFileError,
+    SubspaceMismatchError,
+    cli,
+    encode,
+    fit_subspace,
+    generate_preferences,
+    hook_name,
+    load_model,
+    render,
+)
+from alignez_tl.evaluate import (
+    HTTPJudge,
+    JudgeError,
+    LogprobJudge,
+    load_comparisons,
+    pairwise_compare,
+    save_comparisons,
+)
+from alignez_tl.models import ModelSpecError
+from alignez_tl.preferences import PreferenceFileError
+from alignez_tl.prompts import PromptFileError, load_prompts
+from alignez_tl.subspace import FORMAT, FORMAT_VERSION, SUPPORTED_VERSIONS
+from tiny import make_hf_model
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "bad_input.md"
+KEY = "sk-catalogue-SECRET-0123456789"
+
+PAIRS = [
+    ("A helpful answer explains each step with an example.", "No."),
+    ("Mix flour, water, salt and yeast, then knead the dough.", "Whatever, figure it out."),
+    ("Plants turn light, water and carbon dioxide into sugar.", "I refuse to answer."),
+]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def sub_llama(llama):
+    return fit_subspace(llama, PAIRS, tau=1.0, verbose=False, objective="helpful")
+
+
+@pytest.fixture(scope="module")
+def sub_gpt2(gpt2):
+    return fit_subspace(gpt2, PAIRS, tau=1.0, verbose=False, objective="helpful")
+
+
+@pytest.fixture(scope="module")
+def saved(sub_llama, tmp_path_factory):
+    """A valid subspace file and its raw parts (tensors, provenance), to corrupt."""
+    from safetensors import safe_open
+
+    path = sub_llama.save(tmp_path_factory.mktemp("saved") / "sub.safetensors")
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["alignez"])
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    return path, tensors, meta
+
+
+def rewrite(path, tensors, meta, **changes):
+    """Write a safetensors file from `tensors` (with `changes`) and `meta` (a dict or raw str)."""
+    from safetensors.torch import save_file
+
+    tensors = {**tensors, **changes}
+    header = meta if isinstance(meta, str) else json.dumps(meta)
+    save_file(tensors, str(path), metadata={"alignez": header})
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny random Llama checkpoint on disk, loadable with --model <folder>."""
+    hf, tok = make_hf_model("llama", dtype=torch.float32)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    hf.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def prefs_file(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    PreferenceSet.from_pairs([q for q, _ in PAIRS], [p for p, _ in PAIRS], ["No."] * 3, "helpful").save(path)
+    return path
+
+
+def run_cli(args, capsys):
+    """`alignez ARGS` in this process: (exit code, stdout, stderr); argparse exits count too."""
+    try:
+        code = cli.main(args)
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if the CLI gets as far as loading a model."""
+
+    def refuse(args):
+        raise AssertionError("the model was loaded: the error came too late")
+
+    monkeypatch.setattr(cli, "_load", refuse)
+
+
+def assert_complete(folder: Path) -> list[str]:
+    """Every file in `folder` parses completely, and no temporary file is left over."""
+    names = sorted(p.name for p in folder.iterdir())
+    for name in names:
+        assert not name.endswith(".tmp") and not name.startswith("."), f"leftover temporary file {name}"
+        path = folder / name
+        if name.endswith(".jsonl"):
+            text = path.read_text(encoding="utf-8")
+            assert text.endswith("\n")
+            for line in text.splitlines():
+                json.loads(line)
+        elif name.endswith(".json"):
+            json.loads(path.read_text(encoding="utf-8"))
+        elif name.endswith(".safetensors"):
+            AlignmentSubspace.load(path)
+    return names
+
+
+# --------------------------------------------------------------------------- wrong types
+
+
+def test_b01_query_string_instead_of_list_refused(llama, sub_llama):
+    with pytest.raises(TypeError, match=r"single string; wrap it in a list: \['How do I bake bread\?'\]"):
+        generate_preferences(llama, "How do I bake bread?")
+    with pytest.raises(TypeError, match="single string: wrap it in a list"):
+        Steerer(sub_llama).generate(llama, "How do I bake bread?")
+    with pytest.raises(TypeError, match="single string"):
+        Steerer(sub_llama).select(llama, "How do I bake bread?")
+
+
+def test_b02_alpha_string_refused(sub_llama, capsys, no_model_load):
+    with pytest.raises(TypeError, match="alpha must be a number, got str"):
+        Steerer(sub_llama, alpha="0.5")
+    code, _, err = run_cli(["generate", "--subspace", "s.safetensors", "--query", "hi", "--alpha", "high"], capsys)
+    assert code == 2 and "argument --alpha: expected a finite number, got 'high'" in err
+
+
+def test_b03_float_layers_refused(llama, sub_llama, capsys, no_model_load, tmp_path):
+    with pytest.raises(TypeError, match="layer indices must be ints, got 0.0"):
+        fit_subspace(llama, PAIRS, layers=[0.0, 1.0])
+    with pytest.raises(TypeError, match="layer indices must be ints, got 1.0"):
+        Steerer(sub_llama, layers=[1.0])
+    prefs = tmp_path / "p.jsonl"
+    PreferenceSet.from_pairs(["q"], ["a"], ["b"]).save(prefs)
+    code, _, err = run_cli(["fit", "--prefs", str(prefs), "--layers", "1.5", "--out", str(tmp_path / "s.safetensors")],
+                           capsys)
+    assert code == 2 and "--layers takes comma-separated integers, got '1.5'" in err
+    assert not (tmp_path / "s.safetensors").exists()
+
+
+def test_b04_non_model_object_refused(sub_llama):
+    with pytest.raises(TypeError, match=r"fit_subspace needs a TransformerLens model .* got object"):
+        fit_subspace(object(), PAIRS)
+    with pytest.raises(TypeError, match=re.escape("got str; load it first: model = alignez_tl.load_model('gpt2')")):
+        fit_subspace("gpt2", PAIRS)
+    with pytest.raises(TypeError, match="generate_preferences needs a TransformerLens model"):
+        generate_preferences({"cfg": None}, ["hi"])
+    with pytest.raises(TypeError, match="steering needs a TransformerLens model"):
+        Steerer(sub_llama).generate(object(), ["hi"])
+    with pytest.raises(ModelSpecError, match="load_model got a list"):
+        load_model([1, 2])
+
+
+def test_b05_wrong_pair_and_subspace_types_refused(llama, sub_llama):
+    with pytest.raises(TypeError, match=r"pair 1 is not a \(positive_text, negative_text\) tuple of strings"):
+        fit_subspace(llama, [("good", "bad"), ("good", 3)])
+    with pytest.raises(TypeError, match="fit_subspace takes a PreferenceSet"):
+        fit_subspace(llama, "good answer, bad answer")
+    with pytest.raises(TypeError, match=r"got str \(load a saved one with AlignmentSubspace.load\(path\)\)"):
+        Steerer("subspace.safetensors")
+    with pytest.raises(TypeError, match="queries must be a list of strings, not a single string"):
+        PreferenceSet.from_pairs("q", ["a"], ["b"])
+    with pytest.raises(TypeError, match="negative #0 must be a string, got NoneType"):
+        PreferenceSet.from_pairs(["q"], ["a"], [None])
+
+
+# --------------------------------------------------------------------------- empty inputs
+
+
+def test_b06_no_queries_refused(llama, sub_llama, tmp_path, capsys, no_model_load):
+    with pytest.raises(ValueError, match="queries is empty; pass at least one query string"):
+        generate_preferences(llama, [])
+    with pytest.raises(ValueError, match="the query list is empty"):
+        Steerer(sub_llama).generate(llama, [])
+    blank = tmp_path / "queries.txt"
+    blank.write_text("\n  \n\n", encoding="utf-8")
+    code, _, err = run_cli(["prefs", "--queries", str(blank), "--out", str(tmp_path / "p.jsonl")], capsys)
+    assert code == 2 and "no queries: pass --query TEXT (repeatable) or --queries FILE" in err
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_b07_empty_pair_list_refused(llama):
+    with pytest.raises(EmptySubspaceError, match="no pairs given: there is nothing to fit"):
+        fit_subspace(llama, [])
+    empty = PreferenceSet.from_pairs([], [], [], "helpful")
+    with pytest.raises(EmptySubspaceError, match="the preference set is empty"):
+        fit_subspace(llama, empty)
+
+
+def test_b08_empty_strings_refused(llama, sub_llama):
+    with pytest.raises(ValueError, match=r"queries\[1\] is empty"):
+        generate_preferences(llama, ["fine", "   "])
+    with pytest.raises(ValueError, match="every query must be a non-empty string; got ''"):
+        Steerer(sub_llama).generate(llama, ["fine", ""])
+    # Before: "" crashed mid-capture on a chat model and gave a BOS-only activation on GPT-2.
+    with pytest.raises(ValueError, match="pair 1: the negative text is empty"):
+        fit_subspace(llama, [("good", "bad"), ("good", " \n")])
+
+
+# --------------------------------------------------------------------------- NaN / inf
+
+
+def test_b09_nan_alpha_refused(sub_llama, capsys, no_model_load):
+    with pytest.raises(ValueError, match="alpha must be finite, got nan"):
+        Steerer(sub_llama, alpha=float("nan"))
+    code, _, err = run_cli(["generate", "--subspace", "s.safetensors", "--query", "hi", "--alpha", "nan"], capsys)
+    assert code == 2 and "argument --alpha: expected a finite number, got 'nan'" in err
+
+
+def test_b10_inf_weight_refused(llama, sub_llama):
+    with pytest.raises(ValueError, match="weight must be finite, got inf"):
+        Steerer(sub_llama, weight=math.inf)
+    with pytest.raises(ValueError, match="weight must be finite, got inf"):
+        Steerer.compose([Steerer(sub_llama), Steerer(sub_llama)], weights=[1.0, math.inf])
+    with pytest.raises(ValueError, match="scale must be finite"):
+        Steerer(sub_llama, scale=math.inf)
+    with pytest.raises(ValueError, match="tau must be a number"):
+        fit_subspace(llama, PAIRS, tau=float("nan"))
+
+
+def test_b11_nan_subspace_construction_refused(sub_llama):
+    good = sub_llama.layers[0]
+    nan_dirs = good.directions.clone()
+    nan_dirs[0, 0] = float("nan")
+    fields = {name: getattr(good, name) for name in LayerSubspace._TENSORS}
+    with pytest.raises(ValueError, match="layer 0: directions holds NaN or inf"):
+        LayerSubspace(layer=0, n_pairs=good.n_pairs, n_kept=good.n_kept, **{**fields, "directions": nan_dirs})
+    with pytest.raises(ValueError, match="layer 0: proj_rms holds NaN or inf"):
+        LayerSubspace(layer=0, n_pairs=good.n_pairs, n_kept=good.n_kept,
+                      **{**fields, "proj_rms": torch.full_like(good.proj_rms, math.inf)})
+    with pytest.raises(ValueError, match="proj_rms has shape"):
+        LayerSubspace(layer=0, n_pairs=good.n_pairs, n_kept=good.n_kept, **{**fields, "proj_rms": torch.ones(99)})
+    with pytest.raises(ValueError, match="directions are 64 wide, but d_model is 32"):
+        AlignmentSubspace(layers={0: good}, site="resid_post", d_model=32)
+
+
+def test_b12_nan_in_subspace_file_refused(saved, tmp_path):
+    path, tensors, meta = saved
+    nan = tensors["layer.1.directions"].clone()
+    nan[0, 3] = float("nan")
+    bad = rewrite(tmp_path / "nan.safetensors", tensors, meta, **{"layer.1.directions": nan})
+    with pytest.raises(SubspaceFileError, match=r"tensor 'layer.1.directions' holds NaN or inf"):
+        AlignmentSubspace.load(bad)
+    inf = torch.full_like(tensors["layer.2.proj_rms"], math.inf)
+    bad = rewrite(tmp_path / "inf.safetensors", tensors, meta, **{"layer.2.proj_rms": inf})
+    with pytest.raises(SubspaceFileError, match=r"tensor 'layer.2.proj_rms' holds NaN or inf"):
+        AlignmentSubspace.load(bad)
+
+
+def test_b13_nan_activations_reaching_fit_refused(llama):
+    pos = torch.randn(5, 1, 64)
+    neg = torch.randn(5, 1, 64)
+    pos[3, 0, 7] = float("nan")
+    with pytest.raises(ValueError, match=r"layer 2: the activations contain NaN or inf in 1 of 5 pairs \(first: pair 3\)"):
+        fit_subspace(None, (pos, neg), layers=[2])
+    # NaN coming out of the model itself (here planted by a hook at layer 1)
+    poison = [(hook_name("resid_post", 1), lambda act, hook: act * float("nan"))]
+    with llama.hooks(fwd_hooks=poison):
+        with pytest.raises(ValueError, match=r"layer 2: .*NaN or inf in 3 of 3 pairs.*dtype"):
+            fit_subspace(llama, PAIRS, layers=[2, 3], verbose=False)
+
+
+# --------------------------------------------------------------------------- ranges
+
+
+def test_b14_layer_out_of_range_refused(llama, sub_llama, tmp_path, capsys, no_model_load):
+    with pytest.raises(ValueError, match=r"layer 4 is out of range: the model has layers 0..3"):
+        fit_subspace(llama, PAIRS, layers=[0, 4])
+    with pytest.raises(ValueError, match=r"layer -1 is out of range"):
+        fit_subspace(llama, PAIRS, layers=[-1])
+    with pytest.raises(ValueError, match=r"layer 9 is out of range"):
+        Steerer(sub_llama, layers=[9])
+    PreferenceSet.from_pairs(["q"], ["a"], ["b"]).save(tmp_path / "p.jsonl")
+    code, _, err = run_cli(["fit", "--prefs", str(tmp_path / "p.jsonl"), "--layers", "-1",
+                            "--out", str(tmp_path / "s.safetensors")], capsys)
+    assert code == 2 and "--layers takes comma-separated layer indices >= 0, got '-1'" in err
+
+
+def test_b15_positions_out_of_range_refused(llama, sub_llama):
+    with pytest.raises(ValueError, match=r"positions must be one of \('generated', 'all'\), got 'last'"):
+        Steerer(sub_llama, positions="last")
+    steerer = Steerer(sub_llama, alpha=1.0, layers=[1, 2])
+    with pytest.raises(ValueError, match="prompt_len must be a positive int"):
+        steerer.hooks(llama, prompt_len=0)
+    with pytest.raises(ValueError, match="prompt_len must be a positive int"):
+        steerer.hooks(llama, prompt_len=-3)
+    hooks = steerer.hooks(llama, prompt_len=500)
+    tokens = encode(llama, ["hello there"]).input_ids
+    with pytest.raises(ValueError, match=r"prompt_len=500 does not fit a forward call of \d+ positions"):
+        llama.run_with_hooks(tokens, fwd_hooks=hooks)
+
+
+# --------------------------------------------------------------------------- mismatches
+
+
+def test_b16_d_model_mismatch_refused(llama, monkeypatch):
+    narrow = fit_subspace(None, (torch.randn(6, 1, 32), torch.randn(6, 1, 32)), layers=[1])
+    assert narrow.d_model == 32
+    work = []
+    monkeypatch.setattr("alignez_tl.steering.capture", lambda *a, **k: work.append("capture"))
+    monkeypatch.setattr("alignez_tl.steering.generate_with_hooks", lambda *a, **k: work.append("generate"))
+    steerer = Steerer(narrow, layers=[1])
+    for call in (lambda: steerer.generate(llama, ["hi"]), lambda: steerer.select(llama, ["hi"]),
+                 lambda: steerer.hooks(llama)):
+        with pytest.raises(SubspaceMismatchError, match=r"d_model 32 \(subspace\) vs 64 \(model\)"):
+            call()
+    assert work == []  # refused before any forward pass
+
+
+def test_b17_subspace_of_another_model_refused(llama, sub_gpt2, tmp_path):
+    with pytest.raises(SubspaceMismatchError, match="model id 'tiny-gpt2-4x64-seed0' vs 'tiny-llama-4x64-seed0'"):
+        Steerer(sub_gpt2).generate(llama, ["hi"])
+    path = sub_gpt2.save(tmp_path / "gpt2.safetensors")
+    with pytest.raises(SubspaceMismatchError, match="Pass strict=False to accept a different model id"):
+        AlignmentSubspace.load(path, llama)
+    assert AlignmentSubspace.load(path, llama, strict=False).d_model == 64  # the documented way out
+
+
+def test_b18_unknown_site_refused(llama, sub_llama):
+    choices = "choose one of resid_post, resid_pre, mlp_out, attn_out"
+    with pytest.raises(ValueError, match=f"unknown site 'resid_mid'; {choices}"):
+        fit_subspace(llama, PAIRS, site="resid_mid")
+    with pytest.raises(ValueError, match="unknown site 'resid_mid'"):
+        hook_name("resid_mid", 0)
+    with pytest.raises(ValueError, match="unknown site 'resid_mid'"):
+        AlignmentSubspace(layers=dict(sub_llama.layers), site="resid_mid", d_model=64)
+
+
+def test_b19_site_mismatch_on_load_refused(saved, llama):
+    path, _, _ = saved
+    with pytest.raises(SubspaceMismatchError, match="fitted at site 'resid_post', requested 'mlp_out'"):
+        AlignmentSubspace.load(path, site="mlp_out")
+    with pytest.raises(SubspaceMismatchError, match=r"site 'resid_post' \(subspace\) vs 'attn_out' \(requested\)"):
+        AlignmentSubspace.load(path, llama, site="attn_out")
+
+
+# --------------------------------------------------------------------------- subspace files
+
+
+def test_b20_truncated_subspace_file_refused(saved, tmp_path, capsys, no_model_load):
+    path, _, _ = saved
+    data = path.read_bytes()
+    for cut in (7, len(data) // 2, len(data) - 1):
+        short = tmp_path / f"cut{cut}.safetensors"
+        short.write_bytes(data[:cut])
+        with pytest.raises(SubspaceFileError, match="is not a readable safetensors file"):
+            AlignmentSubspace.load(short)
+    code, _, err = run_cli(["generate", "--subspace", str(short), "--query", "hi", "--out", str(tmp_path / "g.jsonl")],
+                           capsys)
+    assert code == 2 and "not a readable safetensors file" in err and not (tmp_path / "g.jsonl").exists()
+
+
+def test_b21_corrupt_subspace_file_refused(saved, tmp_path):
+    from safetensors.torch import save_file
+
+    _, tensors, meta = saved
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(os.urandom(256))
+    with pytest.raises(SubspaceFileError):
+        AlignmentSubspace.load(garbage)
+    plain = tmp_path / "plain.safetensors"
+    save_file(tensors, str(plain))
+    with pytest.raises(SubspaceFileError, match="not an alignez subspace \\(no provenance\\)"):
+        AlignmentSubspace.load(plain)
+    with pytest.raises(SubspaceFileError, match="the provenance JSON is corrupt"):
+        AlignmentSubspace.load(rewrite(tmp_path / "json.safetensors", tensors, '{"format": "alignez-sub'))
+    no_width = {k: v for k, v in meta.items() if k != "d_model"}
+    with pytest.raises(SubspaceFileError, match=r"provenance header is malformed \(field 'd_model' is missing\)"):
+        AlignmentSubspace.load(rewrite(tmp_path / "nod.safetensors", tensors, no_width))
+    other = {**meta, "format": "something-else"}
+    with pytest.raises(SubspaceFileError, match="format 'something-else', expected 'alignez-subspace'"):
+        AlignmentSubspace.load(rewrite(tmp_path / "fmt.safetensors", tensors, other))
+
+
+def test_b22_unknown_format_version_refused(saved, tmp_path):
+    _, tensors, meta = saved
+    assert meta["format"] == FORMAT and meta["version"] == FORMAT_VERSION  # the version field is written
+    supported = ", ".join(map(str, SUPPORTED_VERSIONS))
+    for version in (2, 0, "1", None):
+        path = rewrite(tmp_path / "v.safetensors", tensors, {**meta, "version": version})
+        with pytest.raises(SubspaceFileError, match=re.escape(
+                f"format version {version!r} is not supported; this alignez-tl reads version(s) {supported}")):
+            AlignmentSubspace.load(path)
+
+
+def test_b23_shape_mismatch_in_file_refused(saved, tmp_path):
+    _, tensors, meta = saved
+    more = json.loads(json.dumps(meta))
+    more["layers"]["0"]["rank"] += 1
+    with pytest.raises(SubspaceFileError, match=r"layer 0 directions has shape \(\d+, 64\), metadata says"):
+        AlignmentSubspace.load(rewrite(tmp_path / "rank.safetensors", tensors, more))
+    wide = {**meta, "d_model": 32}
+    with pytest.raises(SubspaceFileError, match=r"directions has shape \(\d+, 64\), metadata says \(\d+, 32\)"):
+        AlignmentSubspace.load(rewrite(tmp_path / "wide.safetensors", tensors, wide))
+    missing = {k: v for k, v in tensors.items() if k != "layer.3.proj_rms"}
+    with pytest.raises(SubspaceFileError, match="tensor 'layer.3.proj_rms' is missing"):
+        AlignmentSubspace.load(rewrite(tmp_path / "miss.safetensors", missing, meta))
+
+
+def test_b24_dtype_mismatch_in_file_refused(saved, tmp_path):
+    _, tensors, meta = saved
+    for dtype in (torch.float64, torch.float16, torch.int64):
+        bad = rewrite(tmp_path / "dtype.safetensors", tensors, meta,
+                      **{"layer.0.directions": tensors["layer.0.directions"].to(dtype)})
+        name = str(dtype).replace("torch.", "")
+        with pytest.raises(SubspaceFileError, match=f"'layer.0.directions' is {name}; the format stores float32"):
+            AlignmentSubspace.load(bad)
+
+
+class _Plant:
+    """Unpickling this calls open(marker, "w"): proof that a loader ran pickled code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_b25_pickle_file_refused_never_executed(saved, tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.safetensors"
+    evil.write_bytes(pickle.dumps(_Plant(marker)))
+    with pytest.raises(SubspaceFileError, match="looks like a pickle or torch.save file; alignez-tl never unpickles"):
+        AlignmentSubspace.load(evil)
+    zipped = tmp_path / "torch.safetensors"
+    torch.save({"layer.0.directions": torch.zeros(2, 64)}, zipped)
+    with pytest.raises(SubspaceFileError, match="looks like a pickle or torch.save file"):
+        AlignmentSubspace.load(zipped)
+    evil_prefs = tmp_path / "evil.jsonl"
+    evil_prefs.write_bytes(pickle.dumps(_Plant(marker)))
+    with pytest.raises(PreferenceFileError, match=r"evil.jsonl:1: not UTF-8 text"):
+        PreferenceSet.load(evil_prefs)
+    assert not marker.exists()
+    # Valid files load with every unpickling entry point disabled.
+    def refuse(*args, **kwargs):
+        raise AssertionError("a loader tried to unpickle")
+
+    for target in ("pickle.load", "pickle.loads", "pickle.Unpickler", "torch.load"):
+        monkeypatch.setattr(target, refuse)
+    prefs = tmp_path / "ok.jsonl"
+    PreferenceSet.from_pairs(["q"], ["a"], ["b"]).save(prefs)
+    assert len(PreferenceSet.load(prefs)) == 1
+    assert AlignmentSubspace.load(saved[0]).d_model == 64
+
+
+_PICKLERS = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "marshal", "shelve"}
+
+
+def test_b26_no_pickle_in_the_sources():
+    problems = []
+    for folder in ("alignez_tl", "analyses"):
+        for path in sorted((ROOT / folder).glob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', '?')}"
+                if isinstance(node, ast.Import):
+                    problems += [f"{where} imports {a.name}" for a in node.names if a.name.split(".")[0] in _PICKLERS]
+                elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in _PICKLERS:
+                    problems.append(f"{where} imports from {node.module}")
+                elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                    owner = ast.unparse(node.func.value)
+                    kwargs = {k.arg: ast.unparse(k.value) for k in node.keywords}
+                    if node.func.attr == "load" and owner == "torch" and kwargs.get("weights_only") != "True":
+                        problems.append(f"{where} torch.load without weights_only=True")
+                    if node.func.attr == "load" and owner in ("np", "numpy") and kwargs.get("allow_pickle") == "True":
+                        problems.append(f"{where} np.load(allow_pickle=True)")
+    assert problems == []
+
+
+# --------------------------------------------------------------------------- JSONL files
+
+
+def test_b27_malformed_preference_jsonl_names_the_line(prefs_file, tmp_path, capsys, no_model_load):
+    lines = prefs_file.read_text(encoding="utf-8").splitlines()
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("\n".join(lines[:2] + ['{"type": "pair", "query": '] + lines[2:]) + "\n", encoding="utf-8")
+    with pytest.raises(PreferenceFileError, match=re.escape(f"{broken}:3: malformed JSON")):
+        PreferenceSet.load(broken)
+    record = json.loads(lines[1])
+    typed = tmp_path / "typed.jsonl"
+    typed.write_text("\n".join([lines[0], json.dumps({**record, "index": "1"})]) + "\n", encoding="utf-8")
+    with pytest.raises(PreferenceFileError, match=re.escape(f"{typed}:2: field 'index' must be int, got str")):
+        PreferenceSet.load(typed)
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(("\n".join(lines[:2]) + "\n").encode() + '{"query": "café"}\n'.encode("latin-1"))
+    with pytest.raises(PreferenceFileError, match=re.escape(f"{latin1}:3: not UTF-8 text")):
+        PreferenceSet.load(latin1)
+    out = tmp_path / "s.safetensors"
+    code, _, err = run_cli(["fit", "--prefs", str(broken), "--out", str(out)], capsys)
+    assert code == 2 and f"{broken}:3: malformed JSON" in err and not out.exists()
+
+
+def test_b28_preference_file_version_refused(prefs_file, tmp_path):
+    lines = prefs_file.read_text(encoding="utf-8").splitlines()
+    header = json.loads(lines[0])
+    future = tmp_path / "future.jsonl"
+    future.write_text("\n".join([json.dumps({**header, "version": 7})] + lines[1:]) + "\n", encoding="utf-8")
+    with pytest.raises(PreferenceFileError, match=re.escape(
+            f"{future}:1: format version 7 is not supported (this alignez-tl reads version 1)")):
+        PreferenceSet.load(future)
+    headless = tmp_path / "headless.jsonl"
+    headless.write_text("\n".join(lines[1:]) + "\n", encoding="utf-8")
+    with pytest.raises(PreferenceFileError, match=re.escape(f"{headless}:1: not an alignez preference file")):
+        PreferenceSet.load(headless)
+
+
+def test_b29_malformed_query_file_names_the_line(tmp_path, capsys, no_model_load):
+    bad = tmp_path / "q.jsonl"
+    bad.write_text('{"query": "fine"}\n\n{"query": \n', encoding="utf-8")
+    with pytest.raises(PromptFileError, match=re.escape(f"{bad}:3: malformed JSON")):
+        load_prompts(bad)
+    typed = tmp_path / "typed.jsonl"
+    typed.write_text('{"query": "fine"}\n{"query": 5}\n', encoding="utf-8")
+    with pytest.raises(PromptFileError, match=re.escape(f'{typed}:2: needs a non-empty "query" string')):
+        load_prompts(typed)
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"first query\nsecond \xff\xfe query\n")
+    with pytest.raises(PromptFileError, match=re.escape(f"{binary}:2: not UTF-8 text")):
+        load_prompts(binary)
+    out = tmp_path / "p.jsonl"
+    code, _, err = run_cli(["prefs", "--queries", str(bad), "--out", str(out)], capsys)
+    assert code == 2 and f"{bad}:3: malformed JSON" in err and not out.exists()
+
+
+# --------------------------------------------------------------------------- Unicode, long inputs
+
+
+UNICODE = [
+    "Ça va ? 你好，世界 🙂👩🏽‍🔬",
+    "مرحبا بالعالم — שלום",
+    "e\u0301 (combining accent) and zero\u200bwidth",
+    "one\u2028two\u2029three\u0085four\x0cfive",
+]
+
+
+def test_b30_unicode_queries_round_trip(llama, sub_llama, tmp_path):
+    path = tmp_path / "uni.jsonl"
+    PreferenceSet.from_pairs(UNICODE, [q + " ✓" for q in UNICODE], ["✗"] * len(UNICODE)).save(path)
+    assert len(path.read_bytes().split(b"\n")) == len(UNICODE) + 2  # header + one line per pair + final ""
+    assert [p.query for p in PreferenceSet.load(path)] == UNICODE
+    qfile = tmp_path / "q.jsonl"
+    body = "".join(json.dumps({"query": q}, ensure_ascii=False) + "\n" for q in UNICODE)
+    qfile.write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))  # with a byte-order mark, raw U+2028
+    # Before: splitlines() cut the last query at U+2028 into malformed JSON, and the BOM
+    # turned line 1 into a plain-text query.
+    assert [p["query"] for p in load_prompts(qfile)] == [q.strip() for q in UNICODE]
+    texts = Steerer(sub_llama, alpha=1.0).generate(llama, UNICODE, max_new_tokens=2)
+    assert len(texts) == len(UNICODE) and all(isinstance(t, str) for t in texts)
+
+
+def test_b31_long_query_truncated_with_warning(llama, sub_llama):
+    long_query = "bread and butter " * 150
+    text = render(llama, long_query)
+    full = llama.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(full) > llama.cfg.n_ctx
+    with pytest.warns(UserWarning, match=r"1 text\(s\) longer than the context \(256 tokens\) were truncated"):
+        batch = encode(llama, [text])
+    assert batch.input_ids[0].tolist() == full[-256:] and batch.n_truncated == 1
+    with pytest.warns(UserWarning, match="truncated to their last tokens"):
+        [[selection]] = Steerer(sub_llama).select(llama, [long_query])
+    assert selection.query == long_query and all(math.isfinite(v) for v in selection.scores.values())
+
+
+def test_b32_prompt_longer_than_context(gpt2, sub_gpt2):
+    steerer = Steerer(sub_gpt2, alpha=1.0)
+    long_query = "bread and butter " * 150
+    # Before: GPT-2's learned positions ran out and generation died with an IndexError.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        [text] = steerer.generate(gpt2, [long_query], max_new_tokens=4)
+    assert isinstance(text, str)
+    messages = [str(w.message) for w in caught]
+    assert "1 prompt(s) longer than 252 tokens were cut to their last 252 tokens, so that max_new_tokens=4 " \
+           "fit the model's context of 256 tokens" in messages
+    assert any("were truncated" in m for m in messages)  # the layer choice used the last 256 tokens
+    # The log-prob judge appends its verdict prefix after the prompt: it used to overflow too.
+    with pytest.warns(UserWarning, match="were truncated to their last tokens"):
+        verdict = LogprobJudge(gpt2).judge(long_query, "an answer", "another answer")
+    assert verdict.verdict in ("A", "B", "tie")
+    with pytest.raises(ValueError, match="max_new_tokens=256 does not fit the model's context of 256 tokens"):
+        steerer.generate(gpt2, ["hi"], max_new_tokens=256)
+    with pytest.raises(ValueError, match="elicit_tokens=300 does not fit the model's context of 256 tokens"):
+        generate_preferences(gpt2, ["hi"], elicit_tokens=300, verbose=False)
+
+
+# --------------------------------------------------------------------------- filtering
+
+
+def test_b33_zero_pairs_after_filtering(llama):
+    with pytest.raises(EmptySubspaceError, match=r"all 3 pairs were dropped at every layer: cos\(pos, neg\) ranged "
+                                                 r"over \[.*\].*Use more distinct pairs or a higher tau"):
+        fit_subspace(llama, PAIRS, tau=-0.99, verbose=False)
+    blank = PreferenceSet.from_pairs(["q1", "q2"], ["", "fine"], ["no", "  "], "helpful")
+    with pytest.raises(EmptySubspaceError, match="the preference set is empty"):
+        fit_subspace(llama, blank.filter_empty())
+
+
+def test_b34_rank_deficient_differences(llama):
+    same = [("the same answer", "the same answer")] * 4
+    with pytest.raises(EmptySubspaceError, match=r"all 4 pairs.*\(or the differences were all zero\)"):
+        fit_subspace(llama, same, tau=1.0, verbose=False)
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(8, 1, 64, generator=g)
+    v = torch.randn(64, generator=g)
+    sub = fit_subspace(None, (base + v, base), layers=[0], variance=0.999, rank=None)
+    assert sub.layers[0].rank == 1  # one real direction, no noise directions
+    assert float(sub.layers[0].directions[0] @ (v / v.norm())) == pytest.approx(1.0, abs=1e-5)
+    assert fit_subspace(None, (base + v, base), layers=[0], rank=5).layers[0].rank == 1  # capped
+
+
+# --------------------------------------------------------------------------- HTTP judge
+
+
+class _JudgeServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+def _completion(text):
+    return {"choices": [{"message": {"role": "assistant", "content": text}}]}
+
+
+@pytest.fixture
+def judge_server():
+    """Start a local OpenAI-style endpoint: `start(reply)` with reply(handler) -> (status, body, delay)."""
+    servers = []
+
+    def start(reply):
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                status, body, delay = reply(self)
+                time.sleep(delay)
+                data = (body if isinstance(body, str) else json.dumps(body)).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:  # the client gave up (timeout test)
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        server = _JudgeServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_b35_judge_unreachable(judge_server):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    judge = HTTPJudge(f"http://127.0.0.1:{port}/v1", "m", retries=1, backoff=0.01, timeout=2)
+    start = time.monotonic()
+    with pytest.raises(JudgeError, match=r"failed after 2 attempt\(s\): connection refused \(is the server running\?\)"):
+        judge.judge("q", "a", "b")
+    assert time.monotonic() - start < 2.0
+
+
+def test_b36_judge_timeout(judge_server):
+    url = judge_server(lambda h: (200, _completion("A"), 1.0))
+    judge = HTTPJudge(url, "m", timeout=0.2, retries=1, backoff=0.01)
+    start = time.monotonic()
+    with pytest.raises(JudgeError, match=r"failed after 2 attempt\(s\): timed out after 0.2s"):
+        judge.judge("q", "a", "b")
+    assert time.monotonic() - start < 1.0
+
+
+def test_b37_judge_garbage(judge_server):
+    replies = iter([(200, "<html>not json</html>", 0), (200, _completion("I would say answer A"), 0)])
+    url = judge_server(lambda h: next(replies))
+    with pytest.raises(JudgeError, match=r"after 2 attempt\(s\): unparseable verdict 'I would say answer A'"):
+        HTTPJudge(url, "m", retries=1, backoff=0.01).judge("q", "a", "b")
+    url = judge_server(lambda h: (200, {"unexpected": True}, 0))
+    with pytest.raises(JudgeError, match="the reply is not a chat completion"):
+        HTTPJudge(url, "m", retries=0).judge("q", "a", "b")
+    out = pairwise_compare(HTTPJudge(url, "m", retries=0), ["q"], ["a"], ["b"], on_error="record")
+    assert out[0].outcome == "error" and "not a chat completion" in out[0].error
+
+
+def test_b38_judge_api_key_never_leaks(judge_server, tmp_path, caplog):
+    def echo(handler):  # a hostile server that quotes the credentials back everywhere
+        auth = handler.headers["Authorization"]
+        return (500, {"error": f"overloaded; you sent {auth}"}, 0)
+
+    url = judge_server(echo)
+    judge = HTTPJudge(url, "m", KEY, retries=1, backoff=0.01)
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(JudgeError) as err:
+            judge.judge("q", "a", "b")
+        garbage = judge_server(lambda h: (200, _completion(f"maybe {h.headers['Authorization']}"), 0))
+        comps = pairwise_compare(HTTPJudge(garbage, "m", KEY, retries=0), ["q"], ["a"], ["b"], on_error="record")
+    assert "you sent Bearer ***" in str(err.value) and caplog.records  # the server did get it, the retry was logged
+    saved = tmp_path / "comparisons.jsonl"
+    save_comparisons(saved, comps)
+    assert load_comparisons(saved)[0].outcome == "error"
+    texts = [str(err.value), "".join(traceback.format_exception(err.value)), caplog.text, saved.read_text(),
+             repr(judge), str(judge), json.dumps(judge.config()), repr(vars(judge)), comps[0].error]
+    for text in texts:
+        assert KEY not in text
+    assert KEY.encode() not in pickle.dumps(judge)
+
+
+def test_b39_http_judge_unconfigured_refused_before_work(tmp_path, capsys, monkeypatch, no_model_load):
+    for var in ("ALIGNEZ_JUDGE_BASE_URL", "ALIGNEZ_JUDGE_MODEL", "ALIGNEZ_JUDGE_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    out = tmp_path / "eval"
+    code, _, err = run_cli(["eval", "--judge", "http", "--out", str(out)], capsys)
+    assert code == 2 and "--judge http: HTTPJudge needs a base URL: pass base_url=... or set ALIGNEZ_JUDGE_BASE_URL" in err
+    assert not out.exists()
+    monkeypatch.setenv("ALIGNEZ_JUDGE_BASE_URL", "ftp://judge.example")
+    monkeypatch.setenv("ALIGNEZ_JUDGE_MODEL", "m")
+    code, _, err = run_cli(["eval", "--judge", "http", "--out", str(out)], capsys)
+    assert code == 2 and "base_url must start with http:// or https://" in err and not out.exists()
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def test_b40_ctrl_c_leaves_only_complete_files(tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    argv = ["demo", "--model", tiny_dir, "--out", str(out), "--no-report", "--n-queries", "2",
+            "--n-characteristics", "1", "--elicit-tokens", "8", "--response-tokens", "8",
+            "--max-new-tokens", "200", "--batch-size", "1", "--threads", "1"]  # steps 1-2: well under 1 s
+    # SIGINT as Python's default handler takes it, even when this test's own parent ignores it.
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            f"from alignez_tl.cli import main; sys.exit(main({argv!r}))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    err_path = tmp_path / "stderr.txt"
+    with open(err_path, "w") as err_file:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=err_file,
+                                text=True, env=env, cwd=tmp_path)
+        try:
+            seen = []
+            for line in proc.stdout:  # wait until it is generating, after two files were written
+                seen.append(line)
+                if line.startswith("[3/5]"):
+                    proc.send_signal(signal.SIGINT)
+                    break
+            rest, _ = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    err = err_path.read_text()
+    assert any(line.startswith("[3/5]") for line in seen), "".join(seen) + err
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "alignez demo: interrupted; files already written are complete"
+    names = assert_complete(out)
+    assert {"pairs.jsonl", "subspace.safetensors"} <= set(names) <= {
+        "pairs.jsonl", "subspace.safetensors", "generations.jsonl", "summary.json"}
+    assert "summary.json" not in names  # it was interrupted before the end
+
+
+def test_b41_existing_output_needs_force(tiny_dir, prefs_file, tmp_path, capsys):
+    out = tmp_path / "sub.safetensors"
+    out.write_text("keep me")
+    out.chmod(0o640)
+    args = ["fit", "--model", tiny_dir, "--prefs", str(prefs_file), "--tau", "1.0", "--quiet", "--out", str(out)]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and f"{out} exists; pass --force to overwrite it" in err and out.read_text() == "keep me"
+    code, stdout, err = run_cli(args + ["--force"], capsys)
+    assert code == 0, err
+    assert AlignmentSubspace.load(out).site == "resid_post"  # replaced by a whole subspace
+    assert out.stat().st_mode & 0o777 == 0o640  # the overwritten file keeps its permissions
+    umask = os.umask(0)
+    os.umask(umask)
+    assert prefs_file.stat().st_mode & 0o777 == 0o666 & ~umask  # a new file: as open() makes it, not 0600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.jsonl", "sub.safetensors"]  # no .tmp left
+    folder = tmp_path / "demo"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    code, _, err = run_cli(["demo", "--model", tiny_dir, "--out", str(folder)], capsys)
+    assert code == 2 and "is not empty; pass --force to write into it" in err
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+
+def test_b42_bad_numeric_cli_options_refused(tmp_path, capsys, no_model_load):
+    cases = [
+        (["generate", "--subspace", "s", "--query", "q", "--max-new-tokens", "0"],
+         "argument --max-new-tokens: expected a positive integer, got 0"),
+        (["prefs", "--query", "q", "--batch-size", "-2"], "argument --batch-size: expected a positive integer, got -2"),
+        (["prefs", "--query", "q", "--n-characteristics", "three"],
+         "argument --n-characteristics: expected a positive integer, got 'three'"),
+        (["prefs", "--query", "q", "--top-p", "1.5"], "argument --top-p: expected a number in (0, 1], got '1.5'"),
+        (["fit", "--prefs", "p.jsonl", "--tau", "2"], "argument --tau: expected a number in (-1, 1], got '2'"),
+        (["eval", "--coef", "inf"], "argument --coef: expected a finite number, got 'inf'"),
+    ]
+    for argv, message in cases:
+        code, _, err = run_cli(argv + ["--out", str(tmp_path / "o")], capsys)
+        assert code == 2 and message in err, (argv, err)
+        assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_b43_bad_model_spec_refused_before_work(tmp_path, capsys, monkeypatch):
+    called = []
+    monkeypatch.setattr("alignez_tl.preferences.generate_preferences", lambda *a, **k: called.append(1))
+    a_file = tmp_path / "weights.bin"
+    a_file.write_bytes(b"\x00")
+    for spec, message in ((str(a_file), "is a file; pass the folder that holds config.json"),
+                          ("no-such-model", "unknown model 'no-such-model'")):
+        out = tmp_path / "p.jsonl"
+        code, _, err = run_cli(["prefs", "--model", spec, "--query", "hi", "--out", str(out)], capsys)
+        assert code == 2 and message in err and not out.exists()
+        # a command with an output folder removes the folder it made for nothing
+        folder = tmp_path / "new" / "demo"
+        code, _, err = run_cli(["demo", "--model", spec, "--quiet", "--out", str(folder)], capsys)
+        assert code == 2 and message in err and not (tmp_path / "new").exists()
+    assert not called
+
+
+def test_b44_eval_layer_out_of_range_refused(tiny_dir, tmp_path, capsys, monkeypatch):
+    called = []
+    monkeypatch.setattr("alignez_tl.preferences.generate_preferences", lambda *a, **k: called.append(1))
+    out = tmp_path / "eval"
+    code, _, err = run_cli(["eval", "--model", tiny_dir, "--quiet", "--per-category", "1", "--judge", "profanity",
+                            "--layer", "4", "--out", str(out)], capsys)
+    assert code == 2 and "--layer 4 is out of range: the model has layers 0..3" in err
+    assert not called and not out.exists()  # nothing written, and the folder it made is gone
+    out.mkdir()  # a folder that was there before stays
+    code, _, err = run_cli(["eval", "--model", tiny_dir, "--quiet", "--per-category", "1", "--judge", "profanity",
+                            "--layer", "4", "--out", str(out)], capsys)
+    assert code == 2 and out.is_dir() and list(out.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- the page and the tests agree
+
+
+def test_catalogue_page_and_tests_agree():
+    rows = re.findall(r"^\|\s*(B\d{2})\s*\|", DOC.read_text(encoding="utf-8"), flags=re.M)
+    assert rows, "no case rows found in docs/bad_input.md"
+    assert len(rows) == len(set(rows)), f"duplicate case ids in the page: {rows}"
+    assert len(rows) >= 28
+    tests = [name for name in globals() if name.startswith("test_b") and callable(globals()[name])]
+    by_id: dict[str, list[str]] = {}
+    for name in tests:
+        m = re.match(r"test_(b\d{2})_", name)
+        assert m, f"{name}: a catalogue test must be named test_bNN_..."
+        by_id.setdefault(m.group(1).upper(), []).append(name)
+    for case in rows:
+        assert len(by_id.get(case, [])) == 1, f"{case}: expected exactly one test, found {by_id.get(case, [])}"
+    assert sorted(by_id) == sorted(rows), f"tests without a row: {sorted(set(by_id) - set(rows))}"
+    # each row names its own test
+    for line in DOC.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"^\|\s*(B\d{2})\s*\|", line)
+        if m:
+            assert f"`{by_id[m.group(1)][0]}`" in line, f"{m.group(1)}: the row does not name {by_id[m.group(1)][0]}"
