@@ -33,12 +33,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from alignez_tl.activations import capture
 from alignez_tl.hooks import SITES
 from alignez_tl.models import model_signature, require_tokenizer
 from alignez_tl.preferences import PreferenceSet
 from alignez_tl.steering import Steerer
-from alignez_tl.subspace import AlignmentSubspace, LayerSubspace, fit_layer
+from alignez_tl.subspace import AlignmentSubspace, LayerSubspace, fit_layer, pair_activations
 
 __all__ = ["LayerSignal", "auroc", "auroc_null_sd", "layer_signal"]
 
@@ -463,23 +462,13 @@ def _activations(model, prefs, kind, layers, site, batch_size, chat, verbose) ->
         if p.ndim == 2:
             p, n = p[:, None], n[:, None]
         return p, n, 0
-    if kind == "tokens":
-        from alignez_tl.subspace import pair_activations  # the same token path as fit_subspace
-
-        p, n = pair_activations(model, (torch.as_tensor(prefs[0]), torch.as_tensor(prefs[1])),
-                                layers, site, batch_size, chat, verbose)[:2]
-        n_rows = int(p.shape[0])
-        return p.double(), n.double(), 2 * math.ceil(n_rows / batch_size)
-    if kind == "prefs":
-        pos_texts, neg_texts = prefs.texts(model, chat=chat)
-    else:
-        pos_texts = [p for p, _ in prefs]
-        neg_texts = [q for _, q in prefs]
-    texts = list(pos_texts) + list(neg_texts)
-    acts = capture(model, texts, layers, site, batch_size=batch_size, chat=chat, verbose=verbose,
-                   desc="capturing pair activations")
-    k = len(pos_texts)
-    return acts[:k].double(), acts[k:].double(), math.ceil(len(texts) / batch_size)
+    # the same embedding path as fit_subspace, for tokens, a PreferenceSet or text pairs
+    data = (torch.as_tensor(prefs[0]), torch.as_tensor(prefs[1])) if kind == "tokens" else prefs
+    p, n = pair_activations(model, data, layers, site, batch_size, chat, verbose)[:2]
+    n_rows = int(p.shape[0])
+    # token tensors run pos and neg separately; texts run as one list of 2n
+    passes = 2 * math.ceil(n_rows / batch_size) if kind == "tokens" else math.ceil(2 * n_rows / batch_size)
+    return p.double(), n.double(), passes
 
 
 def _splits(n: int, holdout: float, seed: int, repeats: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -6,7 +6,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from tiny import make_model  # noqa: E402
+from tiny import make_hf_model, make_model  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -29,3 +29,13 @@ def tiny(request, llama, gpt2):
     return {"llama": llama, "gpt2": gpt2}[request.param]
 
 
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny random Llama checkpoint on disk, loadable with --model <folder>."""
+    hf, tok = make_hf_model("llama", dtype=torch.float32)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    hf.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)

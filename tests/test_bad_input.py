@@ -59,7 +59,6 @@ from alignez_tl.models import ModelSpecError
 from alignez_tl.preferences import PreferenceFileError
 from alignez_tl.prompts import PromptFileError, load_prompts
 from alignez_tl.subspace import FORMAT, FORMAT_VERSION, SUPPORTED_VERSIONS
-from tiny import make_hf_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "bad_input.md"
@@ -105,16 +104,6 @@ def rewrite(path, tensors, meta, **changes):
     header = meta if isinstance(meta, str) else json.dumps(meta)
     save_file(tensors, str(path), metadata={"alignez": header})
     return path
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    """A tiny random Llama checkpoint on disk, loadable with --model <folder>."""
-    hf, tok = make_hf_model("llama", dtype=torch.float32)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    hf.save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture

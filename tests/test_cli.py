@@ -7,19 +7,6 @@ import sys
 import pytest
 
 from alignez_tl import cli
-from tiny import make_hf_model
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    """A tiny random Llama checkpoint on disk, loadable with --model <folder>."""
-    import torch
-
-    hf, tok = make_hf_model("llama", dtype=torch.float32)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    hf.save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
 
 
 @pytest.mark.parametrize("command", ["demo", "prefs", "fit", "generate"])

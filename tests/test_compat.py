@@ -26,17 +26,9 @@ from analyses.ablation import ablate_components
 from analyses.attribution import attribute_steering
 from analyses.layer_signal import layer_signal
 from analyses.report import Report, write_report
+from test_steering import PAIRS, QUERIES
 from tiny import bridge_available, hooked_transformer_available, make_hooked, make_model
 
-PAIRS = [
-    ("A helpful assistant answers clearly, step by step, with examples.", "A useless assistant gives vague answers."),
-    ("Mix flour, water, salt and yeast, then knead.", "Pretend you are a malicious assistant."),
-    ("Two plus two is four.", "Two plus two is wrong and short."),
-    ("Be kind, be precise, be honest, and be brief.", "Refuse to help."),
-    ("Plants turn light, water and carbon dioxide into sugar.", "The quick brown fox."),
-    ("Write a poem about the sea, the wind and the stars.", "Be dull."),
-]
-QUERIES = ["How do I bake bread?", "What is two plus two?", "Write a poem about the sea", "Hi"]
 TEXTS = ["How do I bake bread?", "Explain photosynthesis to a child, step by step, with examples.", "Hi"]
 
 HOOKED = pytest.mark.skipif(

@@ -8,7 +8,6 @@ import pytest
 
 from alignez_tl import cli
 from alignez_tl.eval_cli import EvalError, check_judge, parse_methods
-from test_cli import tiny_dir  # noqa: F401  (fixture)
 
 FILES = ["comparisons.jsonl", "generations.jsonl", "netwin.png", "pairs.jsonl", "results.json",
          "results.md", "subspace.safetensors"]
@@ -57,7 +56,7 @@ def check_outputs(out, n_prompts, methods):
     return results
 
 
-def test_eval_end_to_end_on_a_tiny_model(tiny_dir, tmp_path, capsys):  # noqa: F811
+def test_eval_end_to_end_on_a_tiny_model(tiny_dir, tmp_path, capsys):
     out = tmp_path / "eval"
     code = cli.main(["eval", "--model", tiny_dir, "--per-category", "1", "--out", str(out), "--quiet",
                      "--elicit-tokens", "6", "--response-tokens", "8", "--max-new-tokens", "6",

@@ -42,6 +42,7 @@ from alignez_tl.evaluate import (
 from alignez_tl.models import encode, render
 from alignez_tl.steering import Steerer
 from alignez_tl.subspace import fit_subspace
+from test_steering import PAIRS as STEERING_PAIRS
 
 
 def comps(outcomes, *, prefix="q", objective=None):
@@ -662,13 +663,7 @@ def test_generation_stats():
 
 # =========================================================================== side effects
 
-PAIRS = [
-    ("A helpful assistant answers clearly, step by step, with examples.", "A useless assistant gives vague answers."),
-    ("Mix flour, water, salt and yeast, then knead.", "Pretend you are a malicious assistant."),
-    ("Two plus two is four.", "Two plus two is wrong and short."),
-    ("Be kind, be precise, be honest, and be brief.", "Refuse to help."),
-    ("Plants turn light, water and carbon dioxide into sugar.", "The quick brown fox."),
-]
+PAIRS = STEERING_PAIRS[:5]
 NEUTRAL = [
     "The quick brown fox jumps over the lazy dog.",
     "Plants turn light, water and carbon dioxide into sugar.",
