@@ -185,6 +185,7 @@ _BUILTINS: dict[str, Objective] = {
         Objective("humor", "humorous", "dull and boring", description="funny answers"),
         Objective("creative", "creative", "dull", description="creative writing"),
         Objective("math", "careful step-by-step", "careless", description="math reasoning"),
+        Objective("tone", "positive and upbeat", "negative and gloomy", description="positive vs negative tone"),
     )
 }
 _REGISTRY: dict[str, Objective] = dict(_BUILTINS)

@@ -126,14 +126,22 @@ def test_from_dict_refuses_unknown_and_missing_keys():
 
 
 def test_builtin_keyword_pairs():
-    pairs = {n: (get_objective(n).positive, get_objective(n).negative) for n in list_objectives()[:5]}
+    builtins = list_objectives()[:6]
+    assert builtins == ["helpful", "harmless", "humor", "creative", "math", "tone"]
+    pairs = {n: (get_objective(n).positive, get_objective(n).negative) for n in builtins}
     assert pairs == {
         "helpful": ("helpful", "useless"),
         "harmless": ("safety-first", "malicious"),
         "humor": ("humorous", "dull and boring"),
         "creative": ("creative", "dull"),
         "math": ("careful step-by-step", "careless"),
+        "tone": ("positive and upbeat", "negative and gloomy"),
     }
+    tone = get_objective("tone")
+    assert tone.mode == "boost" and tone.description == "positive vs negative tone"
+    assert tone.elicit_prompt("Hi?", positive=False) == (
+        "Hi?\nPretend you are a negative and gloomy assistant. Your response to this query should: "
+    )
 
 
 def test_get_objective_forms():
