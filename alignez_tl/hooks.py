@@ -16,6 +16,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 __all__ = [
+    "EDITS",
     "SITES",
     "EditTerm",
     "PositionTracker",
@@ -24,6 +25,7 @@ __all__ = [
     "edit_delta",
     "edit_hook",
     "edit_sequential",
+    "edit_steps",
     "hook_name",
     "project_out_hook",
     "stop_hook",
@@ -37,6 +39,7 @@ SITES: dict[str, str] = {
 }
 POSITIONS = ("generated", "all")
 MODES = ("boost", "suppress")
+EDITS = ("oriented", "paper")
 
 HookFn = Callable[[Tensor, object], Optional[Tensor]]
 
@@ -105,8 +108,37 @@ def capture_hook(
 # --------------------------------------------------------------------------- editing
 
 
-def _sigma(mode: str, x: Tensor) -> Tensor:
-    return torch.tanh(x) if mode == "boost" else torch.relu(x)
+def check_edit(edit: str, mode: str) -> None:
+    """Refuse an unknown edit or mode, naming the allowed values."""
+    if edit not in EDITS:
+        raise ValueError(f"edit must be one of {EDITS}, got {edit!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def edit_steps(
+    proj: Float[Tensor, "... k"],
+    scales: Float[Tensor, " k"],
+    coef: Float[Tensor, "... k"],
+    mode: str,
+    edit: str = "paper",
+) -> Float[Tensor, "... k"]:
+    """The step along each direction, given the projections `proj = ⟨x, θ_j⟩`.
+
+    `coef` carries α times the per-row 0/1 selection mask (and any objective weight).
+
+    * `edit="paper"`: `coef·s·tanh(p/s)` (boost) or `coef·s·relu(p/s)` (suppress).
+    * `edit="oriented"`: `coef·s·(1 − tanh(p/s))` (boost) or `coef·relu(−p)` (suppress).
+
+    The edited activation is `x + Σ_j step_j · θ_j` (`edit_delta`).
+    """
+    check_edit(edit, mode)
+    if edit == "paper":
+        sigma = torch.tanh if mode == "boost" else torch.relu
+        return coef * scales * sigma(proj / scales)
+    if mode == "boost":
+        return coef * scales * (1.0 - torch.tanh(proj / scales))
+    return coef * torch.relu(-proj)
 
 
 def edit_delta(
@@ -115,18 +147,16 @@ def edit_delta(
     scales: Float[Tensor, " k"],
     coef: Float[Tensor, "... k"],
     mode: str,
+    edit: str = "paper",
 ) -> Float[Tensor, "... d_model"]:
     """The AlignEZ edit of `x` along orthonormal `directions`, as one vectorised step.
 
-    `delta = Σ_j coef_j · s_j · σ(⟨x, θ_j⟩ / s_j) · θ_j` with σ = tanh (boost) or ReLU
-    (suppress). `coef` carries alpha times the per-row 0/1 selection mask (and any
-    objective weight); it broadcasts against `x`'s leading dimensions. Because the θ_j
-    are orthonormal, an edit along θ_i leaves ⟨x, θ_j⟩ unchanged for j ≠ i, so this equals
-    the paper's sequential update (`edit_sequential`) up to rounding.
+    `delta = Σ_j step_j(⟨x, θ_j⟩) · θ_j` with the steps of `edit_steps`. `coef` broadcasts
+    against `x`'s leading dimensions. Because the θ_j are orthonormal, an edit along θ_i
+    leaves ⟨x, θ_j⟩ unchanged for j ≠ i, so this equals the paper's sequential update
+    (`edit_sequential`) up to rounding.
     """
-    proj = x @ directions.T  # [..., k]
-    step = coef * scales * _sigma(mode, proj / scales)
-    return step @ directions
+    return edit_steps(x @ directions.T, scales, coef, mode, edit) @ directions
 
 
 def edit_sequential(
@@ -135,15 +165,19 @@ def edit_sequential(
     scales: Float[Tensor, " k"],
     alpha: float,
     mode: str,
+    edit: str = "paper",
 ) -> Float[Tensor, "... d_model"]:
-    """The paper's update, one direction after the other (the reference for tests).
+    """The update one direction after the other (the reference for tests).
 
-    `x̂ ← x̂ + α · s_j · σ(⟨x̂, θ_j⟩ / s_j) · θ_j` for j = 1..k. Returns the edited `x`.
+    `x̂ ← x̂ + step(⟨x̂, θ_j⟩) · θ_j` for j = 1..k, with the step of `edit_steps` at
+    `coef = alpha`. Returns the edited `x`.
     """
+    check_edit(edit, mode)
     out = x.clone()
+    coef = torch.as_tensor(alpha, dtype=x.dtype)
     for theta, s in zip(directions, scales):
         proj = (out * theta).sum(-1, keepdim=True)
-        out = out + alpha * s * _sigma(mode, proj / s) * theta
+        out = out + edit_steps(proj, s, coef, mode, edit) * theta
     return out
 
 
@@ -153,17 +187,18 @@ class EditTerm:
 
     `directions` [k, d] (orthonormal rows), `scales` [k] (s_j), `coef` [rows, k]:
     alpha · weight · mask, where rows is 1 (all batch rows alike) or the batch size
-    (per-row selection), and `mode` is "boost" or "suppress".
+    (per-row selection), `mode` is "boost" or "suppress" and `edit` is "oriented" or
+    "paper" (`edit_steps`).
     """
 
     directions: Tensor
     scales: Tensor
     coef: Tensor
     mode: str
+    edit: str = "paper"
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        check_edit(self.edit, self.mode)
         if self.directions.ndim != 2 or self.coef.ndim != 2:
             raise ValueError("directions must be [k, d] and coef [rows, k]")
         if self.coef.shape[1] != self.directions.shape[0] or self.scales.shape != (
@@ -230,11 +265,17 @@ class PositionTracker:
         return span
 
 
-def edit_hook(terms: Sequence[EditTerm], tracker: PositionTracker) -> HookFn:
+def edit_hook(
+    terms: Sequence[EditTerm], tracker: PositionTracker, monitor: Optional[dict] = None
+) -> HookFn:
     """A hook that adds every term's edit, each computed from the same input activation.
 
     Work is done in float32 (float64 for float64 activations) and cast back to the
     activation's dtype. Rows whose coefficients are all zero are returned bit-identical.
+
+    `monitor`, when given, counts over every edited (row, position, direction) with a
+    non-zero coefficient: `monitor["edited"]` in all, `monitor["negative"]` of them with
+    `⟨x, θ⟩ < 0` before the edit (where the paper's boost pushes away from θ).
     """
     if not terms:
         raise ValueError("edit_hook needs at least one term")
@@ -251,13 +292,15 @@ def edit_hook(terms: Sequence[EditTerm], tracker: PositionTracker) -> HookFn:
                     f"the steering was set up for {coef.shape[0]} queries but the forward pass "
                     f"has a batch of {batch}: pass one query per row (or a single query)"
                 )
-            delta = delta + edit_delta(
-                x,
-                term.directions.to(x.device, x.dtype),
-                term.scales.to(x.device, x.dtype),
-                coef.to(x.device, x.dtype)[:, None, :],
-                term.mode,
-            )
+            theta = term.directions.to(x.device, x.dtype)
+            coef = coef.to(x.device, x.dtype)[:, None, :]
+            proj = x @ theta.T
+            steps = edit_steps(proj, term.scales.to(x.device, x.dtype), coef, term.mode, term.edit)
+            delta = delta + steps @ theta
+            if monitor is not None:
+                active = (coef != 0).expand_as(proj)
+                monitor["edited"] = monitor.get("edited", 0) + int(active.sum())
+                monitor["negative"] = monitor.get("negative", 0) + int((active & (proj < 0)).sum())
         out = activation.clone()
         out[:, start:stop] = (x + delta).to(activation.dtype)
         return out

@@ -52,7 +52,7 @@ import torch
 from torch import Tensor
 
 from alignez_tl._checks import encode_for_generation
-from alignez_tl.hooks import EditTerm, hook_name
+from alignez_tl.hooks import EditTerm, edit_steps, hook_name
 from alignez_tl.models import model_device, render, require_tokenizer, stop_token_ids
 from alignez_tl.steering import BACKENDS, QuerySelection, Steerer, generate_with_hooks
 
@@ -628,10 +628,6 @@ def _objective_of_terms(by_layer: dict[int, list[EditTerm]],
     return out
 
 
-def _sigma(mode: str, x: Tensor) -> Tensor:
-    return torch.tanh(x) if mode == "boost" else torch.relu(x)
-
-
 def _attribute(model, base, steered, plen, n, base_run: _Run, steered_run: _Run,
                by_layer: dict[int, list[EditTerm]], objectives: dict[int, list[int]], record: list,
                site: str) -> dict[str, Any]:
@@ -700,7 +696,7 @@ def _attribute(model, base, steered, plen, n, base_run: _Run, steered_run: _Run,
             theta = term.directions.to(work).cpu()
             s = term.scales.to(work).cpu()
             coef = term.coef[0].to(work).cpu()
-            step = coef * s * _sigma(term.mode, (x @ theta.T) / s)  # [n, k]
+            step = edit_steps(x @ theta.T, s, coef, term.mode, term.edit)  # [n, k]
             for j in torch.nonzero(coef != 0).flatten().tolist():
                 vectors.append(step[:, j:j + 1].to(torch.float64) * theta[j].to(torch.float64) * mask)
                 keys.append((p, j))

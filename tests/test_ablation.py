@@ -209,7 +209,7 @@ def test_edit_norm_is_the_hook_edit(llama, fitted, variant):
         llama(batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids())
     want = torch.zeros(len(QUERIES))
     for layer, [term] in terms.items():
-        delta = edit_delta(inputs[layer], term.directions, term.scales, term.coef, term.mode)
+        delta = edit_delta(inputs[layer], term.directions, term.scales, term.coef, term.mode, term.edit)
         want += delta.norm(dim=-1)
     assert r.per_prompt[variant]["edit_norm"] == pytest.approx(want.tolist(), rel=1e-4, abs=1e-5)
     assert want.sum() > 0

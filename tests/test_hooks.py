@@ -144,3 +144,63 @@ def test_zero_coefficient_rows_are_bit_identical_in_float64():
     want = act[1] + edit_delta(act[1], theta.float().double(), torch.ones(2, dtype=torch.float64),
                                coef[1].double(), "boost")
     assert torch.allclose(out[1], want, atol=1e-12, rtol=0)
+
+
+# --------------------------------------------------------------------------- the oriented edit
+
+
+def test_oriented_boost_matches_hand_computation():
+    theta = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    x = torch.tensor([[-2.0, 0.5, 7.0]], dtype=torch.float64)
+    scales = torch.tensor([2.0, 0.5], dtype=torch.float64)
+    coef = torch.tensor([[0.3, 0.3]], dtype=torch.float64)
+    out = x + edit_delta(x, theta, scales, coef, "boost", "oriented")
+    assert out[0, 0].item() == pytest.approx(-2.0 + 0.3 * 2.0 * (1 - math.tanh(-1.0)), abs=1e-12)
+    assert out[0, 1].item() == pytest.approx(0.5 + 0.3 * 0.5 * (1 - math.tanh(1.0)), abs=1e-12)
+    assert out[0, 2].item() == 7.0
+    # unlike the paper's boost it raises a negative projection, where the paper lowers it
+    paper = x + edit_delta(x, theta, scales, coef, "boost", "paper")
+    assert out[0, 0] > x[0, 0] > paper[0, 0]
+
+
+def test_oriented_suppress_lifts_only_the_negative_side():
+    theta = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    x = torch.tensor([[-4.0, 3.0], [2.0, -1.0]], dtype=torch.float64)
+    coef = torch.tensor([[0.75, 0.75]], dtype=torch.float64)
+    out = x + edit_delta(x, theta, torch.ones(2, dtype=torch.float64), coef, "suppress", "oriented")
+    assert out.tolist() == [[-1.0, 3.0], [2.0, -0.25]]  # (1 − α)·p for p < 0, p ≥ 0 untouched
+    full = x + edit_delta(x, theta, torch.ones(2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64),
+                          "suppress", "oriented")
+    assert full.tolist() == [[0.0, 3.0], [2.0, 0.0]]  # α = 1 removes the negative side exactly
+
+
+@pytest.mark.parametrize("mode", ["boost", "suppress"])
+def test_oriented_vectorised_equals_sequential(mode):
+    theta = orthonormal(4, 9, seed=2)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 9, generator=g, dtype=torch.float64) * 3
+    scales = torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=torch.float64)
+    coef = torch.full((1, 4), 0.4, dtype=torch.float64)
+    vec = x + edit_delta(x, theta, scales, coef, mode, "oriented")
+    seq = edit_sequential(x, theta, scales, 0.4, mode, "oriented")
+    assert torch.allclose(vec, seq, atol=1e-12)
+
+
+def test_unknown_edit_is_refused():
+    theta = orthonormal(1, 3)
+    with pytest.raises(ValueError, match="edit must be one of"):
+        edit_delta(torch.zeros(1, 3, dtype=torch.float64), theta, torch.ones(1, dtype=torch.float64),
+                   torch.ones(1, 1, dtype=torch.float64), "boost", "signed")
+    with pytest.raises(ValueError, match="edit must be one of"):
+        EditTerm(theta, torch.ones(1), torch.ones(1, 1), "boost", "signed")
+
+
+def test_monitor_counts_edited_entries_and_negative_projections():
+    theta = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    x = torch.tensor([[[-1.0, 2.0], [3.0, -4.0]], [[-5.0, -6.0], [7.0, 8.0]]], dtype=torch.float64)  # [2, 2, 2]
+    coef = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)  # row 0 edits θ₀ only
+    monitor: dict = {}
+    edit_hook([EditTerm(theta, torch.ones(2, dtype=torch.float64), coef, "boost", "oriented")],
+              PositionTracker("all"), monitor)(x, None)
+    # row 0: θ₀ at 2 positions (p = −1, 3); row 1: both directions at 2 positions (−5, −6, 7, 8)
+    assert monitor == {"edited": 6, "negative": 3}

@@ -208,3 +208,56 @@ def test_preference_jsonl_round_trips_any_unicode(triples, objective_name):
         (p.query, p.positive, p.negative, p.index) for p in prefs.pairs
     ]
     assert back.objective.name == prefs.objective.name
+
+
+# --------------------------------------------------------------------------- the oriented edit
+
+
+@PROPERTY
+@given(edit_cases(alphas=st.floats(1e-3, 8.0), modes=st.just("boost")))
+def test_the_oriented_boost_never_lowers_a_projection_and_is_bounded(case):
+    """p' = p + α·s·(1 − tanh(p/s)): never below p, never more than 2·α·s above it."""
+    x, dirs, scales, alpha, mode = case
+    before = x @ dirs.T
+    after = edit_sequential(x, dirs, scales, alpha, mode, "oriented") @ dirs.T
+    tol = _tol(x, alpha, scales)
+    assert (after >= before - tol).all()
+    assert (after - before <= 2 * alpha * scales + tol).all()
+
+
+@PROPERTY
+@given(st.floats(1e-3, 1.0), st.floats(1e-2, 1e3), st.integers(0, 2**31 - 1))
+def test_the_oriented_boost_is_monotone_in_the_projection_for_alpha_at_most_one(alpha, s, seed):
+    theta = torch.tensor([[1.0]], dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    p = torch.sort(torch.randn(64, generator=g, dtype=torch.float64) * s * 4).values[:, None]
+    after = edit_sequential(p, theta, torch.tensor([s], dtype=torch.float64), alpha, "boost", "oriented")
+    assert (after[1:] >= after[:-1] - 1e-12 * s).all()
+
+
+def test_the_oriented_boost_fades_once_the_direction_is_expressed():
+    theta = torch.tensor([[1.0]], dtype=torch.float64)
+    s = torch.tensor([1.0], dtype=torch.float64)
+    steps = [float(edit_sequential(torch.tensor([[p]], dtype=torch.float64), theta, s, 1.0, "boost", "oriented")
+                   - p) for p in (-3.0, 0.0, 3.0, 10.0)]
+    assert steps[0] > 1.99 and steps[1] == 1.0 and steps[2] < 0.005 and steps[3] < 1e-8
+    # and it is not the same edit for θ and −θ (the paper's boost is)
+    x = torch.tensor([[0.7, 0.2]], dtype=torch.float64)
+    t = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    for edit, same in (("paper", True), ("oriented", False)):
+        plus = edit_sequential(x, t, s, 1.0, "boost", edit)
+        minus = edit_sequential(x, -t, s, 1.0, "boost", edit)
+        assert torch.allclose(plus, minus) is same
+
+
+@PROPERTY
+@given(edit_cases(alphas=st.floats(1e-3, 1.0), modes=st.just("suppress")))
+def test_the_oriented_suppress_lifts_negative_projections_towards_zero_only(case):
+    """p' = p + α·relu(−p): p ≥ 0 is left alone, p < 0 becomes (1 − α)·p ∈ [p, 0]."""
+    x, dirs, scales, alpha, mode = case
+    before = x @ dirs.T
+    after = edit_sequential(x, dirs, scales, alpha, mode, "oriented") @ dirs.T
+    tol = _tol(x, alpha, scales)
+    assert (after >= before - tol).all()
+    assert ((after - before).abs()[before >= 0] <= tol.expand_as(before)[before >= 0]).all()
+    assert (after[before < 0] <= tol.expand_as(before)[before < 0]).all()
