@@ -288,6 +288,29 @@ class VectorSteerer(Baseline):
         out.coef = float(coef)
         return out
 
+    with_strength = with_coef
+
+    @property
+    def strength(self) -> float:
+        """The multiplier `coef` (what strength sweeps and calibration vary)."""
+        return self.coef
+
+    def mirror(self) -> "VectorSteerer":
+        """The mirror control: the same step towards the dispreferred side (`coef → −coef`)."""
+        out = self.with_coef(-self.coef)
+        out.info = {**self.info, "control": "mirror"}
+        return out
+
+    def null(self, seed: int = 0) -> "VectorSteerer":
+        """The null-direction control: a seeded random unit direction with the same `‖vector‖`."""
+        gen = torch.Generator().manual_seed(int(seed))
+        r = torch.randn(self.d_model, generator=gen, dtype=torch.float64)
+        out = self.__class__.__new__(self.__class__)
+        out.__dict__.update(self.__dict__)
+        out.vector = (r / r.norm() * float(self.vector.norm())).to(self.vector.dtype)
+        out.info = {**self.info, "control": "null", "null_seed": int(seed)}
+        return out
+
     def check_model(self, model: Any, *, strict: bool = True) -> None:
         """Refuse a model this vector does not fit (d_model, depth, compatibility mode, id)."""
         sig = model_signature(model)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ._checks import encode_for_generation, prompt_budget, require_model
 from .activations import capture
-from .hooks import MODES, POSITIONS, EditTerm, PositionTracker, check_layers, edit_hook, hook_name
+from .hooks import EDITS, MODES, POSITIONS, EditTerm, PositionTracker, check_layers, edit_hook, hook_name
 from .fastpath import native_hooks, unwrapped_hf_model
 from .models import (
     Encoded,
@@ -38,11 +38,40 @@ from .models import (
 )
 from .subspace import AlignmentSubspace
 
-__all__ = ["BACKENDS", "QuerySelection", "Steerer", "generate_with_hooks"]
+__all__ = ["BACKENDS", "DEFAULT_EDIT", "QuerySelection", "Steerer", "default_alpha", "generate_with_hooks"]
 
 SCALES = ("fitted", "paper")
 _MAX_RANK = 1 << 16  # more directions than any layer can have
 FILTERS = ("paper", "all")
+DEFAULT_EDIT = "oriented"
+
+# One default step size per (edit, mode), used by the Python API and every CLI command.
+_DEFAULT_ALPHA = {
+    ("paper", "boost"): 1.0,  # the paper's values
+    ("paper", "suppress"): -1.0,
+    ("oriented", "boost"): 0.1,
+    ("oriented", "suppress"): 1.0,
+}
+
+
+def default_alpha(edit: str = DEFAULT_EDIT, mode: str = "boost") -> float:
+    """The default step size α of `edit` in `mode` (docs/method.md, "The two edits")."""
+    if (edit, mode) not in _DEFAULT_ALPHA:
+        raise ValueError(f"no default alpha for edit={edit!r}, mode={mode!r}; edits: {EDITS}, modes: {MODES}")
+    return _DEFAULT_ALPHA[(edit, mode)]
+
+
+def _check_alpha(edit: str, mode: str, alpha: float) -> None:
+    """The oriented edit's direction comes from θ, so its α is a positive size."""
+    if edit != "oriented":
+        return
+    if mode == "boost" and alpha < 0:
+        raise ValueError(
+            f"alpha must be >= 0 for the oriented boost, got {alpha} (to push towards the dispreferred "
+            "side use steerer.mirror())"
+        )
+    if mode == "suppress" and not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1] for the oriented suppress, got {alpha}")
 
 
 @dataclass
@@ -85,6 +114,23 @@ class _Term:
     top_n: int
     layers: Optional[tuple[int, ...]]
     components: Optional[frozenset[int]] = None  # direction indices j allowed (None: all)
+    edit: str = "paper"
+    # per layer, directions that replace the subspace's (mirror and null controls)
+    replaced: Optional[dict[int, Tensor]] = None
+    control: Optional[str] = None
+
+    def directions(self, layer: int) -> Tensor:
+        if self.replaced is not None:
+            return self.replaced[layer]
+        return self.subspace.layers[layer].directions
+
+    def keeps(self, cos: Tensor) -> Tensor:
+        """The direction filter: which directions a query with cosines `cos` gets edited."""
+        if self.direction_filter == "all":
+            return torch.ones_like(cos, dtype=torch.bool)
+        if self.mode == "boost" or self.edit == "oriented":
+            return cos <= 0
+        return cos > 0
 
     def component_mask(self, layer: int) -> Tensor:
         """1 for the direction indices this term may edit at `layer`, else 0."""
@@ -122,14 +168,18 @@ class Steerer:
 
     Args:
         subspace: a fitted `AlignmentSubspace`.
-        alpha: step size α. Default: +1 for a boost objective, −1 for a suppress one
-            (the paper's values).
-        mode: `"boost"` (σ = tanh) or `"suppress"` (σ = ReLU); default from the subspace's
-            objective.
+        alpha: step size α. Default: `default_alpha(edit, mode)`: 0.1 (oriented boost),
+            1 (oriented suppress), and the paper's +1 / −1 for `edit="paper"`.
+        mode: `"boost"` or `"suppress"`; default from the subspace's objective.
+        edit: `"oriented"` (default) or `"paper"` (docs/method.md, "The two edits").
+            Oriented, with p = ⟨x, θ⟩: boost adds `α·s·(1 − tanh(p/s))·θ`, suppress adds
+            `α·relu(−p)·θ` (α in (0, 1]); both edit the directions the query does not
+            express (⟨q̂, θ⟩ ≤ 0). Paper: boost adds `α·s·tanh(p/s)·θ`, suppress
+            `α·s·relu(p/s)·θ` with α < 0 (the exact formula, for reproduction).
         scale: `"fitted"` (default: s_j = RMS of the fitted activations' projections on
             θ_j), `"paper"` (s_j = 1, the paper's exact formula), or a positive number.
         direction_filter: `"paper"` keeps, per query and layer, the directions the query
-            does not already express (⟨q̂, θ⟩ ≤ 0 when boosting, > 0 when suppressing);
+            does not already express (⟨q̂, θ⟩ ≤ 0; the paper's suppress keeps > 0);
             `"all"` keeps every direction.
         top_n: how many layers to edit per query, by score (paper: 5).
         layers: a fixed list of layers instead of per-query top-n selection (the
@@ -148,6 +198,7 @@ class Steerer:
         alpha: Optional[float] = None,
         *,
         mode: Optional[str] = None,
+        edit: str = DEFAULT_EDIT,
         scale: Union[str, float] = "fitted",
         direction_filter: str = "paper",
         top_n: int = 5,
@@ -163,7 +214,10 @@ class Steerer:
         mode = subspace.mode if mode is None else mode
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        alpha = (1.0 if mode == "boost" else -1.0) if alpha is None else _check_number("alpha", alpha)
+        if edit not in EDITS:
+            raise ValueError(f"edit must be one of {EDITS}, got {edit!r}")
+        alpha = default_alpha(edit, mode) if alpha is None else _check_number("alpha", alpha)
+        _check_alpha(edit, mode, alpha)
         weight = _check_number("weight", weight)
         if weight < 0:
             raise ValueError(f"weight must be >= 0, got {weight}")
@@ -191,7 +245,7 @@ class Steerer:
             if len(empty) == len(fixed):
                 raise ValueError(f"layers {fixed} have no directions (every pair was filtered out there)")
         self.terms: list[_Term] = [
-            _Term(subspace, alpha, weight, mode, scale, direction_filter, top_n, fixed)
+            _Term(subspace, alpha, weight, mode, scale, direction_filter, top_n, fixed, edit=edit)
         ]
         self.positions = positions
 
@@ -278,14 +332,8 @@ class Steerer:
             for qi, query in enumerate(queries):
                 scores, kept, cosines = {}, {}, {}
                 for layer in term.candidate_layers():
-                    theta = term.subspace.layers[layer].directions
-                    cos = theta @ unit[qi, index[layer]]
-                    if term.direction_filter == "all":
-                        keep = torch.ones_like(cos, dtype=torch.bool)
-                    elif term.mode == "boost":
-                        keep = cos <= 0
-                    else:
-                        keep = cos > 0
+                    cos = term.directions(layer) @ unit[qi, index[layer]]
+                    keep = term.keeps(cos)
                     kept[layer] = keep.nonzero().flatten().tolist()
                     scores[layer] = float(cos[keep].square().sum().sqrt())
                     cosines[layer] = cos.tolist()
@@ -310,6 +358,7 @@ class Steerer:
         prompt_len: Optional[int] = None,
         chat: Optional[bool] = None,
         record: Optional[list] = None,
+        monitor: Optional[dict] = None,
         strict: bool = True,
     ) -> list[tuple[str, Any]]:
         """Plain `(hook_name, fn)` pairs for `model.hooks(fwd_hooks=...)` or `run_with_hooks`.
@@ -323,6 +372,9 @@ class Steerer:
                 `positions="generated"` edits (see `hooks.PositionTracker`).
             record: a list that receives `(hook_name, seq_len, (start, stop))` for every
                 edit, to check which positions were edited.
+            monitor: a dict that counts the edited (row, position, direction) entries
+                (`"edited"`) and those whose projection was negative before the edit
+                (`"negative"`), over all hooks (see `hooks.edit_hook`).
             strict: refuse a subspace fitted on a model with another id.
 
         Each call returns fresh hooks with fresh position state: use one set per generation.
@@ -340,7 +392,7 @@ class Steerer:
             if record is not None:
                 log = _NamedLog(record, name)
             tracker = PositionTracker(self.positions, prompt_len, log=log)
-            out.append((name, edit_hook(by_layer[layer], tracker)))
+            out.append((name, edit_hook(by_layer[layer], tracker, monitor)))
         return out
 
     def edit_terms(
@@ -359,7 +411,7 @@ class Steerer:
             for layer, mask in rows.items():
                 coef = mask * term.component_mask(layer) * (term.alpha * term.weight)
                 by_layer.setdefault(layer, []).append(
-                    EditTerm(term.subspace.layers[layer].directions, term.scales(layer), coef, term.mode)
+                    EditTerm(term.directions(layer), term.scales(layer), coef, term.mode, term.edit)
                 )
         return by_layer
 
@@ -379,11 +431,74 @@ class Steerer:
             lambda current: (current if current is not None else frozenset(range(_MAX_RANK))) - drop
         )
 
-    def _with_components(self, update: Any) -> "Steerer":
+    # ------------------------------------------------------------------ controls
+
+    def with_alpha(self, alpha: float) -> "Steerer":
+        """A copy with step size `alpha` for every objective (no refit): for strength sweeps."""
+        alpha = _check_number("alpha", alpha)
+        for term in self.terms:
+            _check_alpha(term.edit, term.mode, alpha)
+        return self._copy([replace(t, alpha=alpha) for t in self.terms])
+
+    with_strength = with_alpha
+
+    @property
+    def strength(self) -> float:
+        """The step size α (of the first objective)."""
+        return self.terms[0].alpha
+
+    def mirror(self) -> "Steerer":
+        """The mirror control: the same edit with every direction negated.
+
+        It selects and edits exactly as this steerer does, but towards the dispreferred
+        side. A steerer steers when it beats its mirror, not merely the base model: any
+        change to a greedy answer can move a score.
+        """
+        terms = []
+        for t in self.terms:
+            layers = t.candidate_layers()
+            terms.append(replace(t, replaced={l: -t.directions(l) for l in layers},
+                                 control="mirror" if t.control is None else f"{t.control}+mirror"))
+        return self._copy(terms)
+
+    def null(self, seed: int = 0) -> "Steerer":
+        """The null-direction control: random orthonormal directions in place of each layer's.
+
+        Same ranks, scales, α, filter rule and layer count as this steerer, so the edit
+        has a comparable size; only the directions carry no preference. Seeded.
+        """
+        gen = torch.Generator().manual_seed(int(seed))
+        terms = []
+        for t in self.terms:
+            replaced = {}
+            for layer in t.candidate_layers():
+                k, d = t.directions(layer).shape
+                q, _ = torch.linalg.qr(torch.randn(d, k, generator=gen, dtype=torch.float64))
+                replaced[layer] = q.T.to(torch.float32).contiguous()
+            terms.append(replace(t, replaced=replaced, control="null"))
+        return self._copy(terms)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready settings, for reports and result files."""
+        out = []
+        for t in self.terms:
+            out.append({
+                "method": "alignez", "objective": t.subspace.objective_name, "edit": t.edit, "mode": t.mode,
+                "alpha": t.alpha, "weight": t.weight, "scale": t.scale, "filter": t.direction_filter,
+                "top_n": t.top_n, "layers": list(t.layers) if t.layers is not None else None,
+                "control": t.control, "ranks": {str(k): v for k, v in t.subspace.ranks().items()},
+            })
+        return {"positions": self.positions, "objectives": out, **{k: out[0][k] for k in
+                ("method", "edit", "mode", "alpha", "control")}}
+
+    def _copy(self, terms: list[_Term]) -> "Steerer":
         out = Steerer.__new__(Steerer)
         out.positions = self.positions
-        out.terms = [replace(t, components=update(t.components)) for t in self.terms]
+        out.terms = terms
         return out
+
+    def _with_components(self, update: Any) -> "Steerer":
+        return self._copy([replace(t, components=update(t.components)) for t in self.terms])
 
     def _masks(self, term: _Term, selections: Optional[list[QuerySelection]]) -> dict[int, Tensor]:
         """Per layer, a `[rows, k]` 0/1 mask of the directions each row edits."""
@@ -439,6 +554,7 @@ class Steerer:
         verbose: bool = False,
         return_tokens: bool = False,
         backend: str = "auto",
+        monitor: Optional[dict] = None,
     ) -> Union[list[str], tuple[list[list[int]], list[str]]]:
         """Steered generation for many queries, batched, one `generate` call per batch.
 
@@ -463,7 +579,8 @@ class Steerer:
         def hooks_for(start: int, stop: int, batch: Encoded) -> list:
             if not steer:
                 return []
-            return self.hooks(model, queries[start:stop], prompt_len=batch.input_ids.shape[1], chat=chat)
+            return self.hooks(model, queries[start:stop], prompt_len=batch.input_ids.shape[1], chat=chat,
+                              monitor=monitor)
 
         all_ids = generate_with_hooks(
             model, texts, hooks_for, chat=chat if prompts is None else False,

@@ -65,7 +65,7 @@ def test_fitted_and_paper_scales(llama, llama_sub):
 
 def test_hook_edits_the_selected_rows_and_directions(llama, llama_sub):
     """A batch hook equals applying each row's own edit by hand."""
-    steerer = Steerer(llama_sub, top_n=2, alpha=3.0, positions="all")
+    steerer = Steerer(llama_sub, top_n=2, alpha=3.0, positions="all", edit="paper")
     hooks = dict(steerer.hooks(llama, QUERIES))
     [sels] = steerer.select(llama, QUERIES)
     x = torch.randn(len(QUERIES), 5, llama.cfg.d_model)
@@ -170,8 +170,8 @@ def test_hooks_are_removed_after_an_exception(llama, llama_sub):
 
 def test_composition_adds_edits_computed_from_the_same_input(llama, llama_sub):
     other = fit_subspace(llama, [(n, p) for p, n in PAIRS[::-1]], tau=1.0, verbose=False, objective="humor")
-    a = Steerer(llama_sub, layers=[1], alpha=2.0, positions="all")
-    b = Steerer(other, layers=[1], alpha=3.0, positions="all")
+    a = Steerer(llama_sub, layers=[1], alpha=2.0, positions="all", edit="paper")
+    b = Steerer(other, layers=[1], alpha=3.0, positions="all", edit="paper")
     both = Steerer.compose([a, b], weights=[0.5, 2.0])
     [(name, fn)] = both.hooks(llama)
     x = torch.randn(2, 3, llama.cfg.d_model)
@@ -218,3 +218,100 @@ def test_component_restriction(llama, llama_sub):
     whole = dict(steerer.hooks(llama))["blocks.2.hook_resid_post"](x, None) - x
     assert torch.allclose(parts[0] + parts[1], whole, atol=1e-5)  # orthonormal: the parts add up
     assert (steerer.only_components([0]).without_components([0]).edit_terms()[2][0].coef == 0).all()
+
+
+# --------------------------------------------------------------------------- edits and controls
+
+
+def test_default_edit_is_oriented_with_one_default_alpha_per_edit(llama_sub):
+    from alignez_tl.steering import default_alpha
+
+    term = Steerer(llama_sub).terms[0]
+    assert (term.edit, term.alpha) == ("oriented", default_alpha("oriented", "boost"))
+    assert Steerer(llama_sub, edit="paper").terms[0].alpha == 1.0
+    assert Steerer(llama_sub, edit="paper", mode="suppress").terms[0].alpha == -1.0
+    assert Steerer(llama_sub, mode="suppress").terms[0].alpha == 1.0
+    with pytest.raises(ValueError, match="oriented boost"):
+        Steerer(llama_sub, alpha=-0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        Steerer(llama_sub, mode="suppress", alpha=1.5)
+    with pytest.raises(ValueError, match="edit must be one of"):
+        Steerer(llama_sub, edit="signed")
+    assert Steerer(llama_sub, edit="paper").describe()["edit"] == "paper"
+
+
+def test_oriented_suppress_keeps_the_directions_the_query_leans_against(llama, llama_sub):
+    paper = Steerer(llama_sub, edit="paper", mode="suppress", top_n=2).select(llama, QUERIES)[0]
+    oriented = Steerer(llama_sub, mode="suppress", top_n=2).select(llama, QUERIES)[0]
+    for p, o in zip(paper, oriented):
+        for layer, cos in o.cos.items():
+            assert o.kept[layer] == [j for j, c in enumerate(cos) if c <= 0]
+            assert p.kept[layer] == [j for j, c in enumerate(cos) if c > 0]
+
+
+def test_the_oriented_hook_applies_the_oriented_formula(llama, llama_sub):
+    steerer = Steerer(llama_sub, alpha=0.4, top_n=2)
+    [[sel]] = steerer.select(llama, QUERIES[:1])
+    inputs = {}
+
+    def grab(layer):
+        def fn(act, hook):
+            inputs[layer] = act[0, -1].clone()
+        return fn
+
+    hooks = steerer.hooks(llama, QUERIES[0], prompt_len=None)
+    ids = encode(llama, [render(llama, QUERIES[0])]).input_ids
+    outputs = {}
+
+    def out_grab(layer):
+        def fn(act, hook):
+            outputs[layer] = act[0, -1].clone()
+        return fn
+
+    from alignez_tl.hooks import hook_name
+
+    names = [hook_name("resid_post", layer) for layer in sel.layers]
+    grabs = [(n, grab(layer)) for n, layer in zip(names, sel.layers)]
+    after = [(n, out_grab(layer)) for n, layer in zip(names, sel.layers)]
+    with torch.inference_mode(), llama.hooks(fwd_hooks=grabs + hooks + after):
+        llama(ids)
+    for layer in sel.layers:
+        sub = llama_sub.layers[layer]
+        coef = torch.zeros(1, sub.rank)
+        coef[0, sel.kept[layer]] = 0.4
+        want = inputs[layer] + edit_delta(inputs[layer][None], sub.directions, sub.proj_rms, coef, "boost", "oriented")[0]
+        assert torch.allclose(outputs[layer], want, atol=1e-5)
+
+
+def test_mirror_negates_every_direction_and_null_is_random_but_seeded(llama, llama_sub):
+    steerer = Steerer(llama_sub, alpha=0.3, top_n=2)
+    mirror = steerer.mirror()
+    sel = steerer.select(llama, QUERIES)[0]
+    msel = mirror.select(llama, QUERIES)[0]
+    for s, m in zip(sel, msel):
+        for layer in s.cos:
+            assert torch.allclose(torch.tensor(m.cos[layer]), -torch.tensor(s.cos[layer]), atol=1e-6)
+    terms, mterms = steerer.edit_terms([sel]), mirror.edit_terms([sel])
+    for layer in terms:
+        assert torch.equal(mterms[layer][0].directions, -terms[layer][0].directions)
+    twice = mirror.mirror().edit_terms([sel])
+    assert all(torch.equal(twice[l][0].directions, terms[l][0].directions) for l in terms)
+    assert mirror.describe()["control"] == "mirror"
+    null_a, null_b, null_c = steerer.null(seed=1), steerer.null(seed=1), steerer.null(seed=2)
+    for layer in llama_sub.layer_indices:
+        if not llama_sub.layers[layer].rank:
+            continue
+        a = null_a.terms[0].directions(layer)
+        assert a.shape == llama_sub.layers[layer].directions.shape
+        assert torch.allclose(a @ a.T, torch.eye(a.shape[0]), atol=1e-5)
+        assert torch.equal(a, null_b.terms[0].directions(layer))
+        assert not torch.equal(a, null_c.terms[0].directions(layer))
+    assert torch.equal(null_a.terms[0].scales(1), steerer.terms[0].scales(1))
+
+
+def test_with_alpha_copies_and_validates(llama_sub):
+    steerer = Steerer(llama_sub, alpha=0.2)
+    other = steerer.with_alpha(0.6)
+    assert (steerer.strength, other.strength) == (0.2, 0.6)
+    with pytest.raises(ValueError, match="oriented boost"):
+        steerer.with_strength(-1.0)
