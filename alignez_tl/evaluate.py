@@ -57,6 +57,7 @@ __all__ = [
     "HTTPJudge",
     "JudgeError",
     "LogprobJudge",
+    "NeutralBase",
     "PairVerdict",
     "ScorerJudge",
     "balanced_order",
@@ -65,6 +66,7 @@ __all__ = [
     "judge_pair",
     "judge_pairs",
     "judge_prompt",
+    "neutral_base",
     "load_comparisons",
     "pairwise_compare",
     "parse_verdict",
@@ -1237,6 +1239,43 @@ def _log_probs(logits: torch.Tensor) -> torch.Tensor:
     return logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
 
 
+@dataclass
+class NeutralBase:
+    """The unsteered pass over neutral texts, computed once and reused (`neutral_base`).
+
+    `batches` holds, per batch of texts: the texts, token ids, attention mask (bool) and
+    the base model's next-token log-probabilities.
+    """
+
+    texts: list[str]
+    batches: list[tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]]
+    max_len: Optional[int] = None
+
+
+@torch.inference_mode()
+def neutral_base(
+    model: Any, neutral_texts: Sequence[str], *, batch_size: int = 8, max_len: Optional[int] = None
+) -> NeutralBase:
+    """Tokenise the neutral texts (plain text, no chat template) and run them once unsteered."""
+    if isinstance(neutral_texts, str):
+        raise TypeError("side_effects takes a list of texts, not a single string")
+    texts = list(neutral_texts)
+    if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+        raise ValueError("side_effects needs a non-empty list of non-empty texts")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = model_device(model)
+    batches = []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        batch = encode(model, chunk, chat=False, max_len=max_len)
+        ids = batch.input_ids.to(device)
+        mask = batch.attention_mask.to(device)
+        base = _log_probs(model(ids, **padding_kwargs(model, mask)))
+        batches.append((chunk, ids, mask.bool(), base))
+    return NeutralBase(texts, batches, max_len)
+
+
 @torch.inference_mode()
 def side_effects(
     model: Any,
@@ -1248,6 +1287,7 @@ def side_effects(
     steered_answers: Optional[Sequence[str]] = None,
     chat: Optional[bool] = None,
     max_len: Optional[int] = None,
+    base: Optional[NeutralBase] = None,
 ) -> dict[str, Any]:
     """What steering does to text it should leave alone.
 
@@ -1259,7 +1299,9 @@ def side_effects(
     token is edited), so the numbers measure how far steering moves the model's
     predictions on ordinary text. A per-query steerer selects its layers and directions
     with each neutral text as its own query (`chat` is passed to that selection, as in
-    `Steerer.select`); a steerer with fixed layers edits those.
+    `Steerer.select`); a steerer with fixed layers edits those. `base` reuses an
+    unsteered pass from `neutral_base` over the same texts (strength calibration and
+    sweeps measure many steerers on one text set).
 
     Returns:
         `kl`: mean over all real token positions of KL(p_base ‖ p_steered) of the
@@ -1271,35 +1313,26 @@ def side_effects(
         `base_answers` / `steered_answers` (generations for some prompts), also
         `generation`: `generation_stats(...)` in model tokens.
     """
-    texts = list(neutral_texts)
-    if isinstance(neutral_texts, str):
-        raise TypeError("side_effects takes a list of texts, not a single string")
-    if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
-        raise ValueError("side_effects needs a non-empty list of non-empty texts")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if (base_answers is None) != (steered_answers is None):
         raise ValueError("pass both base_answers and steered_answers, or neither")
+    if base is None:
+        base = neutral_base(model, neutral_texts, batch_size=batch_size, max_len=max_len)
+    elif list(neutral_texts) != base.texts:
+        raise ValueError("`base` was computed on other neutral texts")
+    texts = base.texts
     everywhere = copy.copy(steerer)
     everywhere.positions = "all"
-    device = model_device(model)
     kl_sum = 0.0
     kl_n = 0
     kl_max = 0.0
     kl_per_text: list[float] = []
     nll = [0.0, 0.0]
     nll_n = 0
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start : start + batch_size]
-        batch = encode(model, chunk, chat=False, max_len=max_len)
-        ids = batch.input_ids.to(device)
-        mask = batch.attention_mask.to(device).bool()
-        kwargs = padding_kwargs(model, batch.attention_mask)
-        base = _log_probs(model(ids, **kwargs))
+    for chunk, ids, mask, base_lp in base.batches:
         hooks = everywhere.hooks(model, chunk, chat=chat)
         with model.hooks(fwd_hooks=hooks):
-            steered = _log_probs(model(ids, **kwargs))
-        kl = (base.exp() * (base - steered)).sum(-1).clamp_min(0.0)  # [rows, pos]
+            steered = _log_probs(model(ids, **padding_kwargs(model, mask.long())))
+        kl = (base_lp.exp() * (base_lp - steered)).sum(-1).clamp_min(0.0)  # [rows, pos]
         kl = torch.where(mask, kl, torch.zeros_like(kl))
         kl_sum += float(kl.sum())
         kl_n += int(mask.sum())
@@ -1307,7 +1340,7 @@ def side_effects(
         kl_per_text.extend((kl.sum(1) / mask.sum(1)).tolist())
         target = ids[:, 1:].unsqueeze(-1)
         pair = (mask[:, 1:] & mask[:, :-1]).float()
-        for k, lp in enumerate((base, steered)):
+        for k, lp in enumerate((base_lp, steered)):
             nll[k] += float((-lp[:, :-1].gather(-1, target).squeeze(-1) * pair).sum())
         nll_n += int(pair.sum())
     out: dict[str, Any] = {

@@ -1,0 +1,168 @@
+"""Strength calibration: the step size that reaches a target side effect.
+
+Strengths are not comparable across edits or methods: α = 0.1 of the oriented AlignEZ
+boost, α = 1 of the paper's boost and `coef = 4` of DiffMean are different amounts of
+change. What is comparable is what each one does to text it should leave alone: the KL
+divergence of the next-token distributions on neutral text, per token
+(`evaluate.side_effects`). `calibrate_strength` finds, for any steerer with a
+`with_strength` copy method (`Steerer`, `DiffMeanSteerer`, `PCASteerer`), the strength
+whose neutral KL is within a relative tolerance of a target, so that methods can be
+compared at the same side effect (docs/evaluation.md, "Efficacy sweep").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Sequence
+
+from .evaluate import NeutralBase, neutral_base, side_effects
+
+__all__ = ["Calibration", "calibrate_strength", "neutral_kl"]
+
+
+@dataclass
+class Calibration:
+    """The outcome of `calibrate_strength`.
+
+    Attributes:
+        strength: the strength found (α for AlignEZ, `coef` for vector baselines), with the
+            sign of the steerer's own strength.
+        kl: its neutral KL per token (nats).
+        target: the KL asked for.
+        reached: True when `|kl − target| ≤ rel_tol · target`.
+        limited: why the search stopped short, if it did (e.g. the oriented suppress is
+            bounded by α = 1), else None.
+        history: every `(strength, kl)` evaluated, in order.
+    """
+
+    strength: float
+    kl: float
+    target: float
+    reached: bool
+    limited: Optional[str] = None
+    history: list[tuple[float, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def neutral_kl(model: Any, steerer: Any, texts: Sequence[str] | NeutralBase, *, batch_size: int = 8) -> float:
+    """Mean KL(base ‖ steered) per token on neutral text, every position edited (`side_effects`)."""
+    base = texts if isinstance(texts, NeutralBase) else neutral_base(model, texts, batch_size=batch_size)
+    return float(side_effects(model, steerer, base.texts, base=base)["kl"])
+
+
+def _max_strength(steerer: Any) -> Optional[float]:
+    """The largest magnitude a steerer accepts (the oriented suppress: α ≤ 1), else None."""
+    terms = getattr(steerer, "terms", None)
+    if terms and any(t.edit == "oriented" and t.mode == "suppress" for t in terms):
+        return 1.0
+    return None
+
+
+def calibrate_strength(
+    model: Any,
+    steerer: Any,
+    target_kl: float,
+    *,
+    texts: Optional[Sequence[str] | NeutralBase] = None,
+    rel_tol: float = 0.1,
+    start: Optional[float] = None,
+    max_evals: int = 30,
+    batch_size: int = 8,
+) -> Calibration:
+    """The strength at which `steerer`'s neutral KL per token is `target_kl` (±`rel_tol`).
+
+    The KL grows with the strength's magnitude, so the search first brackets the target
+    by growing or shrinking the magnitude four-fold per step from `start` (default: the
+    steerer's own strength, or 1 when that is 0), then bisects geometrically. The sign of
+    the steerer's strength is kept (the paper's suppress has α < 0). Each evaluation is
+    one steered forward pass over the texts; the unsteered pass is computed once.
+
+    Args:
+        model: the model the steerer was fitted on.
+        steerer: anything with `with_strength(x)` and `strength` (`Steerer`,
+            `DiffMeanSteerer`, `PCASteerer`).
+        target_kl: the KL per token on neutral text to reach, in nats (> 0).
+        texts: neutral texts or a precomputed `evaluate.neutral_base` (default:
+            `prompts.NEUTRAL_TEXTS_EXTENDED`).
+        rel_tol: accept `|kl − target| ≤ rel_tol · target` (default 10%).
+        max_evals: at most this many evaluations.
+
+    Returns:
+        A `Calibration`; `reached` is False when the tolerance was not met (the best
+        strength seen is returned, and `limited` says why when the steerer is bounded).
+    """
+    if not hasattr(steerer, "with_strength") or not hasattr(steerer, "strength"):
+        raise TypeError(
+            f"calibrate_strength needs a steerer with a strength to vary (Steerer, DiffMeanSteerer, "
+            f"PCASteerer), got {type(steerer).__name__}"
+        )
+    for name, value, ok in (("target_kl", target_kl, lambda v: v > 0), ("rel_tol", rel_tol, lambda v: 0 < v < 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+            raise ValueError(f"{name} must be a finite number ({'> 0' if name == 'target_kl' else 'in (0, 1)'}), got {value!r}")
+    if isinstance(max_evals, bool) or not isinstance(max_evals, int) or max_evals < 2:
+        raise ValueError(f"max_evals must be an int >= 2, got {max_evals!r}")
+    if start is not None and (not isinstance(start, (int, float)) or not math.isfinite(start) or start == 0):
+        raise ValueError(f"start must be a non-zero finite number, got {start!r}")
+    if texts is None:
+        from .prompts import NEUTRAL_TEXTS_EXTENDED
+
+        texts = NEUTRAL_TEXTS_EXTENDED
+    base = texts if isinstance(texts, NeutralBase) else neutral_base(model, texts, batch_size=batch_size)
+
+    own = float(steerer.strength)
+    sign = -1.0 if own < 0 else 1.0
+    magnitude = abs(start) if start is not None else (abs(own) or 1.0)
+    cap = _max_strength(steerer)
+    if cap is not None:
+        magnitude = min(magnitude, cap)
+    history: list[tuple[float, float]] = []
+
+    def measure(m: float) -> float:
+        kl = neutral_kl(model, steerer.with_strength(sign * m), base)
+        history.append((sign * m, kl))
+        return kl
+
+    def close(kl: float) -> bool:
+        return abs(kl - target_kl) <= rel_tol * target_kl
+
+    def result(limited: Optional[str] = None) -> Calibration:
+        best_s, best_kl = min(history, key=lambda h: abs(math.log(max(h[1], 1e-300) / target_kl)))
+        return Calibration(best_s, best_kl, float(target_kl), close(best_kl), limited, list(history))
+
+    kl = measure(magnitude)
+    if close(kl):
+        return result()
+    lo = hi = None  # magnitudes below and above the target
+    if kl < target_kl:
+        lo = magnitude
+    else:
+        hi = magnitude
+    while (lo is None or hi is None) and len(history) < max_evals:
+        if hi is None:
+            if cap is not None and lo >= cap:
+                return result(f"the strength is bounded by {cap:g} and reaches KL {kl:.3g} < {target_kl:g} there")
+            m = lo * 4.0 if cap is None else min(lo * 4.0, cap)
+        else:
+            m = hi / 4.0
+        kl = measure(m)
+        if close(kl):
+            return result()
+        if kl < target_kl:
+            lo = m
+        else:
+            hi = m
+        if m < 1e-12 or m > 1e12:
+            return result("the KL does not respond to the strength")
+    while lo is not None and hi is not None and len(history) < max_evals:
+        m = math.sqrt(lo * hi)
+        kl = measure(m)
+        if close(kl):
+            break
+        if kl < target_kl:
+            lo = m
+        else:
+            hi = m
+    return result()
