@@ -349,17 +349,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_prefs(args: argparse.Namespace) -> int:
     from .objectives import get_objective
-    from .preferences import generate_preferences
+    from .preferences import LIST_PREFILL, generate_preferences
 
     queries = _read_queries(args)
     try:
         get_objective(args.objective)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    if args.greedy and args.n_responses > 1:
+        raise CLIError("--n-responses above 1 needs sampling: greedy answers would all be the same; drop --greedy")
     out = _check_out_file(args.out, args.force)
     model = _load(args)
+    prefill = LIST_PREFILL if args.elicit_prefill == "list" else args.elicit_prefill
     prefs = generate_preferences(
         model, queries, objective=args.objective, n_characteristics=args.n_characteristics,
+        n_responses=args.n_responses, elicit_prefill=prefill,
         elicit_tokens=args.elicit_tokens, response_tokens=args.response_tokens,
         do_sample=not args.greedy, temperature=args.temperature, top_p=args.top_p,
         seed=args.seed, batch_size=args.batch_size, verbose=not args.quiet,
@@ -532,6 +536,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     p.add_argument("--temperature", type=_POSITIVE_FLOAT, default=0.7)
     p.add_argument("--top-p", type=_FRACTION, default=0.9)
+    p.add_argument("--n-responses", type=_POSITIVE, default=1,
+                   help="sampled answers (and so pairs) per characteristic (default: 1)")
+    p.add_argument("--elicit-prefill", nargs="?", const="list", default="", metavar="TEXT",
+                   help="start each elicitation reply with TEXT; the flag alone (or 'list') starts a numbered "
+                        "list of traits (preferences.LIST_PREFILL), which stops chat models from "
+                        "answering the query instead (default: no prefill, the paper's prompt)")
     p.set_defaults(func=cmd_prefs)
 
     p = sub.add_parser("fit", help="fit the alignment subspace from a pairs file",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,7 @@ from .objectives import Objective, get_objective
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "LIST_PREFILL",
     "PreferenceFileError",
     "PreferencePair",
     "PreferenceSet",
@@ -42,8 +44,17 @@ __all__ = [
 
 FORMAT = "alignez-preferences"
 FORMAT_VERSION = 1
-MAX_CHAR_WORDS = 30  # a characteristic longer than this is cut to its first 30 words
+MAX_CHAR_WORDS = 25  # a longer item reads as a sentence of an answer, not a trait: rejected
 MIN_CHAR_LEN = 3  # characteristics shorter than this (in characters) are dropped
+
+LIST_PREFILL = "Your answer to this query should:\n1."
+"""An `elicit_prefill` that starts the model's reply as a numbered list of traits.
+
+Chat models such as SmolLM2-135M-Instruct tend to answer the query itself when the
+elicitation prompt is a user turn; starting their reply with this text makes them list
+characteristics instead (measured in docs/preferences.md)."""
+
+logger = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 # Characters that str.splitlines() (and some JSONL readers) treat as line breaks but
@@ -70,8 +81,12 @@ class PreferencePair:
         char_negative: the characteristic the negative answer was asked to show.
         objective: name of the objective the pair was generated for.
         index: which characteristic of this query the pair uses (0-based).
-        meta: free JSON-ready details, e.g. whether the fallback characteristic was used
-            and how many tokens each answer took.
+        meta: free JSON-ready details: ``fallback_positive`` / ``fallback_negative`` (the
+            characteristic is the fallback ``"be {kw}"``, not a parsed one), the raw
+            elicitation replies, and how many tokens each answer took.
+        sample: which sampled answer to this characteristic the pair holds (0-based; see
+            ``n_responses`` of `generate_preferences`). Optional in files: records
+            written before it existed load with 0.
     """
 
     query: str
@@ -82,8 +97,10 @@ class PreferencePair:
     objective: str = "custom"
     index: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    sample: int = 0
 
 
+# Fields every pair record holds, and (below) fields added later: optional, with defaults.
 _PAIR_TYPES: dict[str, type] = {
     "query": str,
     "positive": str,
@@ -94,6 +111,7 @@ _PAIR_TYPES: dict[str, type] = {
     "index": int,
     "meta": dict,
 }
+_OPTIONAL_PAIR_TYPES: dict[str, tuple[type, Any]] = {"sample": (int, 0)}
 
 
 @dataclass
@@ -185,7 +203,13 @@ class PreferenceSet:
         return PreferenceSet(kept, self.objective, dict(self.settings))
 
     def summary(self) -> dict[str, int]:
-        """Counts: pairs, queries, empty answers, identical answers, fallbacks used."""
+        """Counts: pairs, queries, empty answers, identical answers, fallbacks used.
+
+        ``fallback_positive`` / ``fallback_negative`` count pairs; ``characteristics`` and
+        ``fallback_characteristics`` count distinct characteristics (both sides, once per
+        query and index however many answers were sampled), as in `fallback_report`.
+        """
+        overall = self.fallback_report()["overall"]
         return {
             "pairs": len(self.pairs),
             "queries": len(self.queries),
@@ -194,7 +218,39 @@ class PreferenceSet:
             "identical": sum(p.positive.strip() == p.negative.strip() for p in self.pairs),
             "fallback_positive": sum(bool(p.meta.get("fallback_positive")) for p in self.pairs),
             "fallback_negative": sum(bool(p.meta.get("fallback_negative")) for p in self.pairs),
+            "characteristics": overall["characteristics"],
+            "fallback_characteristics": overall["fallback"],
         }
+
+    def fallback_report(self) -> dict[str, Any]:
+        """How many characteristics were parsed from the model's replies and how many are
+        the fallback ``"be {kw}"``, per query and overall.
+
+        A characteristic is one side (positive or negative) of one pair with ``sample ==
+        0``: the further samples of a characteristic share it. Pairs whose `meta` does not
+        record ``fallback_positive`` / ``fallback_negative`` (e.g. from `from_pairs`) are
+        not counted. Returns ``{"overall": {...}, "per_query": {query: {...}}}``, each
+        with ``characteristics``, ``parsed``, ``fallback`` and ``fallback_share`` (a
+        fraction; 0.0 when nothing is counted).
+        """
+        per_query: dict[str, dict[str, Any]] = {}
+        for p in self.pairs:
+            flags = [p.meta.get(f"fallback_{side}") for side in ("positive", "negative")]
+            if p.sample != 0 or not all(isinstance(f, bool) for f in flags):
+                continue
+            row = per_query.setdefault(p.query, {"characteristics": 0, "fallback": 0})
+            row["characteristics"] += 2
+            row["fallback"] += sum(flags)
+        rows = list(per_query.values())
+        overall = {
+            "characteristics": sum(r["characteristics"] for r in rows),
+            "fallback": sum(r["fallback"] for r in rows),
+        }
+        for row in rows + [overall]:
+            row["parsed"] = row["characteristics"] - row["fallback"]
+            total = row["characteristics"]
+            row["fallback_share"] = row["fallback"] / total if total else 0.0
+        return {"overall": overall, "per_query": per_query}
 
     # ---------------------------------------------------------------- files
 
@@ -324,10 +380,13 @@ def _pair_from_record(path: Path, lineno: int, record: dict[str, Any]) -> Prefer
     missing = [k for k in _PAIR_TYPES if k not in body]
     if missing:
         raise PreferenceFileError(f"{where}: pair record misses field(s) {missing}")
-    unknown = sorted(set(body) - set(_PAIR_TYPES))
+    unknown = sorted(set(body) - set(_PAIR_TYPES) - set(_OPTIONAL_PAIR_TYPES))
     if unknown:
         raise PreferenceFileError(f"{where}: pair record has unknown field(s) {unknown}")
-    for key, kind in _PAIR_TYPES.items():
+    for key, (_, default) in _OPTIONAL_PAIR_TYPES.items():
+        body.setdefault(key, default)
+    types = {**_PAIR_TYPES, **{k: kind for k, (kind, _) in _OPTIONAL_PAIR_TYPES.items()}}
+    for key, kind in types.items():
         value = body[key]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise PreferenceFileError(
@@ -338,17 +397,20 @@ def _pair_from_record(path: Path, lineno: int, record: dict[str, Any]) -> Prefer
 
 # --------------------------------------------------------------------------- parsing
 
-_MARK = r"(?:\(?\d{1,2}[.)]|\(?[a-zA-Z]\)|[-*•‣◦·–+✔✓✅▪►➤→◆●■])"
-_LINE_MARK = re.compile(rf"^\s*(?:{_MARK}\s+)+")  # "1. ", "* ", "* 1. ", "(a) "
+_MARK = r"(?:\(?\d{1,2}[.)]|\(?[a-zA-Z]\)|[A-H]\.|[-*•‣◦·–+✔✓✅▪►➤→◆●■])"
+_LINE_MARK = re.compile(rf"^\s*(?:{_MARK}\s+)+")  # "1. ", "* ", "* 1. ", "(a) ", "A. "
 _INLINE_NUM = re.compile(r"(?:(?<=\s)|^)\(?\d{1,2}[.)](?=\s|$)")  # "... 2) ..." mid-line
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-_ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "vs.", "mr.", "mrs.", "dr.", "approx.")
+_WIDE_GAP = re.compile(r"(?<=\S)\s{2,}(?=\S)")  # "contain 3 sentences  highlight ..."
+_ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "vs.", "mr.", "mrs.", "dr.", "approx.", "p.s.", "no.")
 # "Your response should contain ..." restates the prompt's frame: keep "contain ...".
 _LEAD = re.compile(
-    r"^(?:(?:your|the|my|an?) (?:answer|response|reply)(?: to (?:this|the) (?:query|question))?"
-    r"|it|you|i) (?:should|must|will|needs? to)(?: also)? ",
+    r"^(?:(?:your|the|my|this|an?)(?: (?:entire|whole|full|final))? (?:answer|response|reply)"
+    r"(?: to (?:this|the) (?:query|question))?|it|you|i) (?:should|must|will|needs? to)(?: also)? ",
     re.IGNORECASE,
 )
+_PLEASE = re.compile(r",?\s+please$", re.IGNORECASE)
+_LABEL = re.compile(r"^([^:]{1,60}):\s+(\S.*)$")  # "Clarity: explain each step"
 _QUOTES = "\"'“”‘’«»`"
 _TRAILING = ".,;:!?…" + " \t"
 # A reply cut by the token budget ends mid-phrase ("... in a world where the"). Its last
@@ -359,6 +421,46 @@ _DANGLING = frozenset(
     "a an the and or but as of to in on at by for with from that which who whose where when "
     "than then if is are be your their its this these such".split()
 )
+# A characteristic continues "Your answer should ...", so it starts with a verb that says
+# what an answer does (optionally after "not", "always", an -ly adverb, ...). The list holds
+# verbs that describe a text; everyday-advice verbs ("take", "set", "buy") are left out,
+# because an answer to an advice query is itself a list of them.
+_TRAIT_VERBS = frozenset(
+    """
+    be use include provide give offer avoid contain explain describe answer address
+    acknowledge add adopt adapt adhere admit advise aim align allow apologise apologize
+    appeal apply argue ask assume assure attempt begin belittle break calculate capture
+    celebrate challenge check cite clarify compare complicate compliment compose conclude
+    confuse consider contradict convey correct cover craft create criticise criticize
+    define deflect demonstrate deny depict detail dismiss discourage discuss display
+    distract do dodge double-check draw dwell echo elaborate emphasise emphasize employ
+    empathise empathize encourage end engage enhance ensure evade evoke exaggerate exclude
+    express fail feature focus follow format foster frame generate go greet guide have
+    help highlight identify ignore illustrate incorporate indicate inform insist inspire
+    insult introduce invent involve joke keep lack lead leave limit list maintain make
+    mention mimic minimise minimize mislead miss mock motivate note obey offend omit
+    organise organize outline overcomplicate overlook overwhelm paint personalise
+    personalize point portray praise present prioritise prioritize promote propose
+    provoke quote radiate ramble rank reassure recommend refer reference reflect reframe
+    refuse reject relate rely remain remind repeat rephrase reply respect respond restate
+    reveal rhyme ridicule say share show simplify skip solve sound speak specify spread
+    stand start state stay steer stick stress structure suggest summarise summarize
+    support sympathise sympathize tailor talk teach tell think touch translate treat try
+    uplift undermine validate vary walk warn waste weave write
+    """.split()
+)
+_MODIFIERS = frozenset(
+    "not never always also only still even rather instead don't dont won't".split()
+)
+# A part of "be X, Y and Z" that starts like this is not an adjective: keep the item whole.
+_NOT_ADJECTIVE = frozenset(
+    "a an the to in on of with for at by as that which who your my its this".split()
+)
+_BE_LIST = re.compile(r"^((?:(?:not|never|always|also) )?be) (.+)$", re.IGNORECASE)
+_BE_PARTS = re.compile(r"\s*[,;]\s*(?:and\s+)?|\s+and\s+")
+_PHRASE_SEP = re.compile(r"(\s*;\s*|\s*,\s*(?:and\s+)?|\s+and\s+)")
+QUERY_RUN = 5  # an item sharing a run of this many words with the query ...
+# ... that makes up more than half of the item repeats the query: dropped.
 
 
 def _normalise(text: str) -> str:
@@ -367,13 +469,16 @@ def _normalise(text: str) -> str:
 
 
 def _sentences(text: str) -> list[str]:
-    """Split prose at sentence ends, not after common abbreviations."""
+    """Split prose at sentence ends (not after common abbreviations) and at wide gaps."""
     out: list[str] = []
-    for piece in _SENTENCE_END.split(text.strip()):
-        if out and out[-1].lower().endswith(_ABBREVIATIONS):
-            out[-1] += " " + piece
-        else:
-            out.append(piece)
+    for chunk in _WIDE_GAP.split(text.strip()):
+        pieces: list[str] = []
+        for piece in _SENTENCE_END.split(chunk):
+            if pieces and pieces[-1].lower().endswith(_ABBREVIATIONS):
+                pieces[-1] += " " + piece
+            else:
+                pieces.append(piece)
+        out.extend(pieces)
     return out
 
 
@@ -384,6 +489,7 @@ def _list_items(lines: list[str]) -> list[str]:
     prompt's "should: " inline before starting a list) unless they introduce it (end in
     ':'). After the list starts, unmarked lines that are indented or start in lower case
     continue the current item; other unmarked lines (headings, chatter) are dropped.
+    An entry of several sentences gives one item per sentence.
     """
     items: list[str] = []
     in_list = False
@@ -402,13 +508,18 @@ def _list_items(lines: list[str]) -> list[str]:
         if marked:
             in_list = True
             items.extend(marked)
-    return items
+    return [s for item in items for s in _sentences(item)]
 
 
 def _prose_items(lines: list[str]) -> list[str]:
-    """Sentences of each line (a stray leading marker removed); lines that only introduce
-    something (end in ':') dropped."""
-    bodies = [_LINE_MARK.sub("", line) for line in lines if not line.rstrip().endswith(":")]
+    """Sentences of each line (a stray leading marker removed); unmarked lines that only
+    introduce something (end in ':') dropped. A marked line ending in ':' ("1. Use the
+    formula:" before the formula) is an item."""
+    bodies = [
+        _LINE_MARK.sub("", line)
+        for line in lines
+        if _LINE_MARK.match(line) or not line.rstrip().endswith(":")
+    ]
     return [s for body in bodies for s in _sentences(body)]
 
 
@@ -418,14 +529,77 @@ def _is_list(lines: list[str]) -> bool:
     return marked >= 2 or any(len(_INLINE_NUM.findall(line)) >= 2 for line in lines)
 
 
+def _is_question(item: str) -> bool:
+    return item.rstrip().rstrip(_QUOTES + ")]").endswith("?")
+
+
+def _is_trait(item: str) -> bool:
+    """Whether `item` reads as what an answer does: it starts with a trait verb, possibly
+    after modifiers ("not", "always", "clearly", ...)."""
+    words = item.casefold().replace("’", "'").split()
+    i = 0
+    while i < len(words) - 1 and (
+        words[i] in _MODIFIERS or (len(words[i]) > 4 and words[i].endswith("ly"))
+    ):
+        i += 1
+    return bool(words) and words[i].strip(_QUOTES + ",;:") in _TRAIT_VERBS
+
+
 def _clean(item: str) -> str:
-    """Strip markup, wrapping quotes, trailing punctuation and a restated "Your answer
-    should"; cap the length; fix the case."""
-    item = " ".join(item.split()[:MAX_CHAR_WORDS])
+    """Strip markup, wrapping quotes, trailing punctuation, a trailing "please" and a
+    restated "Your answer should"; pick the trait side of "Label: text"; fix the case."""
+    item = " ".join(item.split())
     item = re.sub(r"\*\*|__|^#+\s*", "", item).strip().rstrip(_TRAILING)
     if len(item) >= 2 and item[0] in _QUOTES and item[-1] in _QUOTES:
         item = item[1:-1].strip().rstrip(_TRAILING)
-    return _lower_first(_LEAD.sub("", item))
+    item = _PLEASE.sub("", _LEAD.sub("", item)).rstrip(_TRAILING)
+    label = _LABEL.match(item)
+    if label and len(label.group(1).split()) <= 6:
+        head, rest = label.group(1).strip(), label.group(2).strip()
+        if _is_trait(head):
+            item = _untitle(head)
+        elif _is_trait(_LEAD.sub("", rest)):
+            item = _LEAD.sub("", rest)
+    return _lower_first(item)
+
+
+def _split_item(item: str) -> list[str]:
+    """Split joined traits: "use simple words, avoid jargon" into two verb phrases, and
+    "be clear, concise and friendly" into "be clear", "be concise", "be friendly".
+
+    A verb phrase splits off only where the next part starts with a trait verb and both
+    it and the part before it are traits of two or more words; a "be" list splits only
+    when every part is a short (1-3 word) adjective phrase. Anything else stays whole.
+    """
+    parts = _PHRASE_SEP.split(item)
+    phrases = [parts[0]]
+    for sep, part in zip(parts[1::2], parts[2::2]):
+        long_enough = min(len(part.split()), len(phrases[-1].split())) >= 2
+        if long_enough and _is_trait(part) and _is_trait(phrases[-1]):
+            phrases.append(part)
+        else:
+            phrases[-1] += sep + part
+    out: list[str] = []
+    for phrase in phrases:
+        be = _BE_LIST.match(phrase)
+        if be is not None:
+            verb, adjectives = be.group(1), _BE_PARTS.split(be.group(2))
+            if len(adjectives) >= 2 and all(
+                0 < len(p.split()) <= 3 and p.split()[0].casefold() not in _NOT_ADJECTIVE
+                for p in adjectives
+            ):
+                out.extend(f"{verb} {p}" for p in adjectives)
+                continue
+        out.append(phrase)
+    return [_lower_first(p.strip().rstrip(_TRAILING)) for p in out]
+
+
+def _untitle(label: str) -> str:
+    """Lower-case a Title Case heading ("Verify Your Account"); acronyms keep their case."""
+    words = label.split()
+    if not all(w[:1].isupper() for w in words if w[:1].isalpha()):
+        return label
+    return " ".join(w if w == "I" or any(c.isupper() for c in w[1:]) else w.lower() for w in words)
 
 
 def _lower_first(item: str) -> str:
@@ -443,30 +617,77 @@ def _lower_first(item: str) -> str:
 
 
 def _cut_off(last_item: str, text: str, truncated: bool) -> bool:
-    """Whether the last item of `text` stops mid-phrase."""
-    if truncated and not _ENDS_COMPLETE.search(text.rstrip()):
+    """Whether the last item of `text` stops mid-phrase.
+
+    A reply cut by the token budget cuts its last item only when that item is where the
+    text ends (not when chatter after the list was cut).
+    """
+    if (
+        truncated
+        and not _ENDS_COMPLETE.search(text.rstrip())
+        and _normalise(text).endswith(_normalise(last_item))
+    ):
         return True
     return _normalise(last_item).rsplit(" ", 1)[-1] in _DANGLING
 
 
+def _longest_run(a: list[str], b: list[str]) -> int:
+    """Length of the longest run of consecutive words that `a` and `b` share."""
+    best, prev = 0, [0] * (len(b) + 1)
+    for x in a:
+        cur = [0] * (len(b) + 1)
+        for j, y in enumerate(b, start=1):
+            if x == y:
+                cur[j] = prev[j - 1] + 1
+                best = max(best, cur[j])
+        prev = cur
+    return best
+
+
+def _repeats_query(key: str, query_words: list[str]) -> bool:
+    words = key.split()
+    run = _longest_run(words, query_words) if query_words else 0
+    return run >= QUERY_RUN and 2 * run > len(words)
+
+
 def parse_characteristics(
-    text: str, max_items: int = 3, *, prompt: str = "", truncated: bool = False
+    text: str,
+    max_items: int = 3,
+    *,
+    prompt: str = "",
+    truncated: bool = False,
+    query: str = "",
 ) -> list[str]:
     """Split a model's elicitation reply into at most `max_items` characteristics.
 
-    Recognises numbered lists (``1.``, ``1)``, ``(1)``, also inline ``1) a 2) b``),
-    bullets (``-``, ``*``, ``•``, ``✔`` ...), otherwise one item per sentence of each
-    line. Each item loses its marker, markdown bold, wrapping quotes, trailing
-    punctuation and a restated frame ("Your response should ...", "It must ..."), is cut
-    to 30 words, and starts in lower case (unless it starts with an acronym), so it
-    reads well after "Your answer should ...".
+    A characteristic is what an answer should do, a phrase that continues "Your answer
+    should ...", such as ``"give step-by-step reasoning"`` or ``"be concise"``.
 
-    Dropped: items under 3 characters, duplicates (ignoring case and punctuation), items
-    that only repeat part of `prompt` (the elicitation prompt the model saw), and a last
-    item cut off by the token budget: when `truncated` (the reply used all its tokens)
-    and the text does not end with ``.``, ``!`` or ``?``, or whenever the item ends in a
-    word like "the", "of", "as". Returns [] when nothing usable is left; callers then
-    fall back to ``"be {kw}"``.
+    **Splitting.** Numbered lists (``1.``, ``1)``, ``(1)``, ``A.``, also inline
+    ``1) a 2) b``) and bullets (``-``, ``*``, ``•``, ``✔`` ...) give one item per entry;
+    otherwise each sentence of each line (or each run separated by two or more spaces) is
+    an item. Joined traits are split: ``"use simple words, avoid jargon"`` into two, and
+    ``"be clear, concise and friendly"`` into ``"be clear"``, ``"be concise"``,
+    ``"be friendly"``.
+
+    **Cleaning.** Each item loses its marker, markdown bold, wrapping quotes, trailing
+    punctuation, a trailing "please" and a restated frame ("Your response should ...",
+    "It must ..."); of ``"Label: text"`` the side that starts with a verb is kept
+    (``"**Clarity**: explain each step"`` gives ``"explain each step"``). The first
+    letter is lower-cased unless the item starts with an acronym.
+
+    **Rejected** (an answer to the query rather than a trait): items that do not start
+    with a verb describing an answer (``be``, ``use``, ``include``, ``avoid``, ...;
+    optionally after ``not``, ``always``, an ``-ly`` adverb), questions, items over 25
+    words, and items that mostly repeat `query` (a shared run of 5 or more words that
+    is over half of the item). Also dropped: items under 3 characters, duplicates
+    (ignoring case and punctuation), items that only repeat part of `prompt` (the
+    elicitation prompt the model saw), and a last item cut off by the token budget: when
+    `truncated` (the reply used all its tokens) and the text does not end with ``.``,
+    ``!`` or ``?``, or whenever the item ends in a word like "the", "of", "as".
+
+    The result depends only on the arguments. Returns [] when nothing usable is left;
+    `generate_preferences` then falls back to ``"be {kw}"``.
     """
     if not isinstance(text, str):
         raise TypeError(f"parse_characteristics takes a string, got {type(text).__name__}")
@@ -477,16 +698,28 @@ def parse_characteristics(
     if raw and _cut_off(raw[-1], text, truncated):
         raw.pop()
     echo = f" {_normalise(prompt)} "
+    query_words = _normalise(query).split()
     seen: set[str] = set()
     out: list[str] = []
-    for item in map(_clean, raw):
-        key = _normalise(item)
-        if len(item) < MIN_CHAR_LEN or not key or key in seen or f" {key} " in echo:
+    for entry in raw:
+        if _is_question(entry):
             continue
-        seen.add(key)
-        out.append(item)
-        if len(out) == max_items:
-            break
+        for item in _split_item(_clean(entry)):
+            key = _normalise(item)
+            if (
+                len(item) < MIN_CHAR_LEN
+                or not key
+                or key in seen
+                or f" {key} " in echo
+                or len(item.split()) > MAX_CHAR_WORDS
+                or not _is_trait(item)
+                or _repeats_query(key, query_words)
+            ):
+                continue
+            seen.add(key)
+            out.append(item)
+            if len(out) == max_items:
+                return out
     return out
 
 
@@ -553,17 +786,27 @@ def _generate_texts(
     batch_size: int,
     seed: int,
     verbose: bool,
+    prefill: str = "",
     **gen: Any,
 ) -> list[tuple[str, int]]:
-    """Render, batch and generate; returns (decoded text, number of new tokens) per prompt."""
+    """Render, batch and generate; returns (decoded text, number of new tokens) per prompt.
+
+    `prefill` starts every reply: the start of the assistant turn with a chat template,
+    appended to the prompt without one. The returned text begins with it.
+    """
     tok = model.tokenizer
-    rendered = [models.render(model, p, chat=chat) for p in prompts]
+    if chat:
+        rendered = [models.render(model, p, prefill, chat=True) for p in prompts]
+    else:
+        rendered = [p + prefill for p in prompts]
     starts = range(0, len(rendered), batch_size)
     out: list[tuple[str, int]] = []
     for b, start in enumerate(tqdm(starts, desc=phase, unit="batch", disable=not verbose)):
         batch = encode_for_generation(model, rendered[start : start + batch_size], chat, gen["max_new_tokens"])
         rows = models.generate_plain(model, batch, seed=_batch_seed(seed, phase, b), **gen)
-        out.extend((tok.decode(ids, skip_special_tokens=True).strip(), len(ids)) for ids in rows)
+        out.extend(
+            ((prefill + tok.decode(ids, skip_special_tokens=True)).strip(), len(ids)) for ids in rows
+        )
     return out
 
 
@@ -605,7 +848,11 @@ def _plan_pairs(
     for qi, query in enumerate(queries):
         chars = [
             parse_characteristics(
-                text, n_characteristics, prompt=prompts[2 * qi + side], truncated=n >= elicit_tokens
+                text,
+                n_characteristics,
+                prompt=prompts[2 * qi + side],
+                truncated=n >= elicit_tokens,
+                query=query,
             )
             for side, (text, n) in enumerate(replies[2 * qi : 2 * qi + 2])
         ]
@@ -636,14 +883,37 @@ def _package_versions() -> dict[str, Optional[str]]:
     }
 
 
+def _log_fallbacks(prefs: PreferenceSet, plan: list[_Plan]) -> None:
+    """Log how many elicitation replies and characteristics fell back to "be {kw}"."""
+    report = prefs.fallback_report()["overall"]
+    metas = {id(meta): meta for *_, meta in plan}.values()  # one per query
+    n_replies = 2 * len(metas)
+    empty = sum(meta["fallback_positive"] + meta["fallback_negative"] for meta in metas)
+    message = (
+        f"elicitation: {empty} of {n_replies} replies gave no usable characteristic; "
+        f"{report['fallback']} of {report['characteristics']} characteristics "
+        f"({report['fallback_share']:.0%}) are the fallback 'be {{kw}}'"
+    )
+    if report["fallback_share"] > 0.5:
+        logger.warning(
+            "%s. The model probably answered the queries instead of listing traits: look at "
+            "meta['elicited_positive'], or pass elicit_prefill=LIST_PREFILL",
+            message,
+        )
+    else:
+        logger.info("%s", message)
+
+
 def generate_preferences(
     model: Any,
     queries: Sequence[str],
     objective: Union[str, Objective, dict[str, Any]] = "helpful",
     *,
     n_characteristics: int = 3,
+    n_responses: int = 1,
     elicit_tokens: int = 50,
     response_tokens: int = 200,
+    elicit_prefill: str = "",
     do_sample: bool = True,
     temperature: float = 0.7,
     top_p: float = 0.9,
@@ -660,9 +930,17 @@ def generate_preferences(
         queries: the queries (a list of non-empty strings).
         objective: a registered objective name (``"helpful"``, ``"harmless"``, ...), an
             `Objective`, or its dict.
-        n_characteristics: at most this many characteristics (and so pairs) per query.
+        n_characteristics: at most this many characteristics per query.
+        n_responses: sampled answers per characteristic and side; the i-th positive
+            answer is paired with the i-th negative one, so each characteristic gives
+            `n_responses` pairs (their `sample` field is 0, 1, ...). Needs
+            ``do_sample=True`` when above 1 (greedy answers would all be the same).
         elicit_tokens: new tokens for each elicitation reply (paper: 50).
         response_tokens: new tokens for each answer (paper: 200).
+        elicit_prefill: text that starts the model's elicitation reply (the start of the
+            assistant turn with a chat template, appended to the prompt without one); it
+            is part of the parsed reply. ``""`` (the default) is the paper's prompt alone;
+            `LIST_PREFILL` makes chat models list traits instead of answering the query.
         do_sample: sample (True) or decode greedily (False).
         temperature: softmax temperature when sampling (> 0; ignored when greedy).
         top_p: nucleus-sampling mass in (0, 1] (1 turns it off; ignored when greedy).
@@ -672,25 +950,36 @@ def generate_preferences(
         batch_size: prompts per `generate` call (rows are left-padded; results depend on
             it through padding, so it is recorded).
         chat: wrap prompts in the chat template (None: when the tokenizer has one).
-        verbose: show progress bars.
+        verbose: show progress bars, and log (``logging``, logger
+            ``alignez_tl.preferences``) how many characteristics fell back to
+            ``"be {kw}"``: a warning when more than half did, info otherwise.
 
     Returns:
-        A `PreferenceSet` with up to ``len(queries) * n_characteristics`` pairs. Each pair's
-        `meta` records ``fallback_positive`` / ``fallback_negative`` (the elicitation gave
-        nothing usable, ``"be {kw}"`` was used), the raw elicitation replies with their
-        token counts (``elicited_*``, ``elicit_tokens_*``) and the token counts of both
-        answers (``tokens_positive`` / ``tokens_negative``).
+        A `PreferenceSet` with up to ``len(queries) * n_characteristics * n_responses``
+        pairs. Each pair's `meta` records ``fallback_positive`` / ``fallback_negative``
+        (the elicitation gave nothing usable, ``"be {kw}"`` was used), the elicitation
+        replies (prefill included) with their new-token counts (``elicited_*``,
+        ``elicit_tokens_*``) and the token counts of both answers (``tokens_positive`` /
+        ``tokens_negative``). `PreferenceSet.fallback_report` sums the fallbacks.
     """
     queries = _check_queries(queries)
     obj = get_objective(objective)
     for name, value in (
         ("n_characteristics", n_characteristics),
+        ("n_responses", n_responses),
         ("elicit_tokens", elicit_tokens),
         ("response_tokens", response_tokens),
         ("batch_size", batch_size),
     ):
         _check_positive_int(name, value)
     _check_sampling(do_sample, temperature, top_p, top_k, seed)
+    if n_responses > 1 and not do_sample:
+        raise ValueError(
+            f"n_responses={n_responses} needs do_sample=True: greedy decoding gives the same "
+            "answer every time; pass n_responses=1 or sample"
+        )
+    if not isinstance(elicit_prefill, str):
+        raise TypeError(f"elicit_prefill must be a string, got {type(elicit_prefill).__name__}")
     require_model(model, "generate_preferences")
     models.require_tokenizer(model, "generate_preferences")
     prompt_budget(model, elicit_tokens, "elicit_tokens")
@@ -708,30 +997,41 @@ def generate_preferences(
 
     elicit_prompts = [obj.elicit_prompt(q, positive=s) for q in queries for s in (True, False)]
     replies = _generate_texts(
-        model, elicit_prompts, phase="elicit", max_new_tokens=elicit_tokens, **common
+        model, elicit_prompts, phase="elicit", max_new_tokens=elicit_tokens,
+        prefill=elicit_prefill, **common,
     )
 
     plan = _plan_pairs(queries, elicit_prompts, replies, obj, n_characteristics, elicit_tokens)
+    # Pair k's j-th sample answers prompts 2 * (k * n_responses + j) (positive) and the one
+    # after it (negative): with n_responses=1 the prompts, batches and seeds are those of
+    # a single answer per characteristic.
     respond_prompts = []
     for query, _, char_pos, char_neg, _ in plan:
-        respond_prompts.append(obj.respond_prompt(query, char_pos, positive=True))
-        respond_prompts.append(obj.respond_prompt(query, char_neg, positive=False))
+        for _ in range(n_responses):
+            respond_prompts.append(obj.respond_prompt(query, char_pos, positive=True))
+            respond_prompts.append(obj.respond_prompt(query, char_neg, positive=False))
     answers = _generate_texts(
         model, respond_prompts, phase="respond", max_new_tokens=response_tokens, **common
     )
 
     pairs = []
     for k, (query, index, cp, cn, meta) in enumerate(plan):
-        (pos_text, pos_len), (neg_text, neg_len) = answers[2 * k], answers[2 * k + 1]
-        pair_meta = dict(meta, tokens_positive=pos_len, tokens_negative=neg_len)
-        pairs.append(PreferencePair(query, pos_text, neg_text, cp, cn, obj.name, index, pair_meta))
+        for j in range(n_responses):
+            row = 2 * (k * n_responses + j)
+            (pos_text, pos_len), (neg_text, neg_len) = answers[row], answers[row + 1]
+            pair_meta = dict(meta, tokens_positive=pos_len, tokens_negative=neg_len)
+            pairs.append(
+                PreferencePair(query, pos_text, neg_text, cp, cn, obj.name, index, pair_meta, sample=j)
+            )
 
     settings = {
         "objective": obj.name,
         "n_queries": len(queries),
         "n_characteristics": n_characteristics,
+        "n_responses": n_responses,
         "elicit_tokens": elicit_tokens,
         "response_tokens": response_tokens,
+        "elicit_prefill": elicit_prefill,
         **sampling,
         "seed": seed,
         "batch_size": batch_size,
@@ -739,4 +1039,7 @@ def generate_preferences(
         "model_id": models.model_signature(model)["model_id"],
         **_package_versions(),
     }
-    return PreferenceSet(pairs, obj, settings)
+    prefs = PreferenceSet(pairs, obj, settings)
+    if verbose:
+        _log_fallbacks(prefs, plan)
+    return prefs
