@@ -385,13 +385,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     layers = _parse_layers(args.layers)
+    if args.rank_rule == "null" and args.n_null == 0:
+        raise CLIError("--rank-rule null needs --n-null >= 1 (the number of random pos/neg swaps, e.g. 200)")
     out = _check_out_file(args.out, args.force)
     model = _load(args)
     try:
+        # the sign-flip null is computed under both rules (cheap): with the variance rule it
+        # only reports, per layer, how many directions beat it (--n-null 0 skips it)
         sub = fit_subspace(
             model, prefs, layers=layers, site=args.site, tau=args.tau,
             variance=args.variance, max_rank=args.max_rank, batch_size=args.batch_size,
-            verbose=not args.quiet,
+            verbose=not args.quiet, rank="null" if args.rank_rule == "null" else None,
+            n_null=max(args.n_null, 1), null_seed=args.seed, null_test=args.n_null > 0,
         )
     except (EmptySubspaceError, ValueError) as exc:
         raise CLIError(str(exc)) from None
@@ -554,6 +559,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau", type=_TAU, default=0.8, help="pair filter on cos(pos, neg) (default: 0.8)")
     p.add_argument("--variance", type=_FRACTION, default=0.9, help="explained variance to keep (default: 0.9)")
     p.add_argument("--max-rank", type=_POSITIVE, default=None, help="cap on directions per layer")
+    p.add_argument("--rank-rule", default="variance", choices=["variance", "null"],
+                   help="variance: the smallest rank reaching --variance (the paper's, default); null: the "
+                        "leading directions whose mean pos-neg gap beats random pos/neg swaps")
+    p.add_argument("--n-null", type=_COUNT, default=200,
+                   help="random pos/neg swaps of the null, seeded by --seed; the summary shows per layer "
+                        "how many directions beat it (default: 200; 0 skips it with --rank-rule variance)")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("generate", help="base and steered answers with a fitted subspace",

@@ -5,8 +5,9 @@ texts of K pairs (ALIGNEZ.md §2):
 
 1. drop pair k when `cos(P[k], N[k]) > tau` (near-identical pairs carry no signal);
 2. `D = P - N` over the kept pairs (not mean-centred), `D = U Σ Vᵀ`;
-3. keep the smallest k with cumulative `σ²/Σσ² ≥ variance` (or a fixed `rank`, and
-   never more than `max_rank` or the numerical rank);
+3. keep the smallest k with cumulative `σ²/Σσ² ≥ variance` (or a fixed `rank`, or, with
+   `rank="null"`, the leading directions whose mean preference gap beats a sign-flip
+   permutation null; never more than `max_rank` or the numerical rank);
 4. orient each kept direction θ so that `⟨mean(D), θ⟩ ≥ 0` (from negative to positive);
 5. record the projection statistics of the fitted activations on each θ, which give
    the `scale="fitted"` step size.
@@ -18,10 +19,11 @@ neg) token tensors, or precomputed activations.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import torch
 from jaxtyping import Float
@@ -39,17 +41,23 @@ __all__ = [
     "AlignmentSubspace",
     "EmptySubspaceError",
     "LayerSubspace",
+    "RankRule",
     "SubspaceFileError",
     "SubspaceMismatchError",
+    "check_rank_args",
     "check_text_pairs",
     "fit_layer",
     "fit_subspace",
     "pair_activations",
+    "sign_flip_null",
 ]
 
 FORMAT = "alignez-subspace"
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)  # format versions `AlignmentSubspace.load` reads
+
+RankRule = Literal["variance", "fixed", "null"]
+NULL_DRAW_CHUNK = 1024  # sign draws made per call of the generator (fixes the random stream)
 
 
 class SubspaceFileError(ValueError):
@@ -80,6 +88,12 @@ class LayerSubspace:
         proj_mean: mean of `⟨Φ, θ_j⟩` over the fitted activations (pos and neg rows).
         proj_rms: root mean square of `⟨Φ, θ_j⟩` over the same rows: the fitted scale s_j.
         mean_diff_proj: `⟨mean(D), θ_j⟩ ≥ 0`, the mean preference gap along θ_j.
+        gap: `|⟨mean(D), v_j⟩|` for every singular direction v_j (length of
+            `singular_values`; equals `mean_diff_proj` on the kept ones). Empty when the
+            sign-flip null was not computed (`rank="null"` or `null_test=True` compute it).
+        null_threshold: per singular direction, the `null_quantile` quantile of that gap
+            when pos and neg are swapped inside random pairs (`sign_flip_null`). Empty
+            when the null was not computed.
     """
 
     layer: int
@@ -92,6 +106,8 @@ class LayerSubspace:
     proj_mean: Tensor
     proj_rms: Tensor
     mean_diff_proj: Tensor
+    gap: Tensor = field(default_factory=lambda: torch.zeros(0))
+    null_threshold: Tensor = field(default_factory=lambda: torch.zeros(0))
 
     def __post_init__(self) -> None:
         where = f"layer {self.layer}"
@@ -115,6 +131,20 @@ class LayerSubspace:
                 )
         if bool((self.proj_rms < 0).any()):
             raise ValueError(f"{where}: proj_rms (the fitted scales) must be >= 0")
+        for name in self._NULL_TENSORS:
+            t = getattr(self, name)
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(t).__name__}")
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{where}: {name} holds NaN or inf; refit the subspace")
+        n_sing = int(self.singular_values.numel())
+        shapes = {tuple(self.gap.shape), tuple(self.null_threshold.shape)}
+        if len(shapes) != 1 or shapes.pop() not in ((0,), (n_sing,)):
+            raise ValueError(
+                f"{where}: gap {tuple(self.gap.shape)} and null_threshold "
+                f"{tuple(self.null_threshold.shape)} must both be empty (no null computed) or both "
+                f"({n_sing},): one value per singular direction"
+            )
 
     @property
     def rank(self) -> int:
@@ -126,6 +156,34 @@ class LayerSubspace:
         """Share of the difference variance the kept directions explain."""
         return float(self.explained_variance[: self.rank].sum()) if self.rank else 0.0
 
+    @property
+    def has_null(self) -> bool:
+        """Whether the sign-flip null was computed for this layer (always False for a layer
+        without kept pairs: there is nothing to test)."""
+        return self.null_threshold.numel() > 0
+
+    @property
+    def n_above_null(self) -> Optional[int]:
+        """How many leading singular directions have a gap above the null threshold; the
+        count stops at the first that does not. None when the null was not computed."""
+        if not self.has_null:
+            return None
+        above = (self.gap > self.null_threshold).long()
+        return int(above.cumprod(0).sum())
+
+    @property
+    def gap_share(self) -> Optional[float]:
+        """Share of the squared mean preference gap `‖mean(D)‖²` that lies along the kept
+        directions, `Σ_{j ≤ rank} gap_j² / Σ_j gap_j²`. Under the sign-flip null its
+        expectation is about `kept_variance` (random signs spread the mean gap like the
+        variance), so a `gap_share` well above `kept_variance` is signal. None without
+        the null."""
+        if not self.has_null:
+            return None
+        energy = self.gap.double().square()
+        total = float(energy.sum())
+        return float(energy[: self.rank].sum()) / total if total > 0 else 0.0
+
     _TENSORS = (
         "directions",
         "singular_values",
@@ -135,6 +193,8 @@ class LayerSubspace:
         "proj_rms",
         "mean_diff_proj",
     )
+    # written by every save; optional on load (files from before the null rule lack them)
+    _NULL_TENSORS = ("gap", "null_threshold")
 
 
 def _empty_layer(layer: int, d_model: int, pair_cos: Tensor) -> LayerSubspace:
@@ -153,6 +213,113 @@ def _empty_layer(layer: int, d_model: int, pair_cos: Tensor) -> LayerSubspace:
     )
 
 
+def _rank_rule(rank: Union[int, str, None]) -> RankRule:
+    return "null" if rank == "null" else "variance" if rank is None else "fixed"
+
+
+def check_rank_args(
+    rank: Any = None,
+    max_rank: Any = None,
+    n_null: Any = 200,
+    null_quantile: Any = 0.95,
+    null_seed: Any = 0,
+    null_test: Any = False,
+) -> None:
+    """Refuse bad rank-rule arguments with an error that names the fix (no work is done)."""
+    rank_msg = ("rank must be a positive int (a fixed number of directions), 'null' (keep the "
+                "directions that beat the sign-flip permutation null) or None (the variance rule); "
+                f"got {rank!r}")
+    if isinstance(rank, str):
+        if rank != "null":
+            raise ValueError(rank_msg)
+    elif rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise ValueError(rank_msg)
+    if max_rank is not None and (isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 1):
+        raise ValueError(f"max_rank must be a positive int or None; got {max_rank!r}")
+    if isinstance(n_null, bool) or not isinstance(n_null, int) or n_null < 1:
+        raise ValueError(f"n_null must be a positive int (the number of random sign draws, e.g. 200); got {n_null!r}")
+    if (isinstance(null_quantile, bool) or not isinstance(null_quantile, (int, float))
+            or not (0.0 < null_quantile < 1.0)):
+        raise ValueError(f"null_quantile must be a number strictly between 0 and 1 (e.g. 0.95); got {null_quantile!r}")
+    if isinstance(null_seed, bool) or not isinstance(null_seed, int):
+        raise TypeError(f"null_seed must be an int (the seed of the sign draws); got {null_seed!r}")
+    if not isinstance(null_test, bool):
+        raise TypeError(f"null_test must be True or False; got {null_test!r}")
+
+
+def sign_flip_null(
+    z: Float[Tensor, "n r"],
+    *,
+    n_null: int = 200,
+    quantile: float = 0.95,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """The sign-flip permutation null of the mean preference gap along fixed directions.
+
+    `z[k, j] = ⟨pos_k − neg_k, v_j⟩` are the pair projection coordinates. Swapping pos and
+    neg inside pair k multiplies row k by −1. If pos and neg were exchangeable (no
+    preference), every such swap pattern would be as likely as the data, so the gap
+    along v_j, `|mean_k z[k, j]|`, is compared with its values under `n_null` random
+    sign vectors `s ∈ {−1, +1}ⁿ`, `|mean_k s_k z[k, j]|`.
+
+    The right singular vectors of `D = P − N` do not change under these swaps
+    (`(diag(s) D)ᵀ diag(s) D = Dᵀ D`), so with `v_j` from the SVD of D the test is exact
+    conditional on the directions, and needs no SVD per draw: one `[n_null, n] @ [n, r]`
+    product. (For the same reason the singular values themselves carry no information
+    against this null: `σ(diag(s) D) = σ(D)` for every s.)
+
+    Args:
+        z: `[n, r]` coordinates, one row per pair.
+        n_null: number of random sign vectors.
+        quantile: the quantile of the null gaps to return, per direction.
+        seed: seed of a private `torch.Generator` (global RNG state is untouched); the
+            signs are drawn in chunks of `NULL_DRAW_CHUNK` rows, so the same seed and
+            shapes give the same draws.
+
+    Returns:
+        `(gap, threshold)`, each `[r]` float64: the observed `|mean_k z[k, j]|` and the
+        `quantile` quantile (linear interpolation) of the null gaps.
+    """
+    check_rank_args(n_null=n_null, null_quantile=quantile, null_seed=seed)
+    if z.ndim != 2:
+        raise ValueError(f"z must be [n_pairs, n_directions]; got shape {tuple(z.shape)}")
+    z = z.to(torch.float64)
+    n, r = z.shape
+    if n == 0 or r == 0:
+        return torch.zeros(r, dtype=torch.float64), torch.zeros(r, dtype=torch.float64)
+    gap = z.mean(0).abs()
+    null = torch.empty(n_null, r, dtype=torch.float64)
+    for start, signs in _null_sign_chunks(n, n_null, seed):
+        null[start : start + signs.shape[0]] = (signs @ z).abs_().div_(n)
+    return gap, quantile_rows(null, float(quantile))
+
+
+def _null_sign_chunks(n: int, n_null: int, seed: int):
+    """The random ±1 sign vectors of `sign_flip_null`, `(first_row, [rows, n])` chunks."""
+    gen = torch.Generator().manual_seed(int(seed))
+    for start in range(0, n_null, NULL_DRAW_CHUNK):
+        rows = min(NULL_DRAW_CHUNK, n_null - start)
+        yield start, torch.randint(0, 2, (rows, n), generator=gen, dtype=torch.float64).mul_(2).sub_(1)
+
+
+def null_signs(n: int, n_null: int = 200, seed: int = 0) -> Tensor:
+    """`[n_null, n]` float64 ±1: the sign vectors `sign_flip_null(z, n_null=n_null,
+    seed=seed)` draws for `n` pairs (for callers that batch the same test)."""
+    return torch.cat([chunk for _, chunk in _null_sign_chunks(n, n_null, seed)])
+
+
+def quantile_rows(x: Tensor, q: float, dim: int = 0) -> Tensor:
+    """The q quantile of `x` along `dim`, with linear interpolation (as `torch.quantile`'s
+    default, without its input-size limit)."""
+    ordered = x.sort(dim=dim).values
+    m = x.shape[dim]
+    at = q * (m - 1)
+    lo = int(math.floor(at))
+    hi = min(lo + 1, m - 1)
+    low, high = ordered.select(dim, lo), ordered.select(dim, hi)
+    return low + (at - lo) * (high - low)
+
+
 def fit_layer(
     pos: Float[Tensor, "n d_model"],
     neg: Float[Tensor, "n d_model"],
@@ -160,15 +327,28 @@ def fit_layer(
     layer: int = 0,
     tau: float = 0.8,
     variance: float = 0.90,
-    rank: Optional[int] = None,
+    rank: Union[int, Literal["null"], None] = None,
     max_rank: Optional[int] = None,
+    n_null: int = 200,
+    null_quantile: float = 0.95,
+    null_seed: int = 0,
+    null_test: bool = False,
 ) -> LayerSubspace:
     """Fit the subspace at one layer from paired activations (pure linear algebra).
 
     The SVD runs in float64; directions are stored as float32. Directions whose singular
     value is numerically zero (below `1e-6 · σ_max`) are never kept, so identical or
     rank-deficient differences give fewer directions, not noise.
+
+    Rank rules: `rank=None` keeps the smallest k whose cumulative explained variance
+    reaches `variance` (the paper's); an int keeps that many; `rank="null"` keeps the
+    leading singular directions, in order, while the mean preference gap along each
+    beats the `null_quantile` quantile of its sign-flip permutation null
+    (`sign_flip_null`, `n_null` draws seeded by `null_seed`), stopping at the first
+    that does not. `null_test=True` computes the same null under the other rules
+    (stored in `gap` / `null_threshold`, rank unchanged).
     """
+    check_rank_args(rank, max_rank, n_null, null_quantile, null_seed, null_test)
     if pos.shape != neg.shape or pos.ndim != 2:
         raise ValueError(f"pos and neg must both be [n, d_model]; got {tuple(pos.shape)} and {tuple(neg.shape)}")
     bad = (~torch.isfinite(pos)).any(-1) | (~torch.isfinite(neg)).any(-1)
@@ -187,14 +367,24 @@ def fit_layer(
     if not keep.any():
         return _empty_layer(layer, d_model, cos)
     diffs = p[keep] - q[keep]
-    _, sigma, vh = torch.linalg.svd(diffs, full_matrices=False)
+    u, sigma, vh = torch.linalg.svd(diffs, full_matrices=False)
     energy = sigma.square()
     total = energy.sum()
     if total <= 0:
         return _empty_layer(layer, d_model, cos)
     ratio = energy / total
     numerical_rank = int((sigma > 1e-6 * sigma[0]).sum())
-    if rank is not None:
+    gaps = threshold = torch.zeros(0)
+    if rank == "null" or null_test:
+        gaps, threshold = sign_flip_null(u * sigma, n_null=n_null, quantile=null_quantile, seed=null_seed)
+        # numerically-zero directions carry no gap: store 0 / 0 so that they never pass;
+        # decide on the float32 values that are stored, so n_above_null agrees with rank
+        gaps[numerical_rank:] = 0.0
+        threshold[numerical_rank:] = 0.0
+        gaps, threshold = gaps.to(torch.float32), threshold.to(torch.float32)
+    if rank == "null":
+        k = min(int((gaps > threshold).long().cumprod(0).sum()), numerical_rank)
+    elif rank is not None:
         k = min(int(rank), numerical_rank)
     else:
         cumulative = torch.cumsum(ratio, 0)
@@ -220,6 +410,8 @@ def fit_layer(
         proj_mean=proj.mean(0).to(torch.float32),
         proj_rms=proj.square().mean(0).sqrt().to(torch.float32),
         mean_diff_proj=(gap * sign).to(torch.float32),
+        gap=gaps,
+        null_threshold=threshold,
     )
 
 
@@ -235,7 +427,9 @@ class AlignmentSubspace:
         model: `models.model_signature` of the model it was fitted on (model id, class,
             n_layers, d_model, compatibility mode), or `{}` for bare activations.
         objective: the objective's `to_dict()` (name, keywords, mode, templates).
-        settings: fit settings (tau, variance, rank, max_rank) and the seed.
+        settings: fit settings (tau, variance, rank, max_rank, `rank_rule`; with the
+            sign-flip null also n_null, null_quantile, null_seed, null_test), the pair
+            count and the preference set's seed.
         versions: package versions at fit time.
     """
 
@@ -281,13 +475,27 @@ class AlignmentSubspace:
         return {layer: sub.rank for layer, sub in sorted(self.layers.items())}
 
     def summary(self) -> str:
-        """A short table: per layer the rank, kept variance and pairs kept."""
-        lines = [f"alignment subspace ({self.objective_name}, site {self.site}, d_model {self.d_model})"]
-        lines.append("layer  rank  kept-var  pairs kept")
+        """A short table: per layer the rank, kept variance and pairs kept; with the
+        sign-flip null also how many leading directions beat it and the share of the
+        mean preference gap along the kept directions."""
+        rule = self.settings.get("rank_rule")
+        head = f"alignment subspace ({self.objective_name}, site {self.site}, d_model {self.d_model}"
+        lines = [head + (f", rank rule {rule})" if rule else ")")]
+        with_null = any(sub.has_null for sub in self.layers.values())
+        lines.append("layer  rank  kept-var  pairs kept" + ("  above-null  gap-share" if with_null else ""))
         for layer, sub in sorted(self.layers.items()):
+            row = f"{layer:>5}  {sub.rank:>4}  {sub.kept_variance:>8.3f}  {sub.n_kept:>4}/{sub.n_pairs}"
+            if with_null:
+                above, share = sub.n_above_null, sub.gap_share
+                row += (f"  {above:>10}  {share:>9.3f}" if above is not None and share is not None
+                        else f"  {'-':>10}  {'-':>9}")
+            lines.append(row)
+        if with_null:
             lines.append(
-                f"{layer:>5}  {sub.rank:>4}  {sub.kept_variance:>8.3f}  {sub.n_kept:>4}/{sub.n_pairs}"
-            )
+                f"above-null: leading directions whose mean pos-neg gap beats the "
+                f"{self.settings.get('null_quantile', 0.95):g} quantile of {self.settings.get('n_null', '?')} "
+                "random pos/neg swaps (0: nothing beats chance). gap-share: share of the squared mean "
+                "gap along the kept directions; swaps alone give about kept-var.")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -372,7 +580,7 @@ class AlignmentSubspace:
         path = Path(path)
         tensors = {}
         for layer, sub in self.layers.items():
-            for name in LayerSubspace._TENSORS:
+            for name in LayerSubspace._TENSORS + LayerSubspace._NULL_TENSORS:
                 tensors[f"layer.{layer}.{name}"] = getattr(sub, name).detach().to(torch.float32).contiguous()
         meta = {"alignez": json.dumps(self._metadata(), sort_keys=True)}
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
@@ -391,7 +599,8 @@ class AlignmentSubspace:
 
         With `model`, also refuse it when it does not match (`check_model`; `site` too
         when given). No code is executed on load (safetensors holds raw tensors and a
-        JSON header only).
+        JSON header only). The per-layer `gap` and `null_threshold` tensors are optional:
+        files written before the sign-flip null rule load with them empty.
         """
         from safetensors import safe_open
 
@@ -463,6 +672,15 @@ class AlignmentSubspace:
                 if not torch.isfinite(t).all():
                     raise SubspaceFileError(f"{path}: tensor {tkey!r} holds NaN or inf")
                 values[name] = t
+            for name in LayerSubspace._NULL_TENSORS:  # absent in files written before the null rule
+                tkey = f"layer.{layer}.{name}"
+                if tkey in tensors:
+                    t = tensors[tkey]
+                    if t.dtype != torch.float32 or t.ndim != 1:
+                        raise SubspaceFileError(f"{path}: tensor {tkey!r} must be a 1-D float32 tensor")
+                    if not torch.isfinite(t).all():
+                        raise SubspaceFileError(f"{path}: tensor {tkey!r} holds NaN or inf")
+                    values[name] = t
             k, n_sing, n_pairs = info["rank"], info["n_singular"], info["n_pairs"]
             expected = {
                 "directions": (k, d_model), "singular_values": (n_sing,), "explained_variance": (n_sing,),
@@ -619,12 +837,16 @@ def fit_subspace(
     site: str = "resid_post",
     tau: float = 0.8,
     variance: float = 0.90,
-    rank: Optional[int] = None,
+    rank: Union[int, Literal["null"], None] = None,
     max_rank: Optional[int] = None,
     batch_size: int = 16,
     chat: Optional[bool] = None,
     objective: Any = None,
     verbose: bool = True,
+    n_null: int = 200,
+    null_quantile: float = 0.95,
+    null_seed: int = 0,
+    null_test: bool = False,
 ) -> AlignmentSubspace:
     """Fit the alignment subspace at every requested layer.
 
@@ -637,22 +859,32 @@ def fit_subspace(
         layers: which layers (default: all).
         site: hook site: `resid_post` (default), `mlp_out` (the paper's), `resid_pre`, `attn_out`.
         tau: pair filter threshold on `cos(pos, neg)` (paper: 0.8).
-        variance: keep the smallest k whose cumulative explained variance reaches this.
-        rank: keep exactly this many directions instead (capped by the numerical rank).
+        variance: keep the smallest k whose cumulative explained variance reaches this
+            (the default rank rule, the paper's).
+        rank: an int keeps exactly this many directions instead (capped by the numerical
+            rank); `"null"` keeps the leading directions whose mean preference gap beats
+            the sign-flip permutation null (see `fit_layer`, `sign_flip_null`).
         max_rank: never keep more than this many (multi-objective scripts use 10).
         objective: objective name/object/dict to record when `data` is not a PreferenceSet.
         verbose: progress bars.
+        n_null: random pos/neg swap patterns of the null (`rank="null"` or `null_test`).
+        null_quantile: a direction beats the null when its gap exceeds this quantile of
+            its null gaps (0.95: a 5% test; stopping at the first failure keeps the chance
+            of keeping any noise direction at about 5% per layer).
+        null_seed: seed of the sign draws (a private `torch.Generator`; the same draws at
+            every layer).
+        null_test: also compute the null under the variance or fixed rules, as a
+            diagnostic (`LayerSubspace.n_above_null`, `gap_share`), ranks unchanged.
 
     Raises:
         EmptySubspaceError: no pairs, or every pair filtered out at every layer (the
-            message says how many were dropped and why).
+            message says how many were dropped and why), or, with `rank="null"`, no
+            direction beat the null at any layer.
     """
     for name, value, lo, hi in (("tau", tau, -1.0, 1.0), ("variance", variance, 0.0, 1.0)):
         if not isinstance(value, (int, float)) or not (lo < value <= hi) or value != value:
             raise ValueError(f"{name} must be a number in ({lo}, {hi}]; got {value!r}")
-    for name, value in (("rank", rank), ("max_rank", max_rank)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be a positive int or None; got {value!r}")
+    check_rank_args(rank, max_rank, n_null, null_quantile, null_seed, null_test)
     if site not in SITES:
         raise ValueError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
     if model is not None:
@@ -669,11 +901,27 @@ def fit_subspace(
         from .objectives import get_objective
 
         obj_dict = get_objective(objective).to_dict()
+    null_kw = dict(n_null=n_null, null_quantile=null_quantile, null_seed=null_seed, null_test=null_test)
     fitted = {
         layer: fit_layer(pos[:, i], neg[:, i], layer=layer, tau=tau, variance=variance,
-                         rank=rank, max_rank=max_rank)
+                         rank=rank, max_rank=max_rank, **null_kw)
         for i, layer in enumerate(layers)
     }
+    if rank == "null" and any(sub.n_kept > 0 for sub in fitted.values()) and all(
+            sub.rank == 0 for sub in fitted.values()):
+        ratios = {sub.layer: float(sub.gap[0] / sub.null_threshold[0]) for sub in fitted.values()
+                  if sub.has_null and float(sub.null_threshold[0]) > 0}
+        closest = ""
+        if ratios:
+            best = max(ratios, key=lambda layer: ratios[layer])
+            closest = f" (closest: layer {best}, first-direction gap / null threshold = {ratios[best]:.2f})"
+        raise EmptySubspaceError(
+            f"no direction beat the sign-flip null at any of the {len(fitted)} layers{closest}: the "
+            f"mean pos-neg gap is no "
+            f"larger than {n_null} random pos/neg swaps give, so these {pos.shape[0]} pairs carry no "
+            "preference signal this test can see. Use more (or more distinct) pairs, or rank=None "
+            "for the paper's variance rule."
+        )
     if all(sub.rank == 0 for sub in fitted.values()):
         n = pos.shape[0]
         max_cos = max(float(sub.pair_cos.max()) for sub in fitted.values())
@@ -691,6 +939,9 @@ def fit_subspace(
         model=model_signature(model) if model is not None else {},
         objective=obj_dict,
         settings={"tau": tau, "variance": variance, "rank": rank, "max_rank": max_rank,
+                  "rank_rule": _rank_rule(rank),
+                  **({"n_null": n_null, "null_quantile": float(null_quantile), "null_seed": null_seed,
+                      "null_test": null_test} if rank == "null" or null_test else {}),
                   "n_pairs": int(pos.shape[0]), **seed_info},
         versions=_versions(),
     )

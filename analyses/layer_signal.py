@@ -15,6 +15,9 @@ Per layer it reports
   projection coordinates, over a seeded split of the pairs (the same split at every
   layer), with the subspace refitted on the training pairs only (`refit=True`);
 * the mean preference gap along θ_1 in units of its spread (`gap_z`);
+* whether the layer beats chance: permutation p-values of the held-out AUROCs and of
+  the gap along θ_1, from refits with pos and neg swapped inside random pairs, and how
+  many directions beat the sign-flip null (`null_rank`);
 * with `queries`, the per-query layer scores of `Steerer.select` and how often each
   layer lands in a query's top n;
 
@@ -37,12 +40,22 @@ from alignez_tl.hooks import SITES
 from alignez_tl.models import model_signature, require_tokenizer
 from alignez_tl.preferences import PreferenceSet
 from alignez_tl.steering import Steerer
-from alignez_tl.subspace import AlignmentSubspace, LayerSubspace, fit_layer, pair_activations
+from alignez_tl.subspace import (
+    AlignmentSubspace,
+    LayerSubspace,
+    check_rank_args,
+    fit_layer,
+    null_signs,
+    pair_activations,
+    quantile_rows,
+)
 
 __all__ = ["LayerSignal", "auroc", "auroc_null_sd", "layer_signal"]
 
 PROBE_L2 = 1.0  # L2 penalty of the probe: sum of log-losses + (PROBE_L2 / 2)·‖w‖²
-_FIT_DEFAULTS = {"tau": 0.8, "variance": 0.90, "rank": None, "max_rank": None}
+_FIT_DEFAULTS = {"tau": 0.8, "variance": 0.90, "rank": None, "max_rank": None,
+                 "n_null": 200, "null_quantile": 0.95, "null_seed": 0}
+N_PERM = 100  # default number of pos/neg swap patterns for the per-layer p-values
 
 
 # --------------------------------------------------------------------------- AUROC
@@ -200,6 +213,23 @@ class LayerSignal:
         splits: the held-out pair indices of every split (`repeats` lists).
         evaluation: in words, which directions the held-out numbers used.
 
+    Does the layer beat chance? A permutation null: in each of `n_perm` seeded draws,
+    pos and neg swap places inside a random subset of the pairs (all of them, training
+    and held-out), everything above is recomputed (refit included), and
+    `p = (1 + #{draws ≥ real}) / (1 + n_perm)`. NaN with `n_perm=0`:
+
+    Attributes:
+        p_auroc_first, p_auroc_probe: p-values of the held-out AUROCs (their mean over
+            the splits; a split whose fit keeps no direction counts as 0.5).
+        p_gap: in-sample p-value of the mean gap `|mean_k ⟨pos_k − neg_k, θ_1⟩|` along the
+            subspace's θ_1 over all pairs (NaN where the subspace has no direction).
+        null_rank: directions that beat the sign-flip null (`fit_layer(rank="null")` on
+            all the pairs, with the subspace's tau / n_null / null_quantile / null_seed).
+
+    The explained variance of the kept directions has no p-value: swapping pos and neg
+    multiplies rows of `D` by −1, which leaves its singular values, and so every
+    explained-variance ratio, exactly unchanged.
+
     Per-query layer selection (`None` without `queries`):
 
     Attributes:
@@ -217,7 +247,7 @@ class LayerSignal:
         site: hook site of the subspace (and of the captured activations).
         objective: the subspace's objective (`to_dict()` form).
         model: the model signature the subspace recorded (`{}` for bare activations).
-        settings: holdout, seed, refit, top_n, min_kept, n_train, n_test, fit settings,
+        settings: holdout, seed, refit, top_n, min_kept, n_train, n_test, n_perm, fit settings,
             probe L2, batch size, `n_capture_batches` (forward passes for the pairs),
             `pairs_match_fit` (whether these pairs give the subspace's own pair cosines:
             True means the subspace saw every held-out pair).
@@ -252,10 +282,15 @@ class LayerSignal:
     query_scores: Optional[np.ndarray] = None
     query_layers: Optional[list[list[int]]] = None
     chosen_frequency: Optional[np.ndarray] = None
+    p_auroc_first: Optional[np.ndarray] = None
+    p_auroc_probe: Optional[np.ndarray] = None
+    p_gap: Optional[np.ndarray] = None
+    null_rank: Optional[np.ndarray] = None
 
     _ARRAYS = (
         "rank", "explained_variance", "n_pairs", "n_kept", "cos_mean", "cos_std", "eval_rank",
         "auroc_first", "auroc_probe", "pair_acc_first", "gap_z", "auroc_first_sd", "auroc_probe_sd",
+        "p_auroc_first", "p_auroc_probe", "p_gap", "null_rank",
     )
 
     def to_dict(self) -> dict[str, Any]:
@@ -287,7 +322,9 @@ class LayerSignal:
         head = (f"layer signal ({self.objective.get('name', 'custom')}, site {self.site}, "
                 f"{int(self.n_pairs[0]) if len(self.n_pairs) else 0} pairs, "
                 f"{len(self.test_pairs)} held out; {self.evaluation})")
+        with_p = self.p_auroc_probe is not None and bool(np.isfinite(self.p_auroc_probe).any())
         lines = [head, "layer  rank    EV  kept  cos(mean±std)  AUROC θ1  AUROC probe  gap_z"
+                 + ("  p θ1  p probe  p gap  null-rank" if with_p else "")
                  + ("  chosen" if self.chosen_frequency is not None else "")]
 
         def f(v: float, w: int, p: int = 3) -> str:
@@ -298,10 +335,17 @@ class LayerSignal:
             row = (f"{layer:>4}{mark}  {int(self.rank[i]):>4}  {f(self.explained_variance[i], 4, 2)}  "
                    f"{int(self.n_kept[i]):>4}  {f(self.cos_mean[i], 6)}±{f(self.cos_std[i], 5)}  "
                    f"{f(self.auroc_first[i], 8)}  {f(self.auroc_probe[i], 11)}  {f(self.gap_z[i], 5, 2)}")
+            if with_p:
+                row += (f"  {f(self.p_auroc_first[i], 4, 2)}  {f(self.p_auroc_probe[i], 7, 3)}  "
+                        f"{f(self.p_gap[i], 5, 3)}  {int(self.null_rank[i]):>9}")
             if self.chosen_frequency is not None:
                 row += f"  {f(self.chosen_frequency[i], 6, 2)}"
             lines.append(row)
         lines.append(f"recommended: {self.recommended}  ({self.rule})")
+        if with_p:
+            lines.append(f"p: permutation p-values over {self.settings.get('n_perm')} random pos/neg swaps "
+                         f"(smallest possible {1 / (1 + int(self.settings.get('n_perm', 0))):.3g}); "
+                         "null-rank: directions above the sign-flip null")
         return "\n".join(lines)
 
     def plot(self, *, title: Optional[str] = None):
@@ -309,13 +353,15 @@ class LayerSignal:
 
         Panels: explained variance (rank on a right axis); share of pairs kept and
         cos(pos, neg) mean ± std (count kept on a right axis); held-out AUROC along θ_1
-        and of the probe; gap_z; and, when queries were given, the share of queries
-        whose top n chose each layer. Built on `matplotlib.figure.Figure`, so it needs
+        and of the probe (with `n_perm > 0`, a star at AUROC 1 marks the layers whose
+        probe p-value is at most 0.05); gap_z; and, when queries were given, the share of
+        queries whose top n chose each layer. Built on `matplotlib.figure.Figure`, so it needs
         no display and leaves the global backend alone: save it with `fig.savefig(...)`.
         """
         from matplotlib.figure import Figure
 
         x = np.asarray(self.layers)
+        with_p = self.p_auroc_probe is not None and bool(np.isfinite(self.p_auroc_probe).any())
         n_panels = 5 if self.chosen_frequency is not None else 4
         fig = Figure(figsize=(8.0, 1.9 * n_panels + 0.6), layout="constrained")
         axes = fig.subplots(n_panels, 1, sharex=True)
@@ -364,6 +410,10 @@ class LayerSignal:
         if len(self.splits) > 1:
             ax.fill_between(x, self.auroc_probe - self.auroc_probe_sd, self.auroc_probe + self.auroc_probe_sd,
                             color="tab:brown", alpha=0.15, lw=0)
+        if with_p:  # layers whose probe AUROC beats the permutation null
+            hit = np.isfinite(self.p_auroc_probe) & (self.p_auroc_probe <= 0.05)
+            ax.plot(x[hit], np.full(int(hit.sum()), 1.0), "*", ms=7, color="tab:green",
+                    label=f"p probe ≤ 0.05 ({self.settings.get('n_perm')} swaps)")
         bar = self.settings.get("auroc_bar")
         if bar is not None:
             ax.axhline(bar, color="tab:green", ls="--", lw=1, label=f"bar {bar:.3f}")
@@ -521,6 +571,156 @@ def _held_out(theta: Tensor, pos: np.ndarray, neg: np.ndarray, train: np.ndarray
     return a_first, auroc(scores, labels), acc
 
 
+# --------------------------------------------------------------------------- permutation null
+
+
+def _perm_signs(n: int, n_perm: int, seed: int) -> np.ndarray:
+    """`[n_perm, n]` float ±1: in draw b, pair k's pos and neg swap places where it is −1.
+
+    From `numpy.random.default_rng([seed, 1])`, a stream separate from the splits'; the
+    same draws serve every layer and every split.
+    """
+    rng = np.random.default_rng([int(seed), 1])
+    return rng.integers(0, 2, size=(n_perm, n)).astype(np.float64) * 2.0 - 1.0
+
+
+def _auroc_rows(sp: np.ndarray, sn: np.ndarray) -> np.ndarray:
+    """Row-wise AUROC: `sp` `[B, m]` scores of the positives, `sn` `[B, m']` of the
+    negatives; ties count one half (the same number as `auroc`)."""
+    b, m = sp.shape
+    m2 = sn.shape[1]
+    out = np.empty(b)
+    step = max(1, 4_000_000 // max(1, m * m2))  # bound the [step, m, m'] comparison arrays
+    for a in range(0, b, step):
+        x, y = sp[a : a + step, :, None], sn[a : a + step, None, :]
+        out[a : a + step] = ((x > y).sum((1, 2)) + 0.5 * (x == y).sum((1, 2))) / (m * m2)
+    return out
+
+
+def _fit_probe_batch(x: np.ndarray, y: np.ndarray, mask: np.ndarray, l2: float = PROBE_L2,
+                     iters: int = 100) -> tuple:
+    """`_fit_probe` for B label vectors at once, by batched Newton steps.
+
+    `x` `[m, k]` rows shared by every draw, `y` `[B, m]` labels, `mask` `[B, k]` the
+    features each draw uses (the others are zeroed, which gives exactly the fit on the
+    used ones). Returns `(mean, std, w [B, k], b [B])`.
+    """
+    mean = x.mean(0)
+    std = x.std(0)
+    std = np.where(std > 1e-12, std, 1.0)
+    xs = ((x - mean) / std)[None] * mask[:, None, :]
+    xs = np.concatenate([xs, np.ones(xs.shape[:2] + (1,))], axis=2)  # [B, m, k + 1]
+    k = xs.shape[2]
+    beta = np.zeros((y.shape[0], k))
+    penalty = np.full(k, float(l2))
+    penalty[-1] = 1e-9
+    for _ in range(iters):
+        logits = np.clip(np.einsum("bmk,bk->bm", xs, beta), -50.0, 50.0)
+        p = 1.0 / (1.0 + np.exp(-logits))
+        grad = np.einsum("bmk,bm->bk", xs, p - y) + penalty * beta
+        hess = np.matmul(xs.transpose(0, 2, 1) * (p * (1.0 - p))[:, None, :], xs) + np.diag(penalty)
+        step = np.linalg.solve(hess, grad[..., None])[..., 0]
+        beta = beta - step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    return mean, std, beta[:, :-1], beta[:, -1]
+
+
+def _null_rule_ranks(z: Tensor, flips: Tensor, n_null: int, quantile: float, seed: int,
+                     numerical_rank: int) -> np.ndarray:
+    """The rank `fit_layer(rank="null")` gives on each of B sign-flipped copies of D.
+
+    `z` `[n, r]` are the coordinates `D Vᵀ` of the unflipped fit and `flips` `[B, n]` the
+    swaps. Flipping rows leaves V unchanged, so fit_layer on `diag(s) D` sees `diag(s) z`
+    (up to column signs, which the absolute gaps ignore) and draws the same null signs.
+    """
+    n = z.shape[0]
+    zb = flips[:, :, None] * z[None]  # [B, n, r]
+    gaps = zb.mean(1).abs()  # [B, r]
+    s_null = null_signs(n, n_null, seed)  # [n_null, n]
+    null = torch.matmul(s_null[None], zb).abs_().div_(n)  # [B, n_null, r]
+    thr = quantile_rows(null, quantile, dim=1)  # [B, r]
+    gaps[:, numerical_rank:] = 0.0
+    thr[:, numerical_rank:] = 0.0
+    above = (gaps.float() > thr.float()).long().cumprod(1).sum(1)
+    return above.clamp(max=numerical_rank).numpy()
+
+
+def _held_out_perm(P: Tensor, N: Tensor, cos: np.ndarray, train: np.ndarray, test: np.ndarray,
+                   flips: np.ndarray, fit: dict[str, Any], theta: Optional[Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out AUROC along θ_1 and of the probe for B relabelled copies of the pairs.
+
+    In copy b, pos and neg swap places in pair k wherever `flips[b, k] = −1`, in the
+    training and the held-out pairs alike. With `theta=None` the subspace is refitted on
+    the swapped training pairs as `fit_layer` would do it: the cosine filter and the
+    right singular vectors do not change under swaps, so one SVD serves every copy, and
+    only the orientation (and, for `rank="null"`, the rank) depends on b. With a given
+    `theta` the directions stay fixed. A copy whose fit keeps no direction scores 0.5.
+    Returns two `[B]` arrays; with `flips` all +1 they equal `_held_out`'s numbers.
+    """
+    n_b = flips.shape[0]
+    if theta is None:
+        keep = train[cos[train] <= float(fit["tau"])]
+        if len(keep) == 0:
+            return np.full(n_b, 0.5), np.full(n_b, 0.5)
+        diffs = P[keep] - N[keep]
+        u, sigma, vh = torch.linalg.svd(diffs, full_matrices=False)
+        energy = sigma.square()
+        if float(energy.sum()) <= 0:
+            return np.full(n_b, 0.5), np.full(n_b, 0.5)
+        numerical_rank = int((sigma > 1e-6 * sigma[0]).sum())
+        z = u * sigma  # [n_keep, r] = diffs @ vh.T
+        rank = fit["rank"]
+        if rank == "null":
+            ranks = _null_rule_ranks(z, torch.from_numpy(flips[:, keep]), int(fit["n_null"]),
+                                     float(fit["null_quantile"]), int(fit["null_seed"]), numerical_rank)
+        elif rank is not None:
+            ranks = np.full(n_b, min(int(rank), numerical_rank))
+        else:
+            cumulative = torch.cumsum(energy / energy.sum(), 0)
+            k = int((cumulative < float(fit["variance"]) - 1e-12).sum()) + 1
+            ranks = np.full(n_b, min(k, numerical_rank))
+        if fit["max_rank"] is not None:
+            ranks = np.minimum(ranks, int(fit["max_rank"]))
+        k_max = int(ranks.max())
+        # orientation of copy b: the sign of ⟨mean_k s_k D_k, v_j⟩ (+1 on a tie, as fit_layer)
+        gap = flips[:, keep] @ z[:, :k_max].numpy() / len(keep)  # [B, k_max]
+        orient = np.where(gap < 0, -1.0, 1.0)
+        basis = vh[:k_max]
+    else:
+        k_max = int(theta.shape[0])
+        ranks = np.full(n_b, k_max)
+        orient = np.ones((n_b, k_max))
+        basis = theta.double()
+    if k_max == 0:
+        return np.full(n_b, 0.5), np.full(n_b, 0.5)
+    zp, zn = (P @ basis.T).numpy(), (N @ basis.T).numpy()  # [n, k_max], unoriented
+    has = ranks > 0
+    s_te, s_tr = flips[:, test] > 0, flips[:, train] > 0  # True: the pair keeps its labels
+    # along θ_1 (oriented per copy): the relabelled positive of pair k is pos_k where s_k = +1
+    first_pos = np.where(s_te, zp[test, 0], zn[test, 0]) * orient[:, :1]
+    first_neg = np.where(s_te, zn[test, 0], zp[test, 0]) * orient[:, :1]
+    a_first = np.where(has, _auroc_rows(first_pos, first_neg), 0.5)
+    # the probe on the first ranks[b] coordinates (orientation does not change its scores)
+    x_train = np.concatenate([zp[train], zn[train]])
+    y_train = np.concatenate([s_tr, ~s_tr], axis=1).astype(np.float64)
+    mask = (np.arange(k_max)[None, :] < ranks[:, None]).astype(np.float64)
+    mean, std, w, b = _fit_probe_batch(x_train, y_train, mask)
+    score_p = ((zp[test] - mean) / std) @ (w * mask).T + b  # [m, B]
+    score_n = ((zn[test] - mean) / std) @ (w * mask).T + b
+    probe_pos = np.where(s_te, score_p.T, score_n.T)
+    probe_neg = np.where(s_te, score_n.T, score_p.T)
+    a_probe = np.where(has, _auroc_rows(probe_pos, probe_neg), 0.5)
+    return a_first, a_probe
+
+
+def _p_value(real: float, null: np.ndarray) -> float:
+    """`(1 + #{null ≥ real}) / (1 + B)` (ties, to 1e-12, count against the real value)."""
+    if not math.isfinite(real) or len(null) == 0:
+        return math.nan
+    return float((1 + int(np.sum(null >= real - 1e-12))) / (1 + len(null)))
+
+
 def _gap_z(theta1: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float:
     gaps = (pos - neg) @ theta1
     sd = float(np.std(gaps, ddof=1)) if len(gaps) > 1 else math.nan
@@ -580,6 +780,7 @@ def layer_signal(
     refit: bool = True,
     min_kept: float = 0.5,
     repeats: int = 1,
+    n_perm: int = N_PERM,
     batch_size: int = 16,
     chat: Optional[bool] = None,
     verbose: bool = False,
@@ -611,6 +812,10 @@ def layer_signal(
         repeats: number of seeded splits (successive permutations of one
             `default_rng(seed)`); the held-out numbers are their mean. 1 (default) is one
             split; with few pairs, 10-20 smooth the curves at no extra forward pass.
+        n_perm: number of random pos/neg swap patterns for the per-layer p-values
+            (`p_auroc_first`, `p_auroc_probe`, `p_gap`); 0 skips them. Seeded by `seed`
+            (a stream separate from the splits'). The cost is linear algebra only, about
+            `n_perm · repeats` batched probe fits per layer, vectorised over the swaps.
         batch_size: texts per forward pass.
         chat: as in `fit_subspace` (None: the chat template when the model has one).
         verbose: progress bar and a summary table.
@@ -631,6 +836,10 @@ def layer_signal(
     _check_args(holdout, seed, top_n, batch_size, min_kept)
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive int; got {repeats!r}")
+    if isinstance(n_perm, bool) or not isinstance(n_perm, int) or n_perm < 0:
+        raise ValueError(f"n_perm must be an int >= 0 (0 skips the p-values; e.g. 100); got {n_perm!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0 (numpy seeds are non-negative); got {seed}")
     kind, n = _pair_count(prefs, subspace)
     if n < 4:
         raise ValueError(
@@ -653,6 +862,11 @@ def layer_signal(
     layers = subspace.layer_indices
     fit_settings = {k: subspace.settings.get(k, v) for k, v in _FIT_DEFAULTS.items()}
     tau = float(fit_settings["tau"])
+    try:
+        check_rank_args(fit_settings["rank"], fit_settings["max_rank"], fit_settings["n_null"],
+                        fit_settings["null_quantile"], fit_settings["null_seed"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the subspace's fit settings cannot be used for the refit: {exc}") from None
 
     t0 = time.perf_counter()
     pos_t, neg_t, n_batches = _activations(model, prefs, kind, layers, subspace.site, batch_size,
@@ -665,8 +879,10 @@ def layer_signal(
     L = len(layers)
     sig: dict[str, np.ndarray] = {name: np.full(L, np.nan) for name in (
         "explained_variance", "cos_mean", "cos_std", "auroc_first", "auroc_probe",
-        "pair_acc_first", "gap_z", "auroc_first_sd", "auroc_probe_sd")}
-    for name in ("rank", "n_pairs", "n_kept", "eval_rank"):
+        "pair_acc_first", "gap_z", "auroc_first_sd", "auroc_probe_sd",
+        "p_auroc_first", "p_auroc_probe", "p_gap")}
+    flips = _perm_signs(n, n_perm, int(seed))
+    for name in ("rank", "n_pairs", "n_kept", "eval_rank", "null_rank"):
         sig[name] = np.zeros(L, dtype=np.int64)
     spectrum: list[np.ndarray] = []
     matches = []
@@ -690,6 +906,7 @@ def layer_signal(
             if sub.rank > 0:
                 sig["gap_z"][i] = _gap_z(sub.directions[0].double().numpy(), p_np, n_np)
             per_split = []
+            null_first, null_probe = np.zeros(n_perm), np.zeros(n_perm)
             for r, (tr, te) in enumerate(splits):
                 if refit:
                     theta = fit_layer(P[tr], N[tr], layer=layer, **fit_settings).directions
@@ -698,11 +915,28 @@ def layer_signal(
                 if r == 0:
                     sig["eval_rank"][i] = int(theta.shape[0])
                 per_split.append(_held_out(theta, p_np, n_np, tr, te))
+                if n_perm:
+                    a_first, a_probe = _held_out_perm(P, N, cos, tr, te, flips, fit_settings,
+                                                      None if refit else sub.directions)
+                    null_first += a_first / len(splits)
+                    null_probe += a_probe / len(splits)
             vals = np.array(per_split)  # [repeats, 3]
+            if n_perm:
+                # the statistic of the test: the mean over splits, a split without direction = 0.5
+                real = np.where(np.isfinite(vals[:, :2]), vals[:, :2], 0.5).mean(0)
+                sig["p_auroc_first"][i] = _p_value(float(real[0]), null_first)
+                sig["p_auroc_probe"][i] = _p_value(float(real[1]), null_probe)
+                if sub.rank > 0:
+                    z = (p_np - n_np) @ sub.directions[0].double().numpy()
+                    sig["p_gap"][i] = _p_value(abs(float(z.mean())), np.abs(flips @ z) / n)
             vals = vals[np.isfinite(vals).all(1)]  # splits where the refit kept no direction drop out
             if len(vals):
                 sig["auroc_first"][i], sig["auroc_probe"][i], sig["pair_acc_first"][i] = vals.mean(0)
                 sig["auroc_first_sd"][i], sig["auroc_probe_sd"][i] = vals[:, 0].std(), vals[:, 1].std()
+            null_fit = fit_layer(P, N, layer=layer, tau=tau, rank="null", n_null=int(fit_settings["n_null"]),
+                                 null_quantile=float(fit_settings["null_quantile"]),
+                                 null_seed=int(fit_settings["null_seed"]))
+            sig["null_rank"][i] = null_fit.rank
 
     query_scores = query_layers = freq = None
     n_query_batches = 0
@@ -734,6 +968,7 @@ def layer_signal(
         "n_train": int(len(train)),
         "n_test": int(len(test)),
         "repeats": int(repeats),
+        "n_perm": int(n_perm),
         "fit": fit_settings,
         "probe_l2": PROBE_L2,
         "auroc_bar": float(bar),

@@ -152,3 +152,81 @@ def test_analyze_on_the_embedded_model(demo_out, tmp_path):
     assert attribution["n_forward_passes"] == 2
     html = (out / "report.html").read_text(encoding="utf-8")
     assert html.count('<img class="figure"') == 4 and "How do I keep houseplants alive?" in html
+
+
+def _pairs_file(path, mirrored=False):
+    """A small pairs file written by hand: every positive ends in a shared phrase, every
+    negative in another (a consistent gap), or, mirrored, each pair also reversed."""
+    from alignez_tl.objectives import get_objective
+    from alignez_tl.preferences import PreferencePair, PreferenceSet
+
+    queries = ["How do I bake bread?", "How do I sleep better?", "How do I save money?",
+               "How do I learn to swim?", "How do I paint a wall?", "How do I fix a bike?"]
+    pairs = [PreferencePair(q, f"Here is a clear, careful answer to that, step {i}. Glad to help!",
+                            f"No idea, figure it out {i}. Go away.", objective="helpful", index=i)
+             for q in queries for i in range(2)]
+    if mirrored:
+        pairs += [PreferencePair(p.query, p.negative, p.positive, objective="helpful", index=p.index + 2)
+                  for p in pairs]
+    PreferenceSet(pairs, get_objective("helpful")).save(path)
+    return path
+
+
+def test_fit_reports_the_null_under_the_variance_rule(tiny_dir, tmp_path, capsys):
+    from alignez_tl import AlignmentSubspace
+
+    prefs = _pairs_file(tmp_path / "pairs.jsonl")
+    out = tmp_path / "sub.safetensors"
+    code, text, err = run(["fit", "--model", tiny_dir, "--prefs", str(prefs), "--tau", "1.0", "--n-null", "64",
+                           "--seed", "3", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "above-null" in text and "gap-share" in text and "rank rule variance" in text
+    sub = AlignmentSubspace.load(out)
+    assert sub.settings["rank_rule"] == "variance" and sub.settings["null_test"] is True
+    assert (sub.settings["n_null"], sub.settings["null_seed"]) == (64, 3)
+    assert all(layer.has_null for layer in sub.layers.values())
+    # the ranks are the variance rule's, as without the null
+    code, text, err = run(["fit", "--model", tiny_dir, "--prefs", str(prefs), "--tau", "1.0", "--n-null", "0",
+                           "--quiet", "--force", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert text.strip().splitlines() == [f"wrote the subspace to {out}"]  # --quiet: the result line only
+    plain = AlignmentSubspace.load(out)
+    assert plain.ranks() == sub.ranks() and "n_null" not in plain.settings
+    assert not any(layer.has_null for layer in plain.layers.values())
+
+
+def test_fit_with_the_null_rank_rule(tiny_dir, tmp_path, capsys):
+    from alignez_tl import AlignmentSubspace
+
+    prefs = _pairs_file(tmp_path / "pairs.jsonl")
+    out = tmp_path / "sub.safetensors"
+    code, text, err = run(["fit", "--model", tiny_dir, "--prefs", str(prefs), "--tau", "1.0",
+                           "--rank-rule", "null", "--out", str(out)], capsys)
+    assert code == 0, err
+    sub = AlignmentSubspace.load(out)
+    assert sub.settings["rank_rule"] == "null" and sub.settings["n_null"] == 200
+    assert all(layer.rank == layer.n_above_null for layer in sub.layers.values())
+    assert any(layer.rank > 0 for layer in sub.layers.values())
+    # pairs that also appear reversed have no mean gap: nothing beats the null, said clearly
+    mirrored = _pairs_file(tmp_path / "mirrored.jsonl", mirrored=True)
+    code, _, err = run(["fit", "--model", tiny_dir, "--prefs", str(mirrored), "--tau", "1.0", "--quiet",
+                        "--rank-rule", "null", "--out", str(tmp_path / "none.safetensors")], capsys)
+    assert code == 2 and "no direction beat the sign-flip null" in err
+    assert not (tmp_path / "none.safetensors").exists()
+
+
+def test_fit_null_options_are_checked_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(cli, "_load", no_model)
+    prefs = _pairs_file(tmp_path / "pairs.jsonl")
+    out = str(tmp_path / "s.safetensors")
+    code, _, err = run(["fit", "--prefs", str(prefs), "--rank-rule", "null", "--n-null", "0", "--out", out], capsys)
+    assert code == 2 and "--n-null >= 1" in err
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["fit", "--prefs", str(prefs), "--rank-rule", "svd", "--out", out])
+    assert exit_.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["fit", "--prefs", str(prefs), "--n-null", "-3", "--out", out])
+    assert "--n-null" in capsys.readouterr().err

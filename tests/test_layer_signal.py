@@ -394,3 +394,102 @@ def test_repeats_average_splits_and_first_split_is_unchanged(planted_fit):
     assert "mean over 4 seeded splits" in many.rule
     with pytest.raises(ValueError, match="repeats"):
         layer_signal(None, sub, (pos, neg), repeats=0)
+
+
+# --------------------------------------------------------------------------- permutation null
+
+
+def test_permutation_p_values_small_where_planted_large_elsewhere(planted_fit):
+    sub, pos, neg = planted_fit
+    sig = layer_signal(None, sub, (pos, neg))
+    assert sig.settings["n_perm"] == 100
+    floor = 1 / 101
+    assert sig.p_auroc_probe[3] == pytest.approx(floor) and sig.p_auroc_first[3] == pytest.approx(floor)
+    assert sig.p_gap[3] == pytest.approx(floor) and sig.null_rank[3] >= 1
+    others = [0, 1, 2, 4, 5]
+    assert np.mean(sig.p_auroc_probe[others]) > 0.2 and np.mean(sig.p_gap[others]) > 0.2
+    assert np.all(sig.null_rank[others] <= 1)
+    for p in (sig.p_auroc_first, sig.p_auroc_probe, sig.p_gap):
+        assert np.all((p >= floor - 1e-12) & (p <= 1.0))
+    text = sig.summary()
+    assert "p probe" in text and "null-rank" in text and "100 random pos/neg swaps" in text
+    d = sig.to_dict()
+    json.dumps(d, allow_nan=False)
+    assert len(d["p_auroc_probe"]) == 6 and d["null_rank"][3] == int(sig.null_rank[3])
+    fig = sig.plot()
+    ax = fig.axes[2]  # the AUROC panel marks the layers that beat the permutation null
+    assert any("p probe" in line.get_label() for line in ax.get_lines())
+
+
+def test_p_values_are_roughly_uniform_on_noise():
+    g = torch.Generator().manual_seed(11)
+    n, n_layers, d = 24, 40, 12
+    base = torch.randn(n, 1, d, generator=g)
+    pos = base + torch.randn(n, n_layers, d, generator=g)
+    neg = base + torch.randn(n, n_layers, d, generator=g)
+    sub = fit_subspace(None, (pos, neg), layers=list(range(n_layers)), verbose=False)
+    sig = layer_signal(None, sub, (pos, neg), n_perm=99, seed=3)
+    for p in (sig.p_auroc_probe, sig.p_auroc_first, sig.p_gap):
+        assert 0.35 < float(np.mean(p)) < 0.65
+        assert float(np.mean(p <= 0.05)) <= 0.15
+        assert float(np.mean(p > 0.5)) > 0.25  # spread over (0, 1], not piled up anywhere
+    assert float(np.mean(sig.null_rank > 0)) <= 0.15
+
+
+def test_vectorised_permutations_equal_explicit_swapped_refits(planted_fit):
+    from analyses.layer_signal import _FIT_DEFAULTS, _held_out, _held_out_perm, _perm_signs, _splits
+
+    _, pos, neg = planted_fit
+    n = pos.shape[0]
+    flips = np.concatenate([np.ones((1, n)), _perm_signs(n, 4, 0)])
+    (train, test), = _splits(n, 0.3, 0, 1)
+    for layer in (1, 3):
+        P, N = pos[:, layer].double(), neg[:, layer].double()
+        cos = torch.nn.functional.cosine_similarity(P, N, dim=-1).numpy()
+        for rank in (None, 2, "null"):
+            fit = dict(_FIT_DEFAULTS, rank=rank)
+            for given in (None, fit_layer(P, N, **fit).directions):
+                first, probe = _held_out_perm(P, N, cos, train, test, flips, fit, given)
+                for b, s in enumerate(flips):
+                    keep = torch.from_numpy(s > 0)[:, None]
+                    Ps, Ns = torch.where(keep, P, N), torch.where(keep, N, P)
+                    theta = fit_layer(Ps[train], Ns[train], **fit).directions if given is None else given
+                    want = _held_out(theta, Ps.numpy(), Ns.numpy(), train, test)[:2]
+                    want = [0.5 if math.isnan(w) else w for w in want]
+                    assert first[b] == pytest.approx(want[0], abs=1e-9), (layer, rank, b)
+                    assert probe[b] == pytest.approx(want[1], abs=1e-6), (layer, rank, b)
+
+
+def test_permutations_are_seeded_and_can_be_skipped(planted_fit):
+    sub, pos, neg = planted_fit
+    a = layer_signal(None, sub, (pos, neg), seed=2, n_perm=30)
+    b = layer_signal(None, sub, (pos, neg), seed=2, n_perm=30)
+    assert a.to_dict() == b.to_dict()
+    c = layer_signal(None, sub, (pos, neg), seed=4, n_perm=30)
+    assert not np.array_equal(a.p_auroc_probe, c.p_auroc_probe)
+    off = layer_signal(None, sub, (pos, neg), seed=2, n_perm=0)
+    assert np.all(np.isnan(off.p_auroc_probe)) and np.all(np.isnan(off.p_gap))
+    assert "p probe" not in off.summary() and off.settings["n_perm"] == 0
+    np.testing.assert_array_equal(off.auroc_probe, a.auroc_probe)  # the held-out numbers do not change
+    np.testing.assert_array_equal(off.recommended, a.recommended)
+    for bad in (-1, 1.5, True, "10"):
+        with pytest.raises(ValueError, match="n_perm"):
+            layer_signal(None, sub, (pos, neg), n_perm=bad)
+
+
+def test_null_rank_rule_subspace_is_refitted_with_its_rule():
+    pos, neg = planted(layer=2)
+    sub = fit_subspace(None, (pos, neg), layers=list(range(6)), rank="null", n_null=100, verbose=False)
+    assert sub.layers[2].rank >= 1
+    sig = layer_signal(None, sub, (pos, neg), n_perm=50)
+    assert sig.settings["fit"]["rank"] == "null" and sig.settings["fit"]["n_null"] == 100
+    assert sig.eval_rank[2] >= 1 and sig.p_auroc_probe[2] == pytest.approx(1 / 51)
+    assert sig.null_rank[2] == sub.layers[2].rank
+
+
+def test_bad_n_perm_refused_before_any_forward_pass(llama, llama_fit, monkeypatch):
+    CaptureSpy(monkeypatch, forbid=True)
+    with pytest.raises(ValueError, match="n_perm must be an int >= 0"):
+        layer_signal(llama, llama_fit, PAIRS, n_perm=-5)
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        layer_signal(llama, llama_fit, PAIRS, seed=-1)

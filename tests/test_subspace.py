@@ -234,3 +234,189 @@ def test_bad_fit_arguments(llama):
     no_tok = type("M", (), {"cfg": llama.cfg, "tokenizer": None})()
     with pytest.raises(ValueError, match="no tokenizer"):
         fit_subspace(no_tok, [("a", "b")])
+
+
+# --------------------------------------------------------------------------- rank="null"
+
+
+def grouped(n_per=20, d=64, strengths=(8.0, 6.0, 5.0), noise=1.0, seed=0):
+    """Three groups of pairs, each with a consistent pos-neg gap along its own unit
+    direction u_g (strengths distinct, so the SVD separates them), plus isotropic noise."""
+    g = torch.Generator().manual_seed(seed)
+    basis, _ = torch.linalg.qr(torch.randn(d, len(strengths), generator=g, dtype=torch.float64))
+    u = basis.T.float()  # [3, d] orthonormal
+    rows = [c * u[i] for i, c in enumerate(strengths) for _ in range(n_per)]
+    gap = torch.stack(rows)
+    base = torch.randn(len(rows), d, generator=g) * 3
+    pos = base + gap + noise * torch.randn(len(rows), d, generator=g)
+    neg = base.clone()
+    return pos, neg, u
+
+
+def test_sign_flips_leave_the_spectrum_unchanged_so_the_null_tests_gaps():
+    # swapping pos/neg inside pairs multiplies rows of D by -1: an orthogonal change of
+    # rows, so the singular values (and right singular vectors) cannot tell signal from noise
+    pos, neg, _ = grouped()
+    diffs = (pos - neg).double()
+    signs = torch.where(torch.rand(diffs.shape[0], generator=torch.Generator().manual_seed(1)) < 0.5, -1.0, 1.0)
+    flipped = signs.double()[:, None] * diffs
+    assert torch.allclose(torch.linalg.svdvals(flipped), torch.linalg.svdvals(diffs), rtol=1e-10)
+    # ... whereas the mean gap along the directions changes
+    _, _, vh = torch.linalg.svd(diffs, full_matrices=False)
+    assert (flipped.mean(0) @ vh[:3].T).abs().max() < 0.5 * (diffs.mean(0) @ vh[:3].T).abs().min()
+
+
+def test_null_rule_keeps_the_three_planted_directions_and_the_variance_rule_many_more():
+    for seed in (0, 1, 2):
+        pos, neg, u = grouped(seed=seed)
+        sub = fit_layer(pos, neg, tau=1.0, rank="null")
+        assert sub.rank == 3 == sub.n_above_null
+        cos = (sub.directions.double() @ u.double().T).abs()
+        assert (cos.max(1).values > 0.85).all()  # each kept direction is one planted u_g (noise tilts it a little)
+        assert sorted(cos.argmax(1).tolist()) == [0, 1, 2]
+        assert (sub.directions.double() @ u.double().T).max(1).values.min() > 0.85  # sign: neg -> pos
+        assert torch.allclose(sub.gap[:3], sub.mean_diff_proj, atol=1e-5)
+        assert (sub.gap[:3] > sub.null_threshold[:3]).all() and sub.gap[3] <= sub.null_threshold[3]
+        assert sub.gap_share > 0.8 > sub.kept_variance  # the gap sits in 3 of 60 directions
+        variance_rule = fit_layer(pos, neg, tau=1.0)
+        assert variance_rule.rank >= 20  # noise directions fill up the 90%
+        assert not variance_rule.has_null and variance_rule.n_above_null is None
+
+
+def test_null_rule_on_pure_noise_keeps_almost_nothing():
+    ranks = []
+    for seed in range(20):
+        g = torch.Generator().manual_seed(100 + seed)
+        pos, neg = torch.randn(60, 64, generator=g), torch.randn(60, 64, generator=g)
+        ranks.append(fit_layer(pos, neg, tau=1.0, rank="null", null_seed=seed).rank)
+    assert max(ranks) <= 1
+    assert sum(r > 0 for r in ranks) <= 4  # a 5% test per layer: about 1 of 20 expected
+    # a mirrored set (every pair also appears with pos and neg swapped) has no gap at all
+    pos, neg = torch.randn(30, 16), torch.randn(30, 16)
+    mirror = fit_layer(torch.cat([pos, neg]), torch.cat([neg, pos]), tau=1.0, rank="null")
+    assert mirror.rank == 0 and mirror.n_above_null == 0 and mirror.singular_values.numel() > 0
+
+
+def test_sign_flip_null_is_the_stated_quantile_and_seeded():
+    from alignez_tl.subspace import null_signs, sign_flip_null
+
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(25, 6, generator=g, dtype=torch.float64) + 0.3
+    state = torch.get_rng_state()
+    gap, thr = sign_flip_null(z, n_null=300, quantile=0.9, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is not touched
+    signs = null_signs(25, 300, 3)
+    assert set(signs.unique().tolist()) == {-1.0, 1.0} and signs.shape == (300, 25)
+    brute = torch.stack([(s[:, None] * z).mean(0).abs() for s in signs])
+    assert torch.allclose(gap, z.mean(0).abs())
+    assert torch.allclose(thr, torch.quantile(brute, 0.9, dim=0), atol=1e-12)
+    again = sign_flip_null(z, n_null=300, quantile=0.9, seed=3)
+    assert torch.equal(again[1], thr)
+    assert not torch.equal(sign_flip_null(z, n_null=300, quantile=0.9, seed=4)[1], thr)
+    # more draws than one chunk of the generator: still the stated quantile
+    big = sign_flip_null(z, n_null=2500, quantile=0.5, seed=0)[1]
+    brute = (null_signs(25, 2500, 0) @ z).abs() / 25
+    assert torch.allclose(big, torch.quantile(brute, 0.5, dim=0), atol=1e-12)
+
+
+def test_same_seed_same_subspace_and_settings_are_recorded():
+    pos, neg, _ = grouped(n_per=10, d=32)
+    acts = (pos[:, None].repeat(1, 3, 1), neg[:, None].repeat(1, 3, 1))
+    a = fit_subspace(None, acts, layers=[0, 1, 2], rank="null", n_null=150, null_seed=5, tau=1.0)
+    b = fit_subspace(None, acts, layers=[0, 1, 2], rank="null", n_null=150, null_seed=5, tau=1.0)
+    for layer in (0, 1, 2):
+        for name in ("directions", "gap", "null_threshold"):
+            assert torch.equal(getattr(a.layers[layer], name), getattr(b.layers[layer], name))
+    # the same draws at every layer: identical data gives identical thresholds
+    assert torch.equal(a.layers[0].null_threshold, a.layers[2].null_threshold)
+    assert a.settings["rank_rule"] == "null" and a.settings["rank"] == "null"
+    assert (a.settings["n_null"], a.settings["null_quantile"], a.settings["null_seed"]) == (150, 0.95, 5)
+    one = (pos, neg)
+    c = fit_subspace(None, one, layers=[0], rank="null", n_null=150, null_seed=6, tau=1.0)
+    assert not torch.equal(c.layers[0].null_threshold, a.layers[0].null_threshold)
+    # the default is unchanged: the variance rule, no null computed or recorded
+    plain = fit_subspace(None, one, layers=[0], tau=1.0)
+    assert plain.settings["rank_rule"] == "variance" and "n_null" not in plain.settings
+    assert plain.layers[0].gap.numel() == 0 and plain.layers[0].n_above_null is None
+    assert fit_subspace(None, one, layers=[0], rank=2, tau=1.0).settings["rank_rule"] == "fixed"
+
+
+def test_null_test_reports_without_changing_the_rank():
+    pos, neg, _ = grouped()
+    plain = fit_layer(pos, neg, tau=1.0)
+    tested = fit_layer(pos, neg, tau=1.0, null_test=True)
+    assert torch.equal(plain.directions, tested.directions)
+    assert tested.n_above_null == 3 and tested.gap.shape == tested.singular_values.shape
+    assert fit_layer(pos, neg, tau=1.0, rank="null", max_rank=2).rank == 2  # capped; n_above_null stays 3
+    sub = fit_subspace(None, (pos, neg), layers=[4], tau=1.0, null_test=True, n_null=100)
+    text = sub.summary()
+    assert "above-null" in text and "gap-share" in text and "rank rule variance" in text
+    row = [line for line in text.splitlines() if line.strip().startswith("4 ")][0]
+    assert row.split()[4] == "3"
+
+
+def test_null_settings_and_tensors_round_trip_and_old_files_still_load(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    pos, neg, _ = grouped(n_per=8, d=24)
+    acts = (pos[:, None].repeat(1, 2, 1), neg[:, None].repeat(1, 2, 1))
+    sub = fit_subspace(None, acts, layers=[0, 5], rank="null", n_null=64, null_quantile=0.9,
+                       null_seed=2, tau=1.0)
+    path = sub.save(tmp_path / "null.safetensors")
+    back = AlignmentSubspace.load(path)
+    assert back.settings == sub.settings
+    for layer in (0, 5):
+        for name in ("directions", "gap", "null_threshold", "singular_values"):
+            assert torch.equal(getattr(back.layers[layer], name), getattr(sub.layers[layer], name))
+        assert back.layers[layer].n_above_null == sub.layers[layer].n_above_null == sub.layers[layer].rank
+    # a file written before the null rule (no gap / null_threshold tensors) still loads
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["alignez"])
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    old = {k: v for k, v in tensors.items() if not k.endswith((".gap", ".null_threshold"))}
+    save_file(old, str(tmp_path / "old.safetensors"), metadata={"alignez": json.dumps(meta)})
+    legacy = AlignmentSubspace.load(tmp_path / "old.safetensors")
+    assert legacy.layers[0].n_above_null is None and legacy.ranks() == sub.ranks()
+    assert "above-null" not in legacy.summary()
+    # a null tensor of the wrong length is refused
+    bad = dict(tensors, **{"layer.0.gap": torch.zeros(2)})
+    save_file(bad, str(tmp_path / "bad.safetensors"), metadata={"alignez": json.dumps(meta)})
+    with pytest.raises(SubspaceFileError, match="gap"):
+        AlignmentSubspace.load(tmp_path / "bad.safetensors")
+
+
+def test_bad_rank_rule_arguments_are_refused_before_any_work(llama, monkeypatch):
+    import alignez_tl.subspace as subspace_module
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("activations were captured before the arguments were checked")
+
+    monkeypatch.setattr(subspace_module, "pair_activations", no_work)
+    pairs = [("a good answer", "a bad answer")] * 3
+    cases = [
+        (dict(rank="nul"), ValueError, "rank must be a positive int .*'null'"),
+        (dict(rank=0), ValueError, "rank must be a positive int"),
+        (dict(rank=True), ValueError, "rank must be"),
+        (dict(rank="null", n_null=0), ValueError, "n_null must be a positive int"),
+        (dict(rank="null", n_null=10.5), ValueError, "n_null"),
+        (dict(rank="null", null_quantile=1.0), ValueError, "null_quantile must be a number strictly between 0 and 1"),
+        (dict(rank="null", null_quantile=float("nan")), ValueError, "null_quantile"),
+        (dict(rank="null", null_seed=1.5), TypeError, "null_seed must be an int"),
+        (dict(null_test="yes"), TypeError, "null_test must be True or False"),
+        (dict(max_rank=0), ValueError, "max_rank must be a positive int"),
+    ]
+    for kwargs, error, message in cases:
+        with pytest.raises(error, match=message):
+            fit_subspace(llama, pairs, **kwargs)
+    pos, neg, _ = planted(n=6, d=8)
+    with pytest.raises(ValueError, match="n_null"):
+        fit_layer(pos, neg, rank="null", n_null=-1)
+
+
+def test_no_direction_above_the_null_anywhere_says_so():
+    pos, neg = torch.randn(12, 2, 16), torch.randn(12, 2, 16)
+    mirrored = (torch.cat([pos, neg]), torch.cat([neg, pos]))  # the mean gap is exactly 0
+    with pytest.raises(EmptySubspaceError, match="no direction beat the sign-flip null at any of the 2 layers"):
+        fit_subspace(None, mirrored, layers=[0, 1], rank="null", tau=1.0)
+    assert fit_subspace(None, mirrored, layers=[0, 1], tau=1.0).layers[0].rank > 0  # variance rule: noise kept
