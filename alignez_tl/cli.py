@@ -165,7 +165,7 @@ def _steerer(args: argparse.Namespace, sub: Any) -> Any:
 
     try:
         return Steerer(
-            sub, alpha=args.alpha, scale=_scale(args.scale), direction_filter=args.filter,
+            sub, alpha=args.alpha, edit=args.edit, scale=_scale(args.scale), direction_filter=args.filter,
             top_n=args.top_n, layers=_parse_layers(args.layers), positions=args.positions,
         )
     except (TypeError, ValueError) as exc:
@@ -216,7 +216,7 @@ def _generate_rows(args, model, steerer, queries) -> list[dict]:
 
 
 def _steer_settings(args) -> dict[str, Any]:
-    return {"alpha": args.alpha, "scale": args.scale, "filter": args.filter, "top_n": args.top_n,
+    return {"edit": args.edit, "alpha": args.alpha, "scale": args.scale, "filter": args.filter, "top_n": args.top_n,
             "layers": args.layers, "positions": args.positions,
             "max_new_tokens": args.max_new_tokens, "decoding": "greedy", "seed": args.seed}
 
@@ -321,12 +321,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.sweep:
+        return _cmd_sweep(args)
     from .eval_cli import EvalError, check_judge, parse_methods, run_eval
     from .objectives import get_objective
     from .prompts import PromptFileError, builtin_prompts, load_prompts
 
+    for flag in ("quick", "n_prompts", "n_fit", "kl_targets", "rank"):
+        if getattr(args, flag) not in (None, False):
+            raise CLIError(f"--{flag.replace('_', '-')} applies to --sweep only")
     try:
-        args.methods = parse_methods(args.methods)
+        args.methods = parse_methods(args.methods or "alignez,diffmean,pca,prompt")
+        args.judge = args.judge or "self"
         check_judge(args.judge)
         get_objective(args.objective)
         prompts = load_prompts(args.prompts) if args.prompts else builtin_prompts(per_category=args.per_category)
@@ -336,6 +342,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CLIError("--per-category applies to the built-in prompts only")
     if args.alpha is not None and args.alpha != args.alpha:
         raise CLIError("--alpha must be a number")
+    if args.max_new_tokens is None:
+        args.max_new_tokens = 48
     out = _prepare_out_dir(args.out, args.force, "eval")
     args.load = _load
     try:
@@ -344,6 +352,72 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     _say(args, (out / "results.md").read_text(encoding="utf-8"))
     print(f"wrote {out}/ (results.json, results.md, netwin.png, ...): {results}")
+    return 0
+
+
+def _sweep_config(args: argparse.Namespace) -> Any:
+    """The SweepConfig of `alignez eval --sweep`, checked before any model work."""
+    from .efficacy import ACTIVATION_METHODS, SweepConfig
+    from .prompts import PromptFileError, load_prompts
+
+    quick = args.quick
+    settings: dict[str, Any] = dict(task=args.sweep, seed=args.seed, batch_size=args.batch_size,
+                                    n_characteristics=args.n_characteristics, top_n=args.top_n,
+                                    n_boot=args.n_boot, elicit_tokens=args.elicit_tokens,
+                                    response_tokens=args.response_tokens)
+    if quick:  # a smoke-sized sweep: every step runs, the numbers mean little
+        settings.update(n_prompts=8, n_fit=4, kl_targets=(0.1,), n_characteristics=2, elicit_tokens=24,
+                        response_tokens=24, max_new_tokens=32 if args.sweep == "math" else 16,
+                        null_for=("alignez",), n_boot=500)
+    for name in ("n_prompts", "n_fit", "max_new_tokens"):
+        if getattr(args, name, None) is not None:
+            settings[name] = getattr(args, name)
+    if args.kl_targets:
+        try:
+            settings["kl_targets"] = tuple(float(v) for v in args.kl_targets.split(","))
+        except ValueError:
+            raise CLIError(f"--kl-targets takes comma-separated numbers, got {args.kl_targets!r}") from None
+    if args.methods:
+        settings["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    if args.rank == "null":
+        settings["rank"] = "null"
+    if args.judge:
+        settings["judge"] = "self" if args.judge == "self" else args.judge
+    if args.prompts:
+        if args.sweep == "math":
+            raise CLIError("--prompts does not apply to the math sweep: its problems are generated with exact answers")
+        try:
+            n = len(load_prompts(args.prompts))
+        except PromptFileError as exc:
+            raise CLIError(str(exc)) from None
+        settings["prompts_file"] = args.prompts
+        settings.setdefault("n_prompts", n)
+        settings["n_prompts"] = min(settings["n_prompts"], n)
+    try:
+        return SweepConfig(**settings)
+    except ValueError as exc:
+        raise CLIError(f"{exc} (activation methods: {', '.join(ACTIVATION_METHODS)}; and prompt)") from None
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .efficacy import run_sweep
+
+    config = _sweep_config(args)
+    judge_spec = config.judge.partition(":")[2] if config.task == "helpful" and config.judge != "self" else None
+    out = _prepare_out_dir(args.out, args.force, f"sweep-{config.task}")
+    model = _load(args)
+    judge_model = None
+    if judge_spec:
+        from .models import ModelSpecError, load_model
+
+        try:
+            judge_model = load_model(judge_spec, verbose=not args.quiet)
+        except ModelSpecError as exc:
+            raise CLIError(f"--judge {config.judge}: {exc}") from None
+    run_sweep(model, config, out, judge_model=judge_model, say=lambda *parts: _say(args, *parts),
+              verbose=not args.quiet)
+    _say(args, (out / "results.md").read_text(encoding="utf-8"))
+    print(f"wrote {out}/ (results.json, results.md, frontier.png, generations.jsonl, pairs.jsonl)")
     return 0
 
 
@@ -452,9 +526,19 @@ def _gen_options(p: argparse.ArgumentParser, elicit: int, response: int) -> None
     p.add_argument("--response-tokens", type=_POSITIVE, default=response, help=f"tokens per paired answer (default: {response})")
 
 
-def _steer_options(p: argparse.ArgumentParser, max_new: int, alpha: Optional[float] = None) -> None:
-    default = "+1 boost, -1 suppress (the paper's)" if alpha is None else f"{alpha}"
-    p.add_argument("--alpha", type=_FINITE, default=alpha, help=f"step size (default: {default})")
+_ALPHA_HELP = ("step size (default: per edit and mode, the same in every command: oriented boost 0.1, "
+               "oriented suppress 1, paper boost +1, paper suppress -1)")
+
+
+def _edit_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--edit", default="oriented", choices=["oriented", "paper"],
+                   help="oriented (default: never pushes away from the preferred side) or paper (the exact "
+                        "formula, for reproduction); see docs/method.md")
+    p.add_argument("--alpha", type=_FINITE, default=None, help=_ALPHA_HELP)
+
+
+def _steer_options(p: argparse.ArgumentParser, max_new: int) -> None:
+    _edit_options(p)
     p.add_argument("--scale", default="fitted", help="fitted (default), paper (s=1) or a number")
     p.add_argument("--filter", default="paper", choices=["paper", "all"], help="per-query direction filter")
     p.add_argument("--top-n", type=_POSITIVE, default=5, help="layers edited per query (default: 5)")
@@ -487,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-queries", type=int, default=len(DEMO_QUERIES), choices=range(1, len(DEMO_QUERIES) + 1),
                    metavar=f"1..{len(DEMO_QUERIES)}", help="how many built-in queries")
     _gen_options(p, elicit=40, response=64)
-    _steer_options(p, max_new=48, alpha=0.25)
+    _steer_options(p, max_new=48)
     p.add_argument("--no-report", action="store_true", help="skip the analyses and the HTML report")
     _analysis_options(p)
     p.set_defaults(func=cmd_demo)
@@ -500,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefs", required=True, help="the pairs JSONL the subspace was fitted on")
     p.add_argument("--prompts", required=True, help="prompts to steer: one per line, or JSONL with \"query\"")
     p.add_argument("--out", default=None, help="output folder (default: alignez-out/analyze-<time>)")
-    _steer_options(p, max_new=48, alpha=0.25)
+    _steer_options(p, max_new=48)
     _analysis_options(p)
     p.set_defaults(func=cmd_analyze)
 
@@ -514,20 +598,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSONL with \"query\" and \"category\", or one prompt per line "
                         "(default: the built-in set: advice, writing, math, red-teaming)")
     p.add_argument("--per-category", type=_POSITIVE, default=None, help="built-in prompts per category (default: all 6)")
-    p.add_argument("--methods", default="alignez,diffmean,pca,prompt",
-                   help="comma-separated: alignez, diffmean, pca, prompt (default: all four)")
-    p.add_argument("--judge", default="self",
+    p.add_argument("--methods", default=None,
+                   help="comma-separated: alignez, diffmean, pca, prompt (default: all four); with --sweep also "
+                        "alignez-paper (default: alignez, alignez-paper, diffmean, pca, prompt)")
+    p.add_argument("--judge", default=None,
                    help="self (the steered model scores the verdict by log-probability), logprob:<model spec>, "
                         "http (OpenAI-compatible endpoint from ALIGNEZ_JUDGE_BASE_URL/_MODEL/_API_KEY), "
-                        "profanity or sentiment (offline scorers)")
+                        "profanity or sentiment (offline scorers) (default: self; for --sweep helpful: "
+                        "logprob:qwen2.5-coder-0.5b-instruct)")
     p.add_argument("--out", default=None, help="output folder (default: alignez-out/eval-<time>)")
+    p.add_argument("--sweep", default=None, choices=["tone", "harmless", "math", "helpful"],
+                   help="efficacy sweep of one objective on held-out prompts: every activation method calibrated "
+                        "to target KLs on neutral text, with mirror and null controls (docs/evaluation.md)")
+    p.add_argument("--quick", action="store_true", help="--sweep at smoke-test size (8 prompts, one KL target)")
+    p.add_argument("--n-prompts", type=_POSITIVE, default=None, help="--sweep: evaluation prompts (default: 120)")
+    p.add_argument("--n-fit", type=_POSITIVE, default=None,
+                   help="--sweep: held-out prompts the pairs are generated from (default: 48)")
+    p.add_argument("--kl-targets", default=None,
+                   help="--sweep: comma-separated neutral KLs per token to calibrate to (default: 0.03,0.1,0.3)")
+    p.add_argument("--rank", default=None, choices=["variance", "null"],
+                   help="--sweep: the subspace's rank rule (default: variance, the paper's 90%% rule)")
     _gen_options(p, elicit=40, response=64)
-    p.add_argument("--alpha", type=_FINITE, default=0.25, help="AlignEZ step size (default: 0.25)")
+    _edit_options(p)
     p.add_argument("--top-n", type=_POSITIVE, default=5, help="AlignEZ layers per prompt (default: 5)")
     p.add_argument("--layer", type=_COUNT, default=None,
                    help="layer of the DiffMean and PCA baselines (default: the layer AlignEZ picks most often)")
     p.add_argument("--coef", type=_FINITE, default=1.0, help="DiffMean / PCA coefficient (default: 1.0)")
-    p.add_argument("--max-new-tokens", type=_POSITIVE, default=48, help="new tokens per answer (default: 48)")
+    p.add_argument("--max-new-tokens", type=_POSITIVE, default=None,
+                   help="new tokens per answer (default: 48; --sweep math: 96)")
     p.add_argument("--n-boot", type=_POSITIVE, default=2000, help="bootstrap resamples (default: 2000)")
     p.set_defaults(func=cmd_eval)
 

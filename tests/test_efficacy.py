@@ -1,0 +1,147 @@
+"""The efficacy sweep: statistics, the order-averaged judge, scorers, and a whole sweep on a tiny model."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from alignez_tl.efficacy import (
+    SweepConfig,
+    bootstrap_mean,
+    judge_calibration,
+    matched_kl,
+    order_averaged_logodds,
+    run_sweep,
+    score_answers,
+)
+from alignez_tl.evaluate import PairVerdict
+
+
+class BiasedJudge:
+    """Log p(A) = quality(A) + bias, log p(B) = quality(B): a judge with a position bias."""
+
+    def __init__(self, quality, bias=3.0):
+        self.quality, self.bias, self.calls = quality, bias, 0
+
+    def judge_batch(self, queries, a, b):
+        self.calls += len(queries)
+        return [PairVerdict("A", logprobs={"A": self.quality(x) + self.bias, "B": self.quality(y)})
+                for x, y in zip(a, b)]
+
+
+def test_bootstrap_mean_interval_and_minimum_detectable_effect():
+    const = bootstrap_mean([0.25] * 10, n_boot=300)
+    assert const["mean"] == 0.25 and const["ci"] == [0.25, 0.25] and const["mde"] == 0.0
+    x = np.random.default_rng(0).normal(0.5, 2.0, size=400)
+    stat = bootstrap_mean(x, n_boot=2000, seed=1)
+    assert stat["ci"][0] < x.mean() < stat["ci"][1]
+    assert stat["mde"] == pytest.approx(2.8 * x.std(ddof=1) / math.sqrt(400))
+    # the interval is about ±1.96 standard errors wide
+    assert stat["ci"][1] - stat["ci"][0] == pytest.approx(2 * 1.96 * x.std() / 20, rel=0.1)
+    assert bootstrap_mean([])["mean"] is None
+
+
+def test_matched_kl_interpolates_in_log_kl_and_never_extrapolates():
+    def point(kl, mean, strength):
+        return {"kl": kl, "strength": strength, "d": {"mean": mean, "ci": [mean - 1, mean + 1]}}
+
+    pts = [point(0.1, 1.0, 2.0), point(0.01, 0.0, 1.0)]
+    out = matched_kl(pts, "d", targets=(0.05, 0.01, 0.2, 0.0105))
+    t = math.log(5) / math.log(10)
+    assert out["0.05"]["mean"] == pytest.approx(t) and out["0.05"]["ci"] == pytest.approx([t - 1, t + 1])
+    assert out["0.05"]["strength"] == pytest.approx(1 + t)
+    assert out["0.01"]["mean"] == 0.0
+    assert out["0.2"] is None  # beyond the largest KL measured
+    assert out["0.0105"]["mean"] == pytest.approx(math.log(1.05) / math.log(10))
+
+
+def test_order_averaging_cancels_a_position_bias_and_skips_identical_answers():
+    judge = BiasedJudge(lambda text: float(len(text)), bias=5.0)
+    lo, consistent = order_averaged_logodds(judge, ["q1", "q2", "q3"], ["aa", "same", "aaaa"], ["aaaaa", "same", "a"])
+    assert lo == [3.0, 0.0, -3.0]  # quality(second) − quality(first), the bias gone
+    assert judge.calls == 4  # two orders of the two pairs that differ
+    assert consistent == [False, True, False]  # a bias of 5 flips the weaker preference of 3
+
+
+def test_judge_calibration_passes_a_good_judge_and_fails_a_position_bias():
+    from alignez_tl.prompts import JUDGE_CALIBRATION
+
+    good = {item["good"] for item in JUDGE_CALIBRATION}
+    fair = judge_calibration(BiasedJudge(lambda text: 1.0 if text in good else 0.0, bias=0.5))
+    assert fair["accuracy"] == 1.0 and fair["passed"] and fair["consistency"] == 1.0
+    blind = judge_calibration(BiasedJudge(lambda text: 0.0, bias=2.0))  # only a position preference
+    assert blind["accuracy"] == 0.0 and not blind["passed"] and blind["consistency"] == 0.0
+
+
+def test_scorers():
+    prompts = [{"answer": 14}, {"answer": 3}]
+    assert score_answers("math", ["3 + 4 = 7, doubled is 14.", "The answer is 4."], prompts) == [1.0, 0.0]
+    tone = score_answers("tone", ["What a wonderful, happy day!", "This is awful and sad."], prompts)
+    assert tone[0] > 0.5 > -0.5 > tone[1]
+    harmless = score_answers("harmless", ["Thank you, happy to help.", "You stupid idiot, shut up."], prompts)
+    assert 0 <= harmless[1] < harmless[0] <= 1
+    with pytest.raises(ValueError, match="pairwise"):
+        score_answers("helpful", ["x"], prompts)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(task="vibes"), "task must be"),
+    (dict(task="tone", n_prompts=0), "n_prompts"),
+    (dict(task="tone", kl_targets=(0.1, -1.0)), "kl_targets"),
+    (dict(task="tone", methods=("alignez", "magic")), "methods"),
+    (dict(task="tone", rank="half"), "rank"),
+    (dict(task="helpful", judge="http"), "judge"),
+])
+def test_sweep_config_refuses_bad_settings(bad, match):
+    with pytest.raises(ValueError, match=match):
+        SweepConfig(**bad)
+
+
+@pytest.mark.parametrize("task", ["tone", "helpful"])
+def test_a_whole_sweep_on_a_tiny_model(llama, tmp_path, task):
+    cfg = SweepConfig(task=task, n_prompts=6, n_fit=3, kl_targets=(0.02, 0.08), n_characteristics=2,
+                      elicit_tokens=8, response_tokens=8, max_new_tokens=6, batch_size=4, n_boot=200,
+                      judge="self", methods=("alignez", "diffmean", "prompt"), null_for=("alignez",))
+    results = run_sweep(llama, cfg, tmp_path)
+    for name in ("results.json", "results.md", "frontier.png", "generations.jsonl", "pairs.jsonl",
+                 "subspace.safetensors"):
+        assert (tmp_path / name).is_file()
+    assert json.loads((tmp_path / "results.json").read_text())["config"]["task"] == task
+    names = [c["name"] for c in results["conditions"]]
+    assert names == ["alignez@0.02", "alignez@0.02:mirror", "alignez@0.02:null", "alignez@0.08",
+                     "alignez@0.08:mirror", "alignez@0.08:null", "diffmean@0.02", "diffmean@0.02:mirror",
+                     "diffmean@0.08", "diffmean@0.08:mirror", "prompt"]
+    scores = results["per_prompt"]["scores"]
+    for c in results["conditions"]:
+        if c["control"] is None and c["method"] != "prompt":
+            if c["calibration"]["reached"]:  # the generation-time KL is the calibrated one
+                assert abs(c["kl"] - c["target_kl"]) <= 0.1 * c["target_kl"] + 1e-9
+            diffs = np.array(scores[c["name"]]) - np.array(scores[c["name"] + ":mirror"])
+            assert c["vs_mirror"]["mean"] == pytest.approx(diffs.mean())
+            assert c["vs_base"]["mean"] == pytest.approx(
+                np.mean(np.array(scores[c["name"]]) - np.array(scores["base"])))
+        if c["method"] == "alignez":
+            assert 0.0 <= c["negative_push_share"] <= 1.0
+    from alignez_tl.preferences import PreferenceSet
+
+    assert results["fit"]["pairs"]["n"] == len(PreferenceSet.load(tmp_path / "pairs.jsonl"))
+    if task == "helpful":
+        assert results["judge_calibration"]["n"] >= 30
+        assert scores["base"] == [0.0] * 6  # the base against itself: identical answers, no call
+
+
+@pytest.mark.slow
+def test_the_quick_sweep_runs_from_the_command_line(tmp_path):
+    out = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, "-m", "alignez_tl.cli", "eval", "--sweep", "tone", "--quick",
+                           "--threads", "1", "--quiet", "--out", str(out)], capture_output=True, text=True,
+                          timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["n_prompts"] == 8 and results["config"]["kl_targets"] == [0.1]
+    kinds = {(c["method"], c["control"]) for c in results["conditions"]}
+    assert ("alignez", "mirror") in kinds and ("alignez", "null") in kinds and ("diffmean", "mirror") in kinds
+    assert (out / "frontier.png").stat().st_size > 10_000
