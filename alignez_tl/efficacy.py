@@ -84,6 +84,9 @@ class SweepConfig:
         max_new_tokens: per answer (default: the task's, 48 or 96 for math).
         judge: `logprob:<model spec>` or `self`, for `helpful` only.
         prompts_file: a user JSONL of evaluation prompts instead of the built-in pool.
+        pairs_file: a saved PreferenceSet (JSONL) to fit every method on, instead of
+            self-generating pairs from the fit pool (its queries must not be evaluation
+            prompts).
     """
 
     task: str
@@ -104,6 +107,7 @@ class SweepConfig:
     n_boot: int = 2000
     judge: str = "logprob:qwen2.5-coder-0.5b-instruct"
     prompts_file: Optional[str] = None
+    pairs_file: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -284,8 +288,10 @@ def answer_nll(model: Any, prompts: Sequence[str], answers: Sequence[Sequence[in
     answer tokens count. Returns `(sum of NLL, number of tokens)`; the perplexity is
     `exp(sum / n)`.
     """
+    from .fastpath import unwrapped_hf_model
     from .models import encode, model_device, pad_id, padding_kwargs
 
+    view = unwrapped_hf_model(model)
     device = model_device(model)
     pad = pad_id(model.tokenizer)
     total, count = 0.0, 0
@@ -302,13 +308,18 @@ def answer_nll(model: Any, prompts: Sequence[str], answers: Sequence[Sequence[in
         for i, r in enumerate(rows):
             ids[i, width - len(r):] = torch.tensor(r)
             mask[i, width - len(r):] = 1
-        logits = model(ids.to(device), **padding_kwargs(model, mask.to(device)))
-        lp = logits.float().log_softmax(-1).cpu()
+        if view is not None:  # the bridge's own weights, without the wrapper's overhead
+            positions = (mask.cumsum(-1) - 1).clamp_min(0)  # left padding: each row counts from 0
+            logits = view(input_ids=ids.to(device), attention_mask=mask.to(device),
+                          position_ids=positions.to(device)).logits
+        else:
+            logits = model(ids.to(device), **padding_kwargs(model, mask.to(device)))
+        lp = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
+        token_lp = lp.gather(-1, ids[:, 1:, None].to(lp.device))[..., 0].cpu()  # [rows, width-1]
         for i, (r, s) in enumerate(zip(rows, starts)):
-            off = width - len(r)
-            for t in range(s, len(r)):
-                total -= float(lp[i, off + t - 1, r[t]])
-                count += 1
+            off = width - len(r)  # position t of the row predicts its token t from column off+t-1
+            total -= float(token_lp[i, off + s - 1 : off + len(r) - 1].sum())
+            count += len(r) - s
     return total, count
 
 
@@ -443,11 +454,22 @@ def run_sweep(model: Any, config: SweepConfig, out: Path, *, judge_model: Any = 
         say("[0] judge calibration on the known-winner set")
         calibration = judge_calibration(judge)
 
-    say(f"[1] self-generating {TASK_OBJECTIVE[config.task]} pairs from {len(fit_queries)} held-out fit prompts")
-    prefs = generate_preferences(model, fit_queries, objective=TASK_OBJECTIVE[config.task],
-                                 n_characteristics=config.n_characteristics, elicit_tokens=config.elicit_tokens,
-                                 response_tokens=config.response_tokens, seed=config.seed,
-                                 batch_size=config.batch_size, verbose=verbose)
+    if config.pairs_file:
+        from .preferences import PreferenceSet
+
+        prefs = PreferenceSet.load(config.pairs_file)
+        overlap = set(prefs.queries) & set(queries)
+        if overlap:
+            raise ValueError(f"{len(overlap)} queries of {config.pairs_file} are evaluation prompts: the "
+                             "evaluation must be on held-out prompts")
+        fit_queries = prefs.queries
+        say(f"[1] {len(prefs)} pairs from {config.pairs_file}")
+    else:
+        say(f"[1] self-generating {TASK_OBJECTIVE[config.task]} pairs from {len(fit_queries)} held-out fit prompts")
+        prefs = generate_preferences(model, fit_queries, objective=TASK_OBJECTIVE[config.task],
+                                     n_characteristics=config.n_characteristics, elicit_tokens=config.elicit_tokens,
+                                     response_tokens=config.response_tokens, seed=config.seed,
+                                     batch_size=config.batch_size, verbose=verbose)
     prefs.save(out / "pairs.jsonl")
     say("[2] fitting the methods on the same pairs")
     methods, fit = _fit_methods(model, config, prefs, queries, say)

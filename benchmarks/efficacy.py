@@ -70,6 +70,11 @@ def main(argv=None) -> int:
     p.add_argument("--kl-targets", default="0.03,0.1,0.3", help="neutral KL targets (default: 0.03,0.1,0.3)")
     p.add_argument("--judge", default="logprob:qwen2.5-coder-0.5b-instruct", help="judge of the helpful task")
     p.add_argument("--rank", default=None, choices=["null"], help="the subspace's rank rule (default: variance)")
+    p.add_argument("--methods", default=None, help="comma-separated methods (default: SweepConfig's)")
+    p.add_argument("--null-for", default=None, help="comma-separated methods that get the null control")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="new tokens per answer (default: the task's)")
+    p.add_argument("--n-fit", type=int, default=None, help="fit prompts (default: 48)")
+    p.add_argument("--pairs", default=None, help="a saved pairs JSONL to fit on instead of generating pairs")
     p.add_argument("--quick", action="store_true", help="smoke size")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(OUT))
@@ -97,8 +102,15 @@ def main(argv=None) -> int:
                 settings.update(n_prompts=8, n_fit=4, kl_targets=(0.1,), n_characteristics=2, elicit_tokens=24,
                                 response_tokens=24, max_new_tokens=32 if task == "math" else 16,
                                 null_for=("alignez",), n_boot=500)
-            if args.n_prompts:
-                settings["n_prompts"] = args.n_prompts
+            for key in ("n_prompts", "max_new_tokens", "n_fit"):
+                if getattr(args, key):
+                    settings[key] = getattr(args, key)
+            if args.methods:
+                settings["methods"] = tuple(args.methods.split(","))
+            if args.null_for is not None:
+                settings["null_for"] = tuple(m for m in args.null_for.split(",") if m)
+            if args.pairs:
+                settings["pairs_file"] = args.pairs
             config = SweepConfig(**settings)
             model = model or load_model(spec, verbose=False)
             if task == "helpful" and config.judge != "self" and judge_model is None:

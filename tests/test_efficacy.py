@@ -137,11 +137,42 @@ def test_a_whole_sweep_on_a_tiny_model(llama, tmp_path, task):
 def test_the_quick_sweep_runs_from_the_command_line(tmp_path):
     out = tmp_path / "sweep"
     proc = subprocess.run([sys.executable, "-m", "alignez_tl.cli", "eval", "--sweep", "tone", "--quick",
-                           "--threads", "1", "--quiet", "--out", str(out)], capture_output=True, text=True,
-                          timeout=1500)
+                           "--methods", "alignez,diffmean,prompt", "--quiet", "--out", str(out)],
+                          capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["n_prompts"] == 8 and results["config"]["kl_targets"] == [0.1]
     kinds = {(c["method"], c["control"]) for c in results["conditions"]}
     assert ("alignez", "mirror") in kinds and ("alignez", "null") in kinds and ("diffmean", "mirror") in kinds
     assert (out / "frontier.png").stat().st_size > 10_000
+
+
+def test_answer_nll_equals_the_unpadded_per_row_sum(gpt2):
+    import torch
+
+    from alignez_tl.efficacy import answer_nll
+    from alignez_tl.models import encode, render
+
+    prompts = [render(gpt2, q) for q in ("Hi", "How do I bake bread today?", "Tell me a story")]
+    answers = [[5, 9, 11], [7], [3, 3, 3, 3, 8]]
+    total, n = answer_nll(gpt2, prompts, answers, batch_size=2)
+    want = 0.0
+    for p, a in zip(prompts, answers):
+        ids = encode(gpt2, [p]).input_ids[0].tolist() + a
+        with torch.inference_mode():
+            lp = gpt2(torch.tensor([ids])).log_softmax(-1)[0]
+        want -= sum(float(lp[len(ids) - len(a) + k - 1, tok]) for k, tok in enumerate(a))
+    assert n == 9 and total == pytest.approx(want, rel=1e-9)
+
+
+def test_a_pairs_file_with_evaluation_prompts_is_refused(llama, tmp_path):
+    from alignez_tl.preferences import PreferenceSet
+    from alignez_tl.prompts import eval_prompts
+
+    leaked = eval_prompts()[0]["query"]
+    path = PreferenceSet.from_pairs([leaked], ["a good answer"], ["a bad answer"], objective="tone").save(
+        tmp_path / "pairs.jsonl")
+    cfg = SweepConfig(task="tone", n_prompts=6, pairs_file=str(path), batch_size=4, max_new_tokens=4)
+    with pytest.raises(ValueError, match="held-out"):
+        run_sweep(llama, cfg, tmp_path / "out")
+    assert not (tmp_path / "out" / "results.json").exists()
