@@ -144,7 +144,7 @@ def main() -> None:
     pos = torch.randn(32, len(layers), d, generator=g)
     sub = fit_subspace(bridge, (pos, pos + torch.randn(32, len(layers), d, generator=g)), layers=layers,
                        tau=1.0, max_rank=8)
-    steerer = Steerer(sub, layers=layers, alpha=1.0)
+    steerer = Steerer(sub, layers=layers, edit="paper", alpha=1.0)
 
     for b in batches:
         texts = prompts(b, args.prompt_tokens, b)

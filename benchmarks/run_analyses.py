@@ -50,7 +50,7 @@ def _child(which: str, pairs: str, subspace: str, threads: int, tokens: int) -> 
     model = ez.load_model(verbose=False)
     prefs = ez.PreferenceSet.load(pairs)
     sub = ez.AlignmentSubspace.load(subspace, model)
-    steerer = ez.Steerer(sub, alpha=0.25)
+    steerer = ez.Steerer(sub, edit="paper", alpha=0.25)
     counts = {"tl": 0, "fast": 0}
 
     def tl_count(act, hook):

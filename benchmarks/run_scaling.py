@@ -72,7 +72,7 @@ def main() -> None:
     model = ez.load_model(verbose=False)
     pairs = [(render(model, q, "Here is a clear, careful answer with steps."),
               render(model, q, "No.")) for q in QUERIES[:8]]
-    steerer = ez.Steerer(ez.fit_subspace(model, pairs, tau=1.0, verbose=False), alpha=0.25)
+    steerer = ez.Steerer(ez.fit_subspace(model, pairs, tau=1.0, verbose=False), edit="paper", alpha=0.25)
     res: dict = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
                              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "loadavg_start": os.getloadavg()},
                  "settings": vars(args), "generation": [], "preferences": [], "capture": []}

@@ -84,7 +84,7 @@ def main() -> None:
     print(f"subspace and {len(held_out)} held-out pairs ready in {time.perf_counter() - t:.0f} s; "
           f"ranks {sorted(set(sub.ranks().values()))}")
 
-    steerer = ez.Steerer(sub, alpha=args.alpha)
+    steerer = ez.Steerer(sub, edit="paper", alpha=args.alpha)  # the figure as published: the paper edit
     t = time.perf_counter()
     result = ablate_components(model, steerer, PROMPTS, pairs=held_out, max_components=args.max_components,
                                greedy_tokens=args.greedy_tokens, batch_size=8)

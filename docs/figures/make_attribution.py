@@ -9,7 +9,7 @@ Loads the embedded SmolLM2-135M-Instruct (`alignez_tl.load_model()`). With
 `--subspace` it reuses a saved "helpful" subspace of that model; otherwise the model
 writes a small PreferenceSet for four queries (`generate_preferences`, seed 0) and the
 subspace is fitted on it. Then `analyses.attribution.attribute_steering` explains one
-steered answer (`Steerer(sub, alpha=0.25)`: alpha=1 collapses answers on this model),
+steered answer (`Steerer(sub, edit="paper", alpha=0.25)`: alpha=1 collapses answers on this model),
 prints the wall time and a per-token table, and saves the heatmap (and, with `--html`,
 the `to_html()` fragment; with `--json`, `to_dict()`).
 """
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
         sub = ez.fit_subspace(model, prefs, verbose=False)
         print(f"fitted a subspace on {len(prefs)} pairs in {time.perf_counter() - t0:.0f} s")
 
-    steerer = ez.Steerer(sub, alpha=args.alpha)
+    steerer = ez.Steerer(sub, edit="paper", alpha=args.alpha)  # the figure as published: the paper edit
     t0, c0 = time.perf_counter(), time.process_time()
     att = attribute_steering(model, steerer, args.prompt, max_new_tokens=args.max_new_tokens)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
