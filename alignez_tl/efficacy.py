@@ -354,19 +354,25 @@ def matched_kl(points: Sequence[dict[str, Any]], key: str, targets: Sequence[flo
 
 
 def _fit_methods(model: Any, config: SweepConfig, prefs: Any, queries: list[str], say: Callable) -> tuple[dict, dict]:
-    """The fitted activation methods at their own strengths, and the fit diagnostics."""
+    """The fitted activation methods at their own strengths, and the fit diagnostics.
+
+    The pairs are embedded once (every layer, `resid_post`), and every method is fitted
+    on those same activations.
+    """
     from .baselines import DiffMeanSteerer, PCASteerer
     from .steering import Steerer
-    from .subspace import fit_subspace
+    from .subspace import EmptySubspaceError, fit_subspace, pair_activations
 
-    fit_kwargs: dict[str, Any] = {"verbose": False, "batch_size": config.batch_size}
+    layers = list(range(int(model.cfg.n_layers)))
+    pos, neg, _, _ = pair_activations(model, prefs, layers, "resid_post", config.batch_size, None, False)
+    fit_kwargs: dict[str, Any] = {"verbose": False, "objective": prefs.objective}
     if config.rank is not None:
         fit_kwargs["rank"] = config.rank
-    sub = fit_subspace(model, prefs, **fit_kwargs)
+    sub = fit_subspace(model, (pos, neg), **fit_kwargs)
     alignez = Steerer(sub, edit="oriented", top_n=config.top_n)
     [selections] = alignez.select(model, queries)
     counts = Counter(layer for sel in selections for layer in sel.layers)
-    total = Counter()
+    total: Counter = Counter()
     for sel in selections:
         for layer in sel.layers:
             total[layer] += sel.scores[layer]
@@ -374,6 +380,7 @@ def _fit_methods(model: Any, config: SweepConfig, prefs: Any, queries: list[str]
     if layer is None:
         layer = (min(counts, key=lambda l: (-counts[l], -total[l], l)) if counts
                  else sub.layer_indices[len(sub.layer_indices) // 2])
+    at_layer = (pos[:, layer], neg[:, layer])
     methods: dict[str, Any] = {}
     for name in config.methods:
         if name == "alignez":
@@ -381,10 +388,8 @@ def _fit_methods(model: Any, config: SweepConfig, prefs: Any, queries: list[str]
         elif name == "alignez-paper":
             methods[name] = Steerer(sub, edit="paper", top_n=config.top_n)
         elif name == "alignez-null":
-            from .subspace import EmptySubspaceError
-
             try:
-                null_sub = fit_subspace(model, prefs, **{**fit_kwargs, "rank": "null"})
+                null_sub = fit_subspace(model, (pos, neg), **{**fit_kwargs, "rank": "null"})
             except EmptySubspaceError:
                 say("    rank='null': no direction beats the permutation null at any layer; alignez-null skipped")
                 continue
@@ -393,25 +398,23 @@ def _fit_methods(model: Any, config: SweepConfig, prefs: Any, queries: list[str]
                 f"{sum(1 for r in null_sub.ranks().values() if r)} layers "
                 f"(variance rule: {sum(sub.ranks().values())})")
         elif name == "diffmean":
-            methods[name] = DiffMeanSteerer.fit(model, prefs, layer=layer, coef=1.0, batch_size=config.batch_size)
+            methods[name] = DiffMeanSteerer.fit(model, at_layer, layer=layer, coef=1.0, objective=prefs.objective)
         elif name == "pca":
-            methods[name] = PCASteerer.fit(model, prefs, layer=layer, coef=1.0, coef_scale="rms",
-                                           batch_size=config.batch_size)
-    diag = _fit_diagnostics(model, sub, prefs, layer, counts, config)
+            methods[name] = PCASteerer.fit(model, at_layer, layer=layer, coef=1.0, coef_scale="rms",
+                                           objective=prefs.objective)
+    diag = _fit_diagnostics(sub, prefs, pos, neg, layer, counts)
     return methods, {"subspace": sub, "layer": layer, **diag}
 
 
-def _fit_diagnostics(model: Any, sub: Any, prefs: Any, layer: int, counts: Counter, config: SweepConfig) -> dict:
+def _fit_diagnostics(sub: Any, prefs: Any, pos: Any, neg: Any, layer: int, counts: Counter) -> dict:
     """Pair statistics, ranks, θ₁ vs the mean difference, and layer picks."""
     from .baselines import diffmean_vector
-    from .subspace import pair_activations
 
-    pos, neg, _, _ = pair_activations(model, prefs, sub.layer_indices, sub.site, config.batch_size, None, False)
     cos_theta1 = {}
-    for i, l in enumerate(sub.layer_indices):
+    for l in sub.layer_indices:
         ls = sub.layers[l]
         if ls.rank:
-            v = diffmean_vector(pos[:, i], neg[:, i]).to(torch.float64)
+            v = diffmean_vector(pos[:, l], neg[:, l]).to(torch.float64)
             cos_theta1[str(l)] = float(ls.directions[0].to(torch.float64) @ v / v.norm().clamp_min(1e-30))
     fallbacks = sum(1 for p in prefs if (p.meta or {}).get("fallback_positive") or (p.meta or {}).get("fallback_negative"))
     return {
