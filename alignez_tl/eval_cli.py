@@ -201,6 +201,7 @@ def run_eval(args: argparse.Namespace, out: Path, prompts: list[dict], say) -> P
     payload = {"settings": settings, "queries": queries, "categories": categories, "methods": list(methods),
                "baseline_layer": args.baseline_layer, "results": results, "side_effects": side,
                "ranks": {str(k): v for k, v in sub.ranks().items()},
+               "pairs": prefs.summary(),
                "wall_seconds": round(time.perf_counter() - t0, 1),
                "files": ["results.json", "results.md", "netwin.png", "comparisons.jsonl",
                          "generations.jsonl", "pairs.jsonl", "subspace.safetensors"]}
