@@ -367,7 +367,7 @@ def projection_hooks(steerer: Steerer) -> list[tuple[str, Callable]]:
     by_layer: dict[int, list[Tensor]] = {}
     for term in steerer.terms:
         for layer in term.candidate_layers():
-            by_layer.setdefault(layer, []).append(term.subspace.layers[layer].directions)
+            by_layer.setdefault(layer, []).append(term.directions(layer))
     out = []
     for layer in sorted(by_layer):
         mats = by_layer[layer]
