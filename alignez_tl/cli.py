@@ -391,8 +391,7 @@ def _sweep_config(args: argparse.Namespace) -> Any:
         except PromptFileError as exc:
             raise CLIError(str(exc)) from None
         settings["prompts_file"] = args.prompts
-        settings.setdefault("n_prompts", n)
-        settings["n_prompts"] = min(settings["n_prompts"], n)
+        settings["n_prompts"] = min(settings.get("n_prompts", n), n)
     try:
         return SweepConfig(**settings)
     except ValueError as exc:

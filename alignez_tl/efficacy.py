@@ -158,12 +158,10 @@ def task_prompts(config: SweepConfig) -> tuple[list[dict], list[str]]:
         fits = [q for q in fits if q not in seen]
     else:
         evals = load_prompts(config.prompts_file) if config.prompts_file else eval_prompts()
-        fits = [p["query"] for p in fit_prompts()]
         # the n_prompts / n_fit first in a category-interleaved order, so a small sweep
         # still covers every category
         evals = _interleave(evals)
-        fits = [p["query"] for p in _interleave([{"query": q, "category": c["category"]}
-                                                for q, c in zip(fits, fit_prompts())])]
+        fits = [p["query"] for p in _interleave(fit_prompts())]
     if len(evals) < config.n_prompts and config.task != "math":
         raise ValueError(f"only {len(evals)} evaluation prompts available, {config.n_prompts} asked for")
     return evals[: config.n_prompts], fits[: config.n_fit]
@@ -486,12 +484,9 @@ def run_sweep(model: Any, config: SweepConfig, out: Path, *, judge_model: Any = 
         return score_answers(config.task, answers, evals)
 
     say("[3] base answers")
-    base_ids, base_text = methods[next(iter(methods))].generate(model, queries, steer=False, **gen) \
-        if methods else (None, None)
-    if base_ids is None:
-        from .baselines import NoSteerer
+    from .baselines import NoSteerer
 
-        base_ids, base_text = NoSteerer().generate(model, queries, **gen)
+    base_ids, base_text = NoSteerer().generate(model, queries, **gen)  # the shared loop, no hooks
     base_scores = score(base_text, base_text)
     base_nll = answer_nll(model, prompts_text, base_ids, batch_size=config.batch_size)
     conditions: list[dict[str, Any]] = []
