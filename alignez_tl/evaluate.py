@@ -1317,8 +1317,8 @@ def side_effects(
         raise ValueError("pass both base_answers and steered_answers, or neither")
     if base is None:
         base = neutral_base(model, neutral_texts, batch_size=batch_size, max_len=max_len)
-    elif list(neutral_texts) != base.texts:
-        raise ValueError("`base` was computed on other neutral texts")
+    elif list(neutral_texts) != base.texts or (max_len is not None and max_len != base.max_len):
+        raise ValueError("`base` was computed on other neutral texts or with another max_len")
     texts = base.texts
     everywhere = copy.copy(steerer)
     everywhere.positions = "all"
