@@ -35,7 +35,8 @@ from torch import Tensor
 
 from .hooks import POSITIONS, SITES, PositionTracker, check_layers, hook_name
 from .models import model_signature, render, require_tokenizer
-from .steering import Steerer, _as_queries, _check_number, _NamedLog, generate_with_hooks
+from .settings import check_number
+from .steering import Steerer, _as_queries, _NamedLog, generate_with_hooks
 from .subspace import EmptySubspaceError, SubspaceMismatchError, pair_activations
 
 __all__ = [
@@ -372,7 +373,7 @@ def _check_settings(*, layer: Any, coef: Any, site: Any, positions: Any) -> None
         raise TypeError(f"layer must be an int, got {layer!r}")
     if layer < 0:
         raise ValueError(f"layer {layer} is out of range: layers are numbered from 0")
-    _check_number("coef", coef)
+    check_number("coef", coef)
     if site not in SITES:
         raise ValueError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
     if positions not in POSITIONS:

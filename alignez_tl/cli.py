@@ -15,6 +15,18 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ._io import atomic_write_jsonl, atomic_write_text, check_writable_folder
+from .settings import (
+    EDITS,
+    FILTERS,
+    MODES,
+    POSITIONS,
+    SITE_NAMES,
+    EvalSettings,
+    FitSettings,
+    PreferenceSettings,
+    SteerSettings,
+    default_alpha,
+)
 
 DEMO_QUERIES = [
     "How can I get better at managing my time?",
@@ -160,14 +172,37 @@ def _parse_layers(text: Optional[str]) -> Optional[list[int]]:
     return layers
 
 
+def _steer_settings_of(args: argparse.Namespace) -> Any:
+    """The `SteerSettings` of the steering options, checked before any model work."""
+    from .settings import SteerSettings
+
+    try:
+        return SteerSettings(edit=args.edit, alpha=args.alpha, scale=_scale(args.scale), direction_filter=args.filter,
+                             top_n=args.top_n, layers=_parse_layers(args.layers), positions=args.positions)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+
+
 def _steerer(args: argparse.Namespace, sub: Any) -> Any:
     from .steering import Steerer
 
     try:
-        return Steerer(
-            sub, alpha=args.alpha, edit=args.edit, scale=_scale(args.scale), direction_filter=args.filter,
-            top_n=args.top_n, layers=_parse_layers(args.layers), positions=args.positions,
-        )
+        return Steerer.from_settings(sub, _steer_settings_of(args))
+    except (TypeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _pref_settings_of(args: argparse.Namespace, **fixed: Any) -> Any:
+    """The `PreferenceSettings` of the generation options (`fixed` overrides)."""
+    from .objectives import get_objective
+    from .settings import PreferenceSettings
+
+    try:
+        get_objective(args.objective)
+        values = dict(objective=args.objective, n_characteristics=args.n_characteristics,
+                      elicit_tokens=args.elicit_tokens, response_tokens=args.response_tokens,
+                      seed=args.seed, batch_size=args.batch_size)
+        return PreferenceSettings(**{**values, **fixed})
     except (TypeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
 
@@ -215,10 +250,10 @@ def _generate_rows(args, model, steerer, queries) -> list[dict]:
     return rows
 
 
-def _steer_settings(args) -> dict[str, Any]:
-    return {"edit": args.edit, "alpha": args.alpha, "scale": args.scale, "filter": args.filter, "top_n": args.top_n,
-            "layers": args.layers, "positions": args.positions,
-            "max_new_tokens": args.max_new_tokens, "decoding": "greedy", "seed": args.seed}
+def _steer_settings(args: argparse.Namespace, steerer: Any) -> dict[str, Any]:
+    """What a result file records of the steering: the steerer's settings plus decoding."""
+    return {**steerer.settings.to_dict(), "max_new_tokens": args.max_new_tokens, "decoding": "greedy",
+            "seed": args.seed}
 
 
 # --------------------------------------------------------------------------- commands
@@ -226,18 +261,17 @@ def _steer_settings(args) -> dict[str, Any]:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .preferences import generate_preferences
+    from .steering import Steerer
     from .subspace import fit_subspace
 
+    pref_settings = _pref_settings_of(args, do_sample=True)
+    steer_settings = _steer_settings_of(args)
     out = _prepare_out_dir(args.out, args.force, "demo")
     queries = DEMO_QUERIES[: args.n_queries]
     t0 = time.perf_counter()
     model = _load(args)
     _say(args, f"[1/5] self-generating {args.objective} preference pairs for {len(queries)} queries")
-    prefs = generate_preferences(
-        model, queries, objective=args.objective, n_characteristics=args.n_characteristics,
-        elicit_tokens=args.elicit_tokens, response_tokens=args.response_tokens,
-        seed=args.seed, batch_size=args.batch_size, verbose=not args.quiet,
-    )
+    prefs = generate_preferences(model, queries, **pref_settings.to_dict(), verbose=not args.quiet)
     prefs.save(out / "pairs.jsonl")
     _say(args, f"      {len(prefs)} pairs -> {out / 'pairs.jsonl'}")
     _say(args, "[2/5] fitting the alignment subspace at every layer (resid_post)")
@@ -245,7 +279,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     sub.save(out / "subspace.safetensors")
     _say(args, textwrap.indent(sub.summary(), "      "))
     _say(args, "[3/5] generating base and steered answers (greedy)")
-    steerer = _steerer(args, sub)
+    try:
+        steerer = Steerer.from_settings(sub, steer_settings)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     rows = _generate_rows(args, model, steerer, queries)
     atomic_write_jsonl(out / "generations.jsonl", rows)
     _say(args, "[4/5] base vs steered")
@@ -253,7 +290,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     summary = {
         "model": args.model, "objective": args.objective, "queries": queries,
         "pairs": len(prefs), "ranks": {str(k): v for k, v in sub.ranks().items()},
-        "steering": _steer_settings(args), "changed": sum(r["changed"] for r in rows),
+        "steering": _steer_settings(args, steerer), "changed": sum(r["changed"] for r in rows),
         "wall_seconds": round(time.perf_counter() - t0, 1),
         "files": ["pairs.jsonl", "subspace.safetensors", "generations.jsonl", "summary.json"],
     }
@@ -286,7 +323,7 @@ def _analyze(args, model, sub, prefs, prompts, steerer, rows, out: Path) -> Path
     atomic_write_text(out / "attribution.json", _json([a.to_dict() for a in attributions]))
     report = Report(subspace=sub, layer_signal=signal, ablation=ablation, attributions=attributions,
                     answers=rows, title=f"alignez-tl report: {sub.objective_name}",
-                    meta={"command": " ".join(sys.argv), "steering": _steer_settings(args)})
+                    meta={"command": " ".join(sys.argv), "steering": _steer_settings(args, steerer)})
     return write_report(out / "report.html", report)
 
 
@@ -324,30 +361,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.sweep:
         return _cmd_sweep(args)
     from .eval_cli import EvalError, check_judge, parse_methods, run_eval
-    from .objectives import get_objective
     from .prompts import PromptFileError, builtin_prompts, load_prompts
+    from .objectives import get_objective
+    from .settings import METHODS
 
     for flag in ("quick", "n_prompts", "n_fit", "kl_targets", "rank"):
         if getattr(args, flag) not in (None, False):
             raise CLIError(f"--{flag.replace('_', '-')} applies to --sweep only")
-    try:
-        args.methods = parse_methods(args.methods or "alignez,diffmean,pca,prompt")
-        args.judge = args.judge or "self"
-        check_judge(args.judge)
-        get_objective(args.objective)
-        prompts = load_prompts(args.prompts) if args.prompts else builtin_prompts(per_category=args.per_category)
-    except (EvalError, PromptFileError, ValueError) as exc:
-        raise CLIError(str(exc)) from None
     if args.per_category and args.prompts:
         raise CLIError("--per-category applies to the built-in prompts only")
-    if args.alpha is not None and args.alpha != args.alpha:
-        raise CLIError("--alpha must be a number")
-    if args.max_new_tokens is None:
-        args.max_new_tokens = 48
-    out = _prepare_out_dir(args.out, args.force, "eval")
-    args.load = _load
     try:
-        results = run_eval(args, out, prompts, lambda *parts: _say(args, *parts))
+        settings = EvalSettings(
+            model=args.model, methods=tuple(parse_methods(args.methods or ",".join(METHODS))),  # type: ignore[arg-type]
+            judge=check_judge(args.judge or "self"), layer=args.layer, coef=args.coef,
+            max_new_tokens=args.max_new_tokens or EvalSettings.max_new_tokens, n_boot=args.n_boot,
+            prefs=_pref_settings_of(args), fit=FitSettings(batch_size=args.batch_size),
+            steer=SteerSettings(edit=args.edit, alpha=args.alpha, top_n=args.top_n).resolve(
+                get_objective(args.objective).mode),
+        )
+        prompts = load_prompts(args.prompts) if args.prompts else builtin_prompts(per_category=args.per_category)
+    except (EvalError, PromptFileError, TypeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    out = _prepare_out_dir(args.out, args.force, "eval")
+    model = _load(args)
+    try:
+        results = run_eval(settings, model, out, prompts, lambda *parts: _say(args, *parts), verbose=not args.quiet,
+                           prompts_file=args.prompts)
     except EvalError as exc:
         raise CLIError(str(exc)) from None
     _say(args, (out / "results.md").read_text(encoding="utf-8"))
@@ -421,26 +460,17 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_prefs(args: argparse.Namespace) -> int:
-    from .objectives import get_objective
     from .preferences import LIST_PREFILL, generate_preferences
 
     queries = _read_queries(args)
-    try:
-        get_objective(args.objective)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
     if args.greedy and args.n_responses > 1:
         raise CLIError("--n-responses above 1 needs sampling: greedy answers would all be the same; drop --greedy")
+    prefill = LIST_PREFILL if args.elicit_prefill == "list" else args.elicit_prefill
+    settings = _pref_settings_of(args, n_responses=args.n_responses, elicit_prefill=prefill,
+                                 do_sample=not args.greedy, temperature=args.temperature, top_p=args.top_p)
     out = _check_out_file(args.out, args.force)
     model = _load(args)
-    prefill = LIST_PREFILL if args.elicit_prefill == "list" else args.elicit_prefill
-    prefs = generate_preferences(
-        model, queries, objective=args.objective, n_characteristics=args.n_characteristics,
-        n_responses=args.n_responses, elicit_prefill=prefill,
-        elicit_tokens=args.elicit_tokens, response_tokens=args.response_tokens,
-        do_sample=not args.greedy, temperature=args.temperature, top_p=args.top_p,
-        seed=args.seed, batch_size=args.batch_size, verbose=not args.quiet,
-    )
+    prefs = generate_preferences(model, queries, **settings.to_dict(), verbose=not args.quiet)
     prefs.save(out)
     print(f"wrote {len(prefs)} pairs to {out}")
     return 0
@@ -457,20 +487,21 @@ def cmd_fit(args: argparse.Namespace) -> int:
         prefs = PreferenceSet.load(prefs_path)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    layers = _parse_layers(args.layers)
     if args.rank_rule == "null" and args.n_null == 0:
         raise CLIError("--rank-rule null needs --n-null >= 1 (the number of random pos/neg swaps, e.g. 200)")
-    out = _check_out_file(args.out, args.force)
-    model = _load(args)
     try:
         # the sign-flip null is computed under both rules (cheap): with the variance rule it
         # only reports, per layer, how many directions beat it (--n-null 0 skips it)
-        sub = fit_subspace(
-            model, prefs, layers=layers, site=args.site, tau=args.tau,
-            variance=args.variance, max_rank=args.max_rank, batch_size=args.batch_size,
-            verbose=not args.quiet, rank="null" if args.rank_rule == "null" else None,
-            n_null=max(args.n_null, 1), null_seed=args.seed, null_test=args.n_null > 0,
-        )
+        settings = FitSettings(site=args.site, layers=_parse_layers(args.layers), tau=args.tau,
+                               variance=args.variance, rank="null" if args.rank_rule == "null" else None,
+                               max_rank=args.max_rank, n_null=max(args.n_null, 1), null_seed=args.seed,
+                               null_test=args.n_null > 0, batch_size=args.batch_size)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    out = _check_out_file(args.out, args.force)
+    model = _load(args)
+    try:
+        sub = fit_subspace(model, prefs, **settings.to_dict(), verbose=not args.quiet)
     except (EmptySubspaceError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     sub.save(out)
@@ -513,24 +544,27 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and batching (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or tables; print only the result line")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
-    p.add_argument("--batch-size", type=_POSITIVE, default=16, help="prompts per forward/generate call (default: 16)")
+    p.add_argument("--batch-size", type=_POSITIVE, default=PreferenceSettings.batch_size,
+                   help=f"prompts per forward/generate call (default: {PreferenceSettings.batch_size})")
     p.add_argument("--threads", type=_COUNT, default=0, help="torch CPU threads (default: torch's choice)")
 
 
 def _gen_options(p: argparse.ArgumentParser, elicit: int, response: int) -> None:
     p.add_argument("--objective", default="helpful",
                    help="helpful, harmless, humor, creative or math (default: helpful)")
-    p.add_argument("--n-characteristics", type=_POSITIVE, default=3, help="pairs per query (default: 3)")
+    p.add_argument("--n-characteristics", type=_POSITIVE, default=PreferenceSettings.n_characteristics,
+                   help="at most this many characteristics per query, one pair each (fewer when the model lists "
+                        f"fewer) (default: {PreferenceSettings.n_characteristics})")
     p.add_argument("--elicit-tokens", type=_POSITIVE, default=elicit, help=f"tokens per characteristics list (default: {elicit})")
     p.add_argument("--response-tokens", type=_POSITIVE, default=response, help=f"tokens per paired answer (default: {response})")
 
 
-_ALPHA_HELP = ("step size (default: per edit and mode, the same in every command: oriented boost 0.1, "
-               "oriented suppress 1, paper boost +1, paper suppress -1)")
+_ALPHA_HELP = ("step size (default: per edit and mode, the same in every command: " + ", ".join(
+    f"{edit} {mode} {default_alpha(edit, mode):+g}" for edit in EDITS for mode in MODES) + ")")
 
 
 def _edit_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--edit", default="oriented", choices=["oriented", "paper"],
+    p.add_argument("--edit", default=SteerSettings.edit, choices=list(EDITS),
                    help="oriented (default: never pushes away from the preferred side) or paper (the exact "
                         "formula, for reproduction); see docs/method.md")
     p.add_argument("--alpha", type=_FINITE, default=None, help=_ALPHA_HELP)
@@ -538,11 +572,13 @@ def _edit_options(p: argparse.ArgumentParser) -> None:
 
 def _steer_options(p: argparse.ArgumentParser, max_new: int) -> None:
     _edit_options(p)
-    p.add_argument("--scale", default="fitted", help="fitted (default), paper (s=1) or a number")
-    p.add_argument("--filter", default="paper", choices=["paper", "all"], help="per-query direction filter")
-    p.add_argument("--top-n", type=_POSITIVE, default=5, help="layers edited per query (default: 5)")
+    p.add_argument("--scale", default=SteerSettings.scale, help="fitted (default), paper (s=1) or a number")
+    p.add_argument("--filter", default=SteerSettings.direction_filter, choices=list(FILTERS),
+                   help=f"per-query direction filter (default: {SteerSettings.direction_filter})")
+    p.add_argument("--top-n", type=_POSITIVE, default=SteerSettings.top_n,
+                   help=f"layers edited per query (default: {SteerSettings.top_n})")
     p.add_argument("--layers", default=None, help="fixed comma-separated layers instead of top-n")
-    p.add_argument("--positions", default="generated", choices=["generated", "all"])
+    p.add_argument("--positions", default=SteerSettings.positions, choices=list(POSITIONS))
     p.add_argument("--max-new-tokens", type=_POSITIVE, default=max_new, help=f"new tokens per answer (default: {max_new})")
 
 
@@ -619,13 +655,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--sweep: the subspace's rank rule (default: variance, the paper's 90%% rule)")
     _gen_options(p, elicit=40, response=64)
     _edit_options(p)
-    p.add_argument("--top-n", type=_POSITIVE, default=5, help="AlignEZ layers per prompt (default: 5)")
+    p.add_argument("--top-n", type=_POSITIVE, default=SteerSettings.top_n,
+                   help=f"AlignEZ layers per prompt (default: {SteerSettings.top_n})")
     p.add_argument("--layer", type=_COUNT, default=None,
                    help="layer of the DiffMean and PCA baselines (default: the layer AlignEZ picks most often)")
-    p.add_argument("--coef", type=_FINITE, default=1.0, help="DiffMean / PCA coefficient (default: 1.0)")
+    p.add_argument("--coef", type=_FINITE, default=EvalSettings.coef,
+                   help=f"DiffMean / PCA coefficient (default: {EvalSettings.coef})")
     p.add_argument("--max-new-tokens", type=_POSITIVE, default=None,
                    help="new tokens per answer (default: 48; --sweep math: 96)")
-    p.add_argument("--n-boot", type=_POSITIVE, default=2000, help="bootstrap resamples (default: 2000)")
+    p.add_argument("--n-boot", type=_POSITIVE, default=EvalSettings.n_boot,
+                   help=f"bootstrap resamples (default: {EvalSettings.n_boot})")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("prefs", help="self-generate preference pairs to a JSONL file",
@@ -634,11 +673,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query", action="append", help="a query (repeatable)")
     p.add_argument("--queries", help="a file of queries: one per line, or JSONL with a \"query\" field")
     p.add_argument("--out", default="pairs.jsonl", help="output JSONL (default: pairs.jsonl)")
-    _gen_options(p, elicit=50, response=200)
+    _gen_options(p, elicit=PreferenceSettings.elicit_tokens, response=PreferenceSettings.response_tokens)
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
-    p.add_argument("--temperature", type=_POSITIVE_FLOAT, default=0.7)
-    p.add_argument("--top-p", type=_FRACTION, default=0.9)
-    p.add_argument("--n-responses", type=_POSITIVE, default=1,
+    p.add_argument("--temperature", type=_POSITIVE_FLOAT, default=PreferenceSettings.temperature)
+    p.add_argument("--top-p", type=_FRACTION, default=PreferenceSettings.top_p)
+    p.add_argument("--n-responses", type=_POSITIVE, default=PreferenceSettings.n_responses,
                    help="sampled answers (and so pairs) per characteristic (default: 1)")
     p.add_argument("--elicit-prefill", nargs="?", const="list", default="", metavar="TEXT",
                    help="start each elicitation reply with TEXT; the flag alone (or 'list') starts a numbered "
@@ -651,15 +690,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--prefs", required=True, help="pairs JSONL from `alignez prefs`")
     p.add_argument("--out", default="subspace.safetensors", help="output file (default: subspace.safetensors)")
-    p.add_argument("--site", default="resid_post", choices=["resid_post", "mlp_out", "resid_pre", "attn_out"])
+    p.add_argument("--site", default=FitSettings.site, choices=list(SITE_NAMES))
     p.add_argument("--layers", default=None, help="comma-separated layers (default: all)")
-    p.add_argument("--tau", type=_TAU, default=0.8, help="pair filter on cos(pos, neg) (default: 0.8)")
-    p.add_argument("--variance", type=_FRACTION, default=0.9, help="explained variance to keep (default: 0.9)")
+    p.add_argument("--tau", type=_TAU, default=FitSettings.tau,
+                   help=f"pair filter on cos(pos, neg) (default: {FitSettings.tau})")
+    p.add_argument("--variance", type=_FRACTION, default=FitSettings.variance,
+                   help=f"explained variance to keep (default: {FitSettings.variance})")
     p.add_argument("--max-rank", type=_POSITIVE, default=None, help="cap on directions per layer")
     p.add_argument("--rank-rule", default="variance", choices=["variance", "null"],
                    help="variance: the smallest rank reaching --variance (the paper's, default); null: the "
                         "leading directions whose mean pos-neg gap beats random pos/neg swaps")
-    p.add_argument("--n-null", type=_COUNT, default=200,
+    p.add_argument("--n-null", type=_COUNT, default=FitSettings.n_null,
                    help="random pos/neg swaps of the null, seeded by --seed; the summary shows per layer "
                         "how many directions beat it (default: 200; 0 skips it with --rank-rule variance)")
     p.set_defaults(func=cmd_fit)

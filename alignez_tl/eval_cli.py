@@ -14,16 +14,14 @@ per method), `comparisons.jsonl`, `generations.jsonl`, `pairs.jsonl` and
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 from ._io import atomic_write, atomic_write_jsonl, atomic_write_text
-
-METHODS = ("alignez", "diffmean", "pca", "prompt")
+from .settings import METHODS, EvalSettings
 JUDGES = "self, logprob:<model spec>, http, profanity, sentiment"
 
 
@@ -77,29 +75,29 @@ def make_judge(spec: str, model: Any, verbose: bool) -> Any:
     return evaluate.sentiment_scorer()
 
 
-def build_methods(args: argparse.Namespace, model: Any, prefs: Any, sub: Any, queries: list[str]) -> dict[str, Any]:
-    """The steerers to compare, all fitted on the same PreferenceSet."""
+def build_methods(settings: EvalSettings, model: Any, prefs: Any, sub: Any,
+                  queries: list[str]) -> tuple[dict[str, Any], int]:
+    """The steerers to compare, all fitted on the same PreferenceSet, and the baselines' layer."""
     from .baselines import DiffMeanSteerer, PCASteerer, PromptSteerer
     from .steering import Steerer
 
-    alignez = Steerer(sub, alpha=args.alpha, edit=args.edit, top_n=args.top_n)
-    layer = args.layer
+    alignez = Steerer.from_settings(sub, settings.steer)
+    layer = settings.layer
     if layer is None:  # the layer AlignEZ edits most often on these prompts
         [selections] = alignez.select(model, queries)
         counts = Counter(l for sel in selections for l in sel.layers)
         layer = min(counts, key=lambda l: (-counts[l], l)) if counts else sub.layer_indices[len(sub.layer_indices) // 2]
     out: dict[str, Any] = {}
-    for name in args.methods:
+    for name in settings.methods:
         if name == "alignez":
             out[name] = alignez
         elif name == "diffmean":
-            out[name] = DiffMeanSteerer.fit(model, prefs, layer=layer, coef=args.coef, verbose=False)
+            out[name] = DiffMeanSteerer.fit(model, prefs, layer=layer, coef=settings.coef, verbose=False)
         elif name == "pca":
-            out[name] = PCASteerer.fit(model, prefs, layer=layer, coef=args.coef, coef_scale="rms", verbose=False)
+            out[name] = PCASteerer.fit(model, prefs, layer=layer, coef=settings.coef, coef_scale="rms", verbose=False)
         else:
             out[name] = PromptSteerer.fit(model, prefs)
-    args.baseline_layer = layer
-    return out
+    return out, layer
 
 
 def plot_netwin(results: dict[str, Any]) -> Any:
@@ -138,49 +136,48 @@ def markdown_table(results: dict[str, Any], side: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_eval(args: argparse.Namespace, out: Path, prompts: list[dict], say) -> Path:
-    """Steps 1–5 of the protocol; returns the path of results.json."""
+def run_eval(settings: EvalSettings, model: Any, out: Path, prompts: list[dict],
+             say: Callable[..., None] = lambda *parts: None, *, verbose: bool = False,
+             prompts_file: Optional[str] = None) -> Path:
+    """Steps 1–5 of the protocol on a loaded `model`; returns the path of results.json."""
     from . import evaluate
     from .preferences import generate_preferences
     from .prompts import NEUTRAL_TEXTS
     from .subspace import fit_subspace
 
     t0 = time.perf_counter()
-    model = args.load(args)
     n_layers = int(model.cfg.n_layers)
-    if args.layer is not None and args.layer >= n_layers:
-        raise EvalError(f"--layer {args.layer} is out of range: the model has layers 0..{n_layers - 1}")
-    judge = make_judge(args.judge, model, not args.quiet)
+    if settings.layer is not None and settings.layer >= n_layers:
+        raise EvalError(f"--layer {settings.layer} is out of range: the model has layers 0..{n_layers - 1}")
+    judge = make_judge(settings.judge, model, verbose)
     queries = [p["query"] for p in prompts]
     categories = [p["category"] for p in prompts]
-    verbose = not args.quiet
-    say(f"[1/5] self-generating {args.objective} preference pairs for {len(queries)} prompts")
-    prefs = generate_preferences(model, queries, objective=args.objective, n_characteristics=args.n_characteristics,
-                                 elicit_tokens=args.elicit_tokens, response_tokens=args.response_tokens,
-                                 seed=args.seed, batch_size=args.batch_size, verbose=verbose)
+    batch_size, seed = settings.prefs.batch_size, settings.seed
+    say(f"[1/5] self-generating {settings.objective} preference pairs for {len(queries)} prompts")
+    prefs = generate_preferences(model, queries, **settings.prefs.to_dict(), verbose=verbose)
     prefs.save(out / "pairs.jsonl")
     say("[2/5] fitting AlignEZ and the baselines on the same pairs")
-    sub = fit_subspace(model, prefs, batch_size=args.batch_size, verbose=verbose)
+    sub = fit_subspace(model, prefs, **settings.fit.to_dict(), verbose=verbose)
     sub.save(out / "subspace.safetensors")
-    methods = build_methods(args, model, prefs, sub, queries)
+    methods, baseline_layer = build_methods(settings, model, prefs, sub, queries)
     say("[3/5] generating base and steered answers")
-    gen = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed, verbose=verbose)
-    base = methods[args.methods[0]].generate(model, queries, steer=False, **gen)
+    gen = dict(max_new_tokens=settings.max_new_tokens, batch_size=batch_size, seed=seed, verbose=verbose)
+    base = methods[settings.methods[0]].generate(model, queries, steer=False, **gen)
     answers = {name: m.generate(model, queries, **gen) for name, m in methods.items()}
     atomic_write_jsonl(out / "generations.jsonl", [
         {"query": q, "category": c, "base": base[i], **{n: answers[n][i] for n in methods}}
         for i, (q, c) in enumerate(zip(queries, categories))])
-    say(f"[4/5] judging with {args.judge}")
+    say(f"[4/5] judging with {settings.judge}")
     results: dict[str, Any] = {}
     all_comparisons = []
     for name in methods:
-        comps = evaluate.pairwise_compare(judge, queries, base, answers[name], seed=args.seed,
-                                          objective=args.objective)
+        comps = evaluate.pairwise_compare(judge, queries, base, answers[name], seed=seed,
+                                          objective=settings.objective)
         for c in comps:
             c.detail = {**(c.detail or {}), "method": name}
         all_comparisons += comps
         results[name] = {
-            "summary": evaluate.summarize(comps, by=categories, seed=args.seed, n_boot=args.n_boot),
+            "summary": evaluate.summarize(comps, by=categories, seed=seed, n_boot=settings.n_boot),
             "per_prompt": evaluate.per_prompt(comps),
         }
     evaluate.save_comparisons(out / "comparisons.jsonl", all_comparisons)
@@ -191,15 +188,15 @@ def run_eval(args: argparse.Namespace, out: Path, prompts: list[dict], say) -> P
             side[name] = evaluate.generation_stats(base, answers[name], tokenizer=model.tokenizer)
         else:
             side[name] = evaluate.side_effects(model, m, NEUTRAL_TEXTS, base_answers=base,
-                                               steered_answers=answers[name], batch_size=args.batch_size)
+                                               steered_answers=answers[name], batch_size=batch_size)
     fig = plot_netwin(results)
     atomic_write(out / "netwin.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    atomic_write_text(out / "results.md", f"# alignez eval: {args.objective}, judge {args.judge}\n\n"
-                      f"{len(queries)} prompts, model {args.model}, seed {args.seed}.\n\n"
+    atomic_write_text(out / "results.md", f"# alignez eval: {settings.objective}, judge {settings.judge}\n\n"
+                      f"{len(queries)} prompts, model {settings.model}, seed {seed}.\n\n"
                       + markdown_table(results, side))
-    settings = {k: v for k, v in vars(args).items() if k not in ("func", "load") and not callable(v)}
-    payload = {"settings": settings, "queries": queries, "categories": categories, "methods": list(methods),
-               "baseline_layer": args.baseline_layer, "results": results, "side_effects": side,
+    payload = {"settings": settings.to_dict(), "prompts_file": prompts_file, "queries": queries,
+               "categories": categories, "methods": list(methods),
+               "baseline_layer": baseline_layer, "results": results, "side_effects": side,
                "ranks": {str(k): v for k, v in sub.ranks().items()},
                "pairs": prefs.summary(),
                "wall_seconds": round(time.perf_counter() - t0, 1),

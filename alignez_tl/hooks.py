@@ -15,6 +15,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .settings import EDITS, MODES, POSITIONS  # the allowed values, defined once as Literal aliases
+
 __all__ = [
     "EDITS",
     "SITES",
@@ -37,9 +39,6 @@ SITES: dict[str, str] = {
     "mlp_out": "blocks.{layer}.hook_mlp_out",
     "attn_out": "blocks.{layer}.hook_attn_out",
 }
-POSITIONS = ("generated", "all")
-MODES = ("boost", "suppress")
-EDITS = ("oriented", "paper")
 
 HookFn = Callable[[Tensor, object], Optional[Tensor]]
 

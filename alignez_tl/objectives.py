@@ -22,6 +22,8 @@ import string
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Union
 
+from .settings import MODES
+
 __all__ = [
     "ELICIT_NEGATIVE",
     "ELICIT_POSITIVE",
@@ -35,16 +37,11 @@ __all__ = [
     "unregister_objective",
 ]
 
-# The paper's templates (ALIGNEZ.md §1), verbatim, trailing spaces included.
+# The paper's templates (docs/method.md, "1. The model writes its own preferences"), verbatim, trailing spaces included.
 ELICIT_POSITIVE = "{query}\nYou are a {kw} assistant. Your answer to this query should: "
 ELICIT_NEGATIVE = "{query}\nPretend you are a {kw} assistant. Your response to this query should: "
 RESPOND_POSITIVE = "You are a {kw} assistant. Your answer should {char}.\n{query} "
 RESPOND_NEGATIVE = "Pretend you are a {kw} assistant. Your answer should {char}.\n{query}"
-
-MODES = ("boost", "suppress")
-"""How a steerer uses the objective's subspace (ALIGNEZ.md §4): ``boost`` pushes
-activations towards the positive side (tanh step, α > 0); ``suppress`` removes the
-positive part of the projection (ReLU step, α = −1)."""
 
 _ELICIT_FIELDS = frozenset({"query", "kw"})
 _RESPOND_FIELDS = frozenset({"query", "kw", "char"})

@@ -1,4 +1,4 @@
-"""Self-generated preference pairs (ALIGNEZ.md §1) and their JSONL file format.
+"""Self-generated preference pairs (docs/method.md, "1. The model writes its own preferences") and their JSONL file format.
 
 `generate_preferences` runs the two phases of AlignEZ's data step with plain, hook-free
 generation:
@@ -30,6 +30,7 @@ from . import models
 from ._checks import encode_for_generation, prompt_budget, require_model
 from ._io import atomic_write_text
 from .objectives import Objective, get_objective
+from .settings import PreferenceSettings
 
 __all__ = [
     "FORMAT",
@@ -187,7 +188,7 @@ class PreferenceSet:
         return cls(pairs, obj, {"source": "from_pairs"})
 
     def texts(self, model: Any, *, chat: Optional[bool] = None) -> tuple[list[str], list[str]]:
-        """The texts whose activations build the subspace (ALIGNEZ.md §2).
+        """The texts whose activations build the subspace (docs/method.md, "2. The alignment subspace").
 
         Each is the query followed by one answer, rendered with `models.render`: with a
         chat template that is the chat prefix of the query plus the answer, otherwise
@@ -745,29 +746,6 @@ def _check_queries(queries: Any) -> list[str]:
     return queries
 
 
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def _check_sampling(do_sample: Any, temperature: Any, top_p: Any, top_k: Any, seed: Any) -> None:
-    if not isinstance(do_sample, bool):
-        raise TypeError(f"do_sample must be True or False, got {do_sample!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {seed!r}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise ValueError(f"top_k must be an int >= 0 (0 turns it off), got {top_k!r}")
-    if not do_sample:
-        return
-    if not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(
-            f"temperature must be > 0 when sampling, got {temperature!r}; "
-            "for deterministic output pass do_sample=False"
-        )
-    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-
-
 def _batch_seed(seed: int, phase: str, batch: int) -> int:
     """A 63-bit seed for one batch of one phase, derived from the user's `seed`.
 
@@ -907,23 +885,26 @@ def _log_fallbacks(prefs: PreferenceSet, plan: list[_Plan]) -> None:
 def generate_preferences(
     model: Any,
     queries: Sequence[str],
-    objective: Union[str, Objective, dict[str, Any]] = "helpful",
+    objective: Union[str, Objective, dict[str, Any]] = PreferenceSettings.objective,
     *,
-    n_characteristics: int = 3,
-    n_responses: int = 1,
-    elicit_tokens: int = 50,
-    response_tokens: int = 200,
-    elicit_prefill: str = "",
-    do_sample: bool = True,
-    temperature: float = 0.7,
-    top_p: float = 0.9,
-    top_k: int = 0,
-    seed: int = 0,
-    batch_size: int = 16,
+    n_characteristics: int = PreferenceSettings.n_characteristics,
+    n_responses: int = PreferenceSettings.n_responses,
+    elicit_tokens: int = PreferenceSettings.elicit_tokens,
+    response_tokens: int = PreferenceSettings.response_tokens,
+    elicit_prefill: str = PreferenceSettings.elicit_prefill,
+    do_sample: bool = PreferenceSettings.do_sample,
+    temperature: float = PreferenceSettings.temperature,
+    top_p: float = PreferenceSettings.top_p,
+    top_k: int = PreferenceSettings.top_k,
+    seed: int = PreferenceSettings.seed,
+    batch_size: int = PreferenceSettings.batch_size,
     chat: Optional[bool] = None,
     verbose: bool = True,
 ) -> PreferenceSet:
-    """Let the model write its own preference pairs for `queries` (ALIGNEZ.md §1).
+    """Let the model write its own preference pairs for `queries` (docs/method.md, "1.").
+
+    The keyword arguments are the fields of `PreferenceSettings`, so a settings object
+    passes as ``generate_preferences(model, queries, **settings.to_dict())``.
 
     Args:
         model: a TransformerLens model with a tokenizer. No hooks are used or added.
@@ -964,22 +945,11 @@ def generate_preferences(
     """
     queries = _check_queries(queries)
     obj = get_objective(objective)
-    for name, value in (
-        ("n_characteristics", n_characteristics),
-        ("n_responses", n_responses),
-        ("elicit_tokens", elicit_tokens),
-        ("response_tokens", response_tokens),
-        ("batch_size", batch_size),
-    ):
-        _check_positive_int(name, value)
-    _check_sampling(do_sample, temperature, top_p, top_k, seed)
-    if n_responses > 1 and not do_sample:
-        raise ValueError(
-            f"n_responses={n_responses} needs do_sample=True: greedy decoding gives the same "
-            "answer every time; pass n_responses=1 or sample"
-        )
-    if not isinstance(elicit_prefill, str):
-        raise TypeError(f"elicit_prefill must be a string, got {type(elicit_prefill).__name__}")
+    PreferenceSettings(  # the one place for these checks
+        objective=obj.name, n_characteristics=n_characteristics, n_responses=n_responses,
+        elicit_tokens=elicit_tokens, response_tokens=response_tokens, elicit_prefill=elicit_prefill,
+        do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, batch_size=batch_size,
+    )
     require_model(model, "generate_preferences")
     models.require_tokenizer(model, "generate_preferences")
     prompt_budget(model, elicit_tokens, "elicit_tokens")

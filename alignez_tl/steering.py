@@ -2,8 +2,9 @@
 
 A `Steerer` turns one or more fitted `AlignmentSubspace`s into TransformerLens hook
 functions. For each query it measures, at every layer, how much the query's own
-activation already points along each direction (ALIGNEZ.md §3), keeps the directions
-the query does not yet express, scores the layer, and edits the top-n layers. In a
+activation already points along each direction (docs/method.md, "3. Which directions
+and which layers"), keeps the directions the query does not yet express, scores the
+layer, and edits the top-n layers. In a
 batch, every row carries its own selection: the hook at a layer edits only the rows
 that chose that layer, with the directions each row kept (per-row masks), so one
 batched `generate` gives the same tokens as one query at a time.
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ._checks import encode_for_generation, prompt_budget, require_model
 from .activations import capture
-from .hooks import EDITS, MODES, POSITIONS, EditTerm, PositionTracker, check_layers, edit_hook, hook_name
+from .hooks import EditTerm, PositionTracker, check_layers, edit_hook, hook_name
 from .fastpath import native_hooks, unwrapped_hf_model
 from .models import (
     Encoded,
@@ -36,42 +37,12 @@ from .models import (
     stop_token_ids,
     trim_generated,
 )
+from .settings import DEFAULT_EDIT, SteerSettings, check_alpha, check_number, default_alpha
 from .subspace import AlignmentSubspace
 
 __all__ = ["BACKENDS", "DEFAULT_EDIT", "QuerySelection", "Steerer", "default_alpha", "generate_with_hooks"]
 
-SCALES = ("fitted", "paper")
 _MAX_RANK = 1 << 16  # more directions than any layer can have
-FILTERS = ("paper", "all")
-DEFAULT_EDIT = "oriented"
-
-# One default step size per (edit, mode), used by the Python API and every CLI command.
-_DEFAULT_ALPHA = {
-    ("paper", "boost"): 1.0,  # the paper's values
-    ("paper", "suppress"): -1.0,
-    ("oriented", "boost"): 0.1,
-    ("oriented", "suppress"): 1.0,
-}
-
-
-def default_alpha(edit: str = DEFAULT_EDIT, mode: str = "boost") -> float:
-    """The default step size α of `edit` in `mode` (docs/method.md, "The two edits")."""
-    if (edit, mode) not in _DEFAULT_ALPHA:
-        raise ValueError(f"no default alpha for edit={edit!r}, mode={mode!r}; edits: {EDITS}, modes: {MODES}")
-    return _DEFAULT_ALPHA[(edit, mode)]
-
-
-def _check_alpha(edit: str, mode: str, alpha: float) -> None:
-    """The oriented edit's direction comes from θ, so its α is a positive size."""
-    if edit != "oriented":
-        return
-    if mode == "boost" and alpha < 0:
-        raise ValueError(
-            f"alpha must be >= 0 for the oriented boost, got {alpha} (to push towards the dispreferred "
-            "side use steerer.mirror())"
-        )
-    if mode == "suppress" and not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be in [0, 1] for the oriented suppress, got {alpha}")
 
 
 @dataclass
@@ -148,19 +119,17 @@ class _Term:
             return torch.where(rms > 0, rms, torch.ones_like(rms))
         return torch.full((sub.rank,), float(self.scale))
 
+    def settings(self, positions: str = "generated") -> SteerSettings:
+        """This term's settings as a `SteerSettings` (α and mode resolved)."""
+        return SteerSettings(edit=self.edit, alpha=self.alpha, mode=self.mode, scale=self.scale,  # type: ignore[arg-type]
+                             direction_filter=self.direction_filter, top_n=self.top_n, layers=self.layers,  # type: ignore[arg-type]
+                             positions=positions, weight=self.weight)  # type: ignore[arg-type]
+
     def candidate_layers(self) -> list[int]:
         usable = [layer for layer, sub in sorted(self.subspace.layers.items()) if sub.rank > 0]
         if self.layers is None:
             return usable
         return [layer for layer in self.layers if layer in usable]
-
-
-def _check_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
 
 
 class Steerer:
@@ -198,40 +167,39 @@ class Steerer:
         alpha: Optional[float] = None,
         *,
         mode: Optional[str] = None,
-        edit: str = DEFAULT_EDIT,
-        scale: Union[str, float] = "fitted",
-        direction_filter: str = "paper",
-        top_n: int = 5,
+        edit: str = SteerSettings.edit,
+        scale: Union[str, float] = SteerSettings.scale,
+        direction_filter: str = SteerSettings.direction_filter,
+        top_n: int = SteerSettings.top_n,
         layers: Optional[Sequence[int]] = None,
-        positions: str = "generated",
-        weight: float = 1.0,
+        positions: str = SteerSettings.positions,
+        weight: float = SteerSettings.weight,
     ) -> None:
         if not isinstance(subspace, AlignmentSubspace):
             hint = ""
             if isinstance(subspace, (str, os.PathLike)):
                 hint = " (load a saved one with AlignmentSubspace.load(path))"
             raise TypeError(f"Steerer needs an AlignmentSubspace, got {type(subspace).__name__}{hint}")
-        mode = subspace.mode if mode is None else mode
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if edit not in EDITS:
-            raise ValueError(f"edit must be one of {EDITS}, got {edit!r}")
-        alpha = default_alpha(edit, mode) if alpha is None else _check_number("alpha", alpha)
-        _check_alpha(edit, mode, alpha)
-        weight = _check_number("weight", weight)
-        if weight < 0:
-            raise ValueError(f"weight must be >= 0, got {weight}")
-        if isinstance(scale, str):
-            if scale not in SCALES:
-                raise ValueError(f"scale must be one of {SCALES} or a positive number, got {scale!r}")
-        elif _check_number("scale", scale) <= 0:
-            raise ValueError(f"a numeric scale must be positive, got {scale}")
-        if direction_filter not in FILTERS:
-            raise ValueError(f"direction_filter must be one of {FILTERS}, got {direction_filter!r}")
-        if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
-            raise ValueError(f"top_n must be a positive int, got {top_n!r}")
-        if positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+        settings = SteerSettings(
+            edit=edit, alpha=alpha, mode=mode, scale=scale, direction_filter=direction_filter,  # type: ignore[arg-type]
+            top_n=top_n, layers=None if layers is None else tuple(layers), positions=positions, weight=weight,
+        ).resolve(subspace.mode)
+        self._init(subspace, settings)
+
+    @classmethod
+    def from_settings(cls, subspace: AlignmentSubspace, settings: SteerSettings) -> "Steerer":
+        """A Steerer of `subspace` with typed `settings` (`SteerSettings`)."""
+        if not isinstance(settings, SteerSettings):
+            raise TypeError(f"settings must be a SteerSettings, got {type(settings).__name__}")
+        out = cls.__new__(cls)
+        if not isinstance(subspace, AlignmentSubspace):
+            cls.__init__(out, subspace)  # the same TypeError as the constructor
+        out._init(subspace, settings.resolve(subspace.mode))
+        return out
+
+    def _init(self, subspace: AlignmentSubspace, settings: SteerSettings) -> None:
+        mode, alpha, layers = str(settings.mode), float(settings.alpha or 0.0), settings.layers
+        check_alpha(settings.edit, mode, alpha)
         fixed = None
         if layers is not None:
             n_layers = int(subspace.model.get("n_layers") or (max(subspace.layers) + 1))
@@ -245,9 +213,17 @@ class Steerer:
             if len(empty) == len(fixed):
                 raise ValueError(f"layers {fixed} have no directions (every pair was filtered out there)")
         self.terms: list[_Term] = [
-            _Term(subspace, alpha, weight, mode, scale, direction_filter, top_n, fixed, edit=edit)
+            _Term(subspace, alpha, settings.weight, mode, settings.scale, settings.direction_filter,
+                  settings.top_n, fixed, edit=settings.edit)
         ]
-        self.positions = positions
+        self.positions = settings.positions
+
+    @property
+    def settings(self) -> SteerSettings:
+        """This steerer's `SteerSettings` (one objective; a composed steerer has one per term)."""
+        if len(self.terms) != 1:
+            raise ValueError(f"a composed steerer has {len(self.terms)} settings: read [t.settings() for t in .terms]")
+        return self.terms[0].settings(self.positions)
 
     # ------------------------------------------------------------------ composition
 
@@ -277,7 +253,7 @@ class Steerer:
         out.positions = positions.pop()
         out.terms = []
         for steerer, w in zip(steerers, weights):
-            w = _check_number("weight", w)
+            w = check_number("weight", w)
             if w < 0:
                 raise ValueError(f"weights must be >= 0, got {w}")
             out.terms.extend(replace(t, weight=t.weight * w) for t in steerer.terms)
@@ -435,9 +411,9 @@ class Steerer:
 
     def with_alpha(self, alpha: float) -> "Steerer":
         """A copy with step size `alpha` for every objective (no refit): for strength sweeps."""
-        alpha = _check_number("alpha", alpha)
+        alpha = check_number("alpha", alpha)
         for term in self.terms:
-            _check_alpha(term.edit, term.mode, alpha)
+            check_alpha(term.edit, term.mode, alpha)
         return self._copy([replace(t, alpha=alpha) for t in self.terms])
 
     with_strength = with_alpha

@@ -1,7 +1,7 @@
 """The alignment subspace: pair filter, SVD of differences, rank rule, sign, save/load.
 
 Per layer l, with `P`, `N` the last-token activations of the positive and negative
-texts of K pairs (ALIGNEZ.md §2):
+texts of K pairs (docs/method.md, "2. The alignment subspace"):
 
 1. drop pair k when `cos(P[k], N[k]) > tau` (near-identical pairs carry no signal);
 2. `D = P - N` over the kept pairs (not mean-centred), `D = U Σ Vᵀ`;
@@ -34,6 +34,7 @@ from ._io import atomic_write
 from .activations import capture, capture_tokens
 from .hooks import SITES, check_layers
 from .models import Encoded, model_signature, pad_id, render, require_tokenizer
+from .settings import FitSettings, RankRule, check_rank_args
 
 __all__ = [
     "FORMAT",
@@ -56,7 +57,6 @@ FORMAT = "alignez-subspace"
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)  # format versions `AlignmentSubspace.load` reads
 
-RankRule = Literal["variance", "fixed", "null"]
 NULL_DRAW_CHUNK = 1024  # sign draws made per call of the generator (fixes the random stream)
 
 
@@ -217,34 +217,13 @@ def _rank_rule(rank: Union[int, str, None]) -> RankRule:
     return "null" if rank == "null" else "variance" if rank is None else "fixed"
 
 
-def check_rank_args(
-    rank: Any = None,
-    max_rank: Any = None,
-    n_null: Any = 200,
-    null_quantile: Any = 0.95,
-    null_seed: Any = 0,
-    null_test: Any = False,
-) -> None:
-    """Refuse bad rank-rule arguments with an error that names the fix (no work is done)."""
-    rank_msg = ("rank must be a positive int (a fixed number of directions), 'null' (keep the "
-                "directions that beat the sign-flip permutation null) or None (the variance rule); "
-                f"got {rank!r}")
-    if isinstance(rank, str):
-        if rank != "null":
-            raise ValueError(rank_msg)
-    elif rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-        raise ValueError(rank_msg)
-    if max_rank is not None and (isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 1):
-        raise ValueError(f"max_rank must be a positive int or None; got {max_rank!r}")
-    if isinstance(n_null, bool) or not isinstance(n_null, int) or n_null < 1:
-        raise ValueError(f"n_null must be a positive int (the number of random sign draws, e.g. 200); got {n_null!r}")
-    if (isinstance(null_quantile, bool) or not isinstance(null_quantile, (int, float))
-            or not (0.0 < null_quantile < 1.0)):
-        raise ValueError(f"null_quantile must be a number strictly between 0 and 1 (e.g. 0.95); got {null_quantile!r}")
-    if isinstance(null_seed, bool) or not isinstance(null_seed, int):
-        raise TypeError(f"null_seed must be an int (the seed of the sign draws); got {null_seed!r}")
-    if not isinstance(null_test, bool):
-        raise TypeError(f"null_test must be True or False; got {null_test!r}")
+def _stored_settings(settings: FitSettings, n_pairs: int, seed_info: dict[str, Any]) -> dict[str, Any]:
+    """What a subspace file records of its fit: the null's settings only where it was computed."""
+    out = settings.to_dict()
+    if settings.rank != "null" and not settings.null_test:
+        for name in ("n_null", "null_quantile", "null_seed", "null_test"):
+            del out[name]
+    return {**out, "rank_rule": settings.rank_rule, "n_pairs": n_pairs, **seed_info}
 
 
 def sign_flip_null(
@@ -834,21 +813,25 @@ def fit_subspace(
     data: Any,
     *,
     layers: Optional[Sequence[int]] = None,
-    site: str = "resid_post",
-    tau: float = 0.8,
-    variance: float = 0.90,
+    site: str = FitSettings.site,
+    tau: float = FitSettings.tau,
+    variance: float = FitSettings.variance,
     rank: Union[int, Literal["null"], None] = None,
     max_rank: Optional[int] = None,
-    batch_size: int = 16,
+    batch_size: int = FitSettings.batch_size,
     chat: Optional[bool] = None,
     objective: Any = None,
     verbose: bool = True,
-    n_null: int = 200,
-    null_quantile: float = 0.95,
-    null_seed: int = 0,
-    null_test: bool = False,
+    n_null: int = FitSettings.n_null,
+    null_quantile: float = FitSettings.null_quantile,
+    null_seed: int = FitSettings.null_seed,
+    null_test: bool = FitSettings.null_test,
 ) -> AlignmentSubspace:
     """Fit the alignment subspace at every requested layer.
+
+    The keyword arguments from `layers` to `null_test` are the fields of `FitSettings`
+    (a settings object passes as ``fit_subspace(model, data, **settings.to_dict())``), and
+    the subspace records them in `settings`.
 
     Args:
         model: the TransformerLens model (may be None only for precomputed activations).
@@ -881,12 +864,9 @@ def fit_subspace(
             message says how many were dropped and why), or, with `rank="null"`, no
             direction beat the null at any layer.
     """
-    for name, value, lo, hi in (("tau", tau, -1.0, 1.0), ("variance", variance, 0.0, 1.0)):
-        if not isinstance(value, (int, float)) or not (lo < value <= hi) or value != value:
-            raise ValueError(f"{name} must be a number in ({lo}, {hi}]; got {value!r}")
-    check_rank_args(rank, max_rank, n_null, null_quantile, null_seed, null_test)
-    if site not in SITES:
-        raise ValueError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
+    settings = FitSettings(site=site, tau=tau, variance=variance, rank=rank, max_rank=max_rank,  # type: ignore[arg-type]
+                           n_null=n_null, null_quantile=null_quantile, null_seed=null_seed,
+                           null_test=null_test, batch_size=batch_size)
     if model is not None:
         require_model(model, "fit_subspace")
         n_layers = int(model.cfg.n_layers)
@@ -938,10 +918,6 @@ def fit_subspace(
         d_model=d_model,
         model=model_signature(model) if model is not None else {},
         objective=obj_dict,
-        settings={"tau": tau, "variance": variance, "rank": rank, "max_rank": max_rank,
-                  "rank_rule": _rank_rule(rank),
-                  **({"n_null": n_null, "null_quantile": float(null_quantile), "null_seed": null_seed,
-                      "null_test": null_test} if rank == "null" or null_test else {}),
-                  "n_pairs": int(pos.shape[0]), **seed_info},
+        settings=_stored_settings(settings.replace(layers=tuple(layers)), int(pos.shape[0]), seed_info),
         versions=_versions(),
     )
