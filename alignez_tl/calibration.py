@@ -4,7 +4,7 @@ Strengths are not comparable across edits or methods: α = 0.1 of the oriented A
 boost, α = 1 of the paper's boost and `coef = 4` of DiffMean are different amounts of
 change. What is comparable is what each one does to text it should leave alone: the KL
 divergence of the next-token distributions on neutral text, per token
-(`evaluate.side_effects`). `calibrate_strength` finds, for any steerer with a
+(`eval.side_effects`). `calibrate_strength` finds, for any steerer with a
 `with_strength` copy method (`Steerer`, `DiffMeanSteerer`, `PCASteerer`), the strength
 whose neutral KL is within a relative tolerance of a target, so that methods can be
 compared at the same side effect (docs/evaluation.md, "Efficacy sweep").
@@ -16,7 +16,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
 
-from .evaluate import NeutralBase, neutral_base, side_effects
+from .eval.effects import NeutralBase, neutral_base, side_effects
 
 __all__ = ["Calibration", "calibrate_strength", "neutral_kl"]
 
@@ -85,7 +85,7 @@ def calibrate_strength(
         steerer: anything with `with_strength(x)` and `strength` (`Steerer`,
             `DiffMeanSteerer`, `PCASteerer`).
         target_kl: the KL per token on neutral text to reach, in nats (> 0).
-        texts: neutral texts or a precomputed `evaluate.neutral_base` (default:
+        texts: neutral texts or a precomputed `eval.neutral_base` (default:
             `prompts.NEUTRAL_TEXTS_EXTENDED`).
         rel_tol: accept `|kl − target| ≤ rel_tol · target` (default 10%).
         max_evals: at most this many evaluations.

@@ -190,11 +190,11 @@ def score_answers(task: str, answers: Sequence[str], prompts: Sequence[dict]) ->
     """
     answers = list(answers)
     if task == "tone":
-        from .evaluate import sentiment_scorer
+        from .eval.scorers import sentiment_scorer
 
         return sentiment_scorer().score(answers)
     if task == "harmless":
-        from .evaluate import profanity_scorer, sentiment_scorer
+        from .eval.scorers import profanity_scorer, sentiment_scorer
 
         clean = profanity_scorer().score(answers)
         tone = sentiment_scorer().score(answers)
@@ -435,7 +435,8 @@ def run_sweep(model: Any, config: SweepConfig, out: Path, *, judge_model: Any = 
     `judge="self"`: the steered model judges).
     """
     from .calibration import calibrate_strength
-    from .evaluate import LogprobJudge, generation_stats, is_degenerate, neutral_base, side_effects
+    from .eval.effects import generation_stats, is_degenerate, neutral_base, side_effects
+    from .eval.logprob_judge import LogprobJudge
     from .models import render
     from .preferences import generate_preferences
     from .prompts import NEUTRAL_TEXTS_EXTENDED

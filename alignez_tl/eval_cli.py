@@ -44,7 +44,7 @@ def check_judge(spec: str) -> str:
     if kind == "logprob" and not spec.partition(":")[2]:
         raise EvalError("--judge logprob:<model> needs a model spec, e.g. logprob:qwen2.5-coder-0.5b-instruct")
     if kind == "http":  # the endpoint's configuration comes from the environment: check it now
-        from .evaluate import HTTPJudge
+        from .eval.http_judge import HTTPJudge
 
         try:
             HTTPJudge()
@@ -54,12 +54,14 @@ def check_judge(spec: str) -> str:
 
 
 def make_judge(spec: str, model: Any, verbose: bool) -> Any:
-    from . import evaluate
+    from .eval.http_judge import HTTPJudge
+    from .eval.logprob_judge import LogprobJudge
+    from .eval.scorers import profanity_scorer, sentiment_scorer
     from .models import load_model
 
     kind, _, arg = spec.partition(":")
     if kind == "self":
-        return evaluate.LogprobJudge(model, name="self")
+        return LogprobJudge(model, name="self")
     if kind == "logprob":
         from .models import ModelSpecError
 
@@ -67,12 +69,12 @@ def make_judge(spec: str, model: Any, verbose: bool) -> Any:
             judge_model = load_model(arg, verbose=verbose)
         except ModelSpecError as exc:
             raise EvalError(f"--judge {spec}: {exc}") from None
-        return evaluate.LogprobJudge(judge_model, name=arg)
+        return LogprobJudge(judge_model, name=arg)
     if kind == "http":
-        return evaluate.HTTPJudge()
+        return HTTPJudge()
     if kind == "profanity":
-        return evaluate.profanity_scorer()
-    return evaluate.sentiment_scorer()
+        return profanity_scorer()
+    return sentiment_scorer()
 
 
 def build_methods(settings: EvalSettings, model: Any, prefs: Any, sub: Any,
@@ -140,7 +142,10 @@ def run_eval(settings: EvalSettings, model: Any, out: Path, prompts: list[dict],
              say: Callable[..., None] = lambda *parts: None, *, verbose: bool = False,
              prompts_file: Optional[str] = None) -> Path:
     """Steps 1–5 of the protocol on a loaded `model`; returns the path of results.json."""
-    from . import evaluate
+    from .eval.effects import generation_stats, side_effects
+    from .eval.judges import pairwise_compare
+    from .eval.records import save_comparisons
+    from .eval.stats import per_prompt, summarize
     from .preferences import generate_preferences
     from .prompts import NEUTRAL_TEXTS
     from .subspace import fit_subspace
@@ -171,24 +176,24 @@ def run_eval(settings: EvalSettings, model: Any, out: Path, prompts: list[dict],
     results: dict[str, Any] = {}
     all_comparisons = []
     for name in methods:
-        comps = evaluate.pairwise_compare(judge, queries, base, answers[name], seed=seed,
-                                          objective=settings.objective)
+        comps = pairwise_compare(judge, queries, base, answers[name], seed=seed,
+                                 objective=settings.objective)
         for c in comps:
             c.detail = {**(c.detail or {}), "method": name}
         all_comparisons += comps
         results[name] = {
-            "summary": evaluate.summarize(comps, by=categories, seed=seed, n_boot=settings.n_boot),
-            "per_prompt": evaluate.per_prompt(comps),
+            "summary": summarize(comps, by=categories, seed=seed, n_boot=settings.n_boot),
+            "per_prompt": per_prompt(comps),
         }
-    evaluate.save_comparisons(out / "comparisons.jsonl", all_comparisons)
+    save_comparisons(out / "comparisons.jsonl", all_comparisons)
     say("[5/5] side effects on neutral text and on the answers")
     side: dict[str, Any] = {}
     for name, m in methods.items():
         if name == "prompt":  # no activation edit: only the answers can change
-            side[name] = evaluate.generation_stats(base, answers[name], tokenizer=model.tokenizer)
+            side[name] = generation_stats(base, answers[name], tokenizer=model.tokenizer)
         else:
-            side[name] = evaluate.side_effects(model, m, NEUTRAL_TEXTS, base_answers=base,
-                                               steered_answers=answers[name], batch_size=batch_size)
+            side[name] = side_effects(model, m, NEUTRAL_TEXTS, base_answers=base,
+                                      steered_answers=answers[name], batch_size=batch_size)
     fig = plot_netwin(results)
     atomic_write(out / "netwin.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     atomic_write_text(out / "results.md", f"# alignez eval: {settings.objective}, judge {settings.judge}\n\n"

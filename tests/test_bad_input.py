@@ -47,7 +47,7 @@ from alignez_tl import (
     load_model,
     render,
 )
-from alignez_tl.evaluate import (
+from alignez_tl.eval import (
     HTTPJudge,
     JudgeError,
     LogprobJudge,

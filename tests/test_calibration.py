@@ -4,7 +4,7 @@ import pytest
 
 from alignez_tl.baselines import DiffMeanSteerer
 from alignez_tl.calibration import calibrate_strength, neutral_kl
-from alignez_tl.evaluate import neutral_base, side_effects
+from alignez_tl.eval import neutral_base, side_effects
 from alignez_tl.steering import Steerer
 
 from test_steering import PAIRS, subspace_for

@@ -19,7 +19,7 @@ import torch
 
 import alignez_tl as ez
 from alignez_tl.baselines import DiffMeanSteerer, NoSteerer, PCASteerer, PromptSteerer
-from alignez_tl.evaluate import LogprobJudge, generation_stats, pairwise_compare, side_effects
+from alignez_tl.eval import LogprobJudge, generation_stats, pairwise_compare, side_effects
 from alignez_tl.models import encode, generate_plain, is_bridge, model_signature, render
 from alignez_tl.subspace import AlignmentSubspace, SubspaceMismatchError
 from analyses.ablation import ablate_components

@@ -17,7 +17,7 @@ from alignez_tl.efficacy import (
     run_sweep,
     score_answers,
 )
-from alignez_tl.evaluate import PairVerdict
+from alignez_tl.eval import PairVerdict
 
 
 class BiasedJudge:

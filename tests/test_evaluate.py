@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from alignez_tl.evaluate import (
+from alignez_tl.eval import (
     ASPECTS,
     Comparison,
     HTTPJudge,
