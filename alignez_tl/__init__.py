@@ -5,7 +5,7 @@ differences of their activations gives an alignment subspace (`fit_subspace`), a
 `Steerer` edits the residual stream along it with TransformerLens hooks.
 """
 
-from .versions import check_versions
+from .versions import check_versions, package_version
 
 check_versions()  # refuse a transformers that silently breaks TransformerLens' KV cache
 
@@ -25,7 +25,7 @@ from .subspace import (
     fit_subspace,
 )
 
-__version__ = "0.1.0"
+__version__ = package_version()
 
 __all__ = [
     "DEFAULT_MODEL",

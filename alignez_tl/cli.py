@@ -717,9 +717,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_to_stdout(quiet: bool) -> None:
+    """Show the library's progress messages (logging, INFO) as `[alignez] ...` lines unless --quiet."""
+    import logging
+
+    for name in ("alignez_tl", "analyses"):
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if getattr(h, "_alignez_cli", False)]:
+            logger.removeHandler(handler)
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[alignez] %(message)s"))
+        handler._alignez_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _log_to_stdout(args.quiet)
     _CREATED.clear()
     try:
         code = args.func(args)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -26,6 +27,8 @@ from typing import Any, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import torch
 from torch import Tensor
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -159,7 +162,7 @@ def _convert_embedded(entry: EmbeddedModel, verbose: bool) -> Path:
                     with open(d / f, "rb") as part:
                         shutil.copyfileobj(part, out, length=1 << 24)
         if verbose:
-            print(f"[alignez] converting {entry.key} from GGUF once (cached in {target}) ...")
+            logger.info("converting %s from GGUF once (cached in %s) ...", entry.key, target)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_file)
         quantised = AutoModelForCausalLM.from_pretrained(
             str(gguf_dir), gguf_file=gguf_file, dtype=torch.float32
@@ -278,10 +281,8 @@ def load_model(
     model.cfg.model_name = model_id
     if verbose:
         sig = model_signature(model)
-        print(
-            f"[alignez] loaded {model_id}: {sig['n_layers']} layers, d_model {sig['d_model']}"
-            + (", compatibility mode" if sig["compatibility_mode"] else "")
-        )
+        logger.info("loaded %s: %d layers, d_model %d%s", model_id, sig["n_layers"], sig["d_model"],
+                    ", compatibility mode" if sig["compatibility_mode"] else "")
     return model
 
 

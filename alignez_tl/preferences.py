@@ -852,10 +852,10 @@ def _package_versions() -> dict[str, Optional[str]]:
     import torch
     import transformers
 
-    import alignez_tl
+    from .versions import package_version
 
     return {
-        "alignez_version": getattr(alignez_tl, "__version__", None),
+        "alignez_version": package_version(),
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
     }

@@ -12,7 +12,7 @@ import re
 from importlib import metadata
 from typing import Optional
 
-__all__ = ["BROKEN_TRANSFORMERS", "MIN_TRANSFORMER_LENS", "TESTED", "check_versions"]
+__all__ = ["BROKEN_TRANSFORMERS", "MIN_TRANSFORMER_LENS", "TESTED", "check_versions", "package_version"]
 
 #: transformers from this version on breaks TransformerLens' KV cache (silently).
 BROKEN_TRANSFORMERS = (5, 24)
@@ -23,6 +23,24 @@ TESTED = {
     "main": "transformer-lens 4.3.0 (TransformerBridge), transformers 5.23",
     "compat": "transformer-lens 3.9.0 (HookedTransformer and TransformerBridge), transformers 5.23",
 }
+
+
+def package_version() -> str:
+    """This package's version: from the installed metadata, else from the checkout's pyproject.toml.
+
+    (The compatibility environments run the checkout through PYTHONPATH, uninstalled.)
+    """
+    try:
+        return metadata.version("alignez-tl")
+    except metadata.PackageNotFoundError:
+        import tomllib
+        from pathlib import Path
+
+        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        try:
+            return str(tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"])
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "0+unknown"
 
 
 def _major_minor(version: str) -> Optional[tuple[int, int]]:

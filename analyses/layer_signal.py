@@ -27,6 +27,7 @@ and recommends layers by a rule stated in words in `LayerSignal.rule`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ from alignez_tl.subspace import (
     pair_activations,
     quantile_rows,
 )
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["LayerSignal", "auroc", "auroc_null_sd", "layer_signal"]
 
@@ -999,7 +1002,6 @@ def layer_signal(
         **sig,
     )
     if verbose:
-        print(result.summary())
-        print(f"[alignez] layer_signal: {time.perf_counter() - t0:.1f}s, "
-              f"{n_batches + n_query_batches} capture forward passes")
+        logger.info("%s\nlayer_signal: %.1fs, %d capture forward passes", result.summary(),
+                    time.perf_counter() - t0, n_batches + n_query_batches)
     return result
