@@ -27,6 +27,8 @@ from typing import Any, Optional, Protocol, Sequence, Union, runtime_checkable
 import torch
 from torch import Tensor
 
+from ._checks import encode_for_generation  # public here: the encoding every generation uses
+
 __all__ = [
     "DEFAULT_MODEL",
     "EMBEDDED_MODELS",
@@ -36,6 +38,7 @@ __all__ = [
     "ModelSpecError",
     "cache_dir",
     "encode",
+    "encode_for_generation",
     "generate_plain",
     "is_bridge",
     "is_chat_model",
