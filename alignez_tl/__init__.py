@@ -3,6 +3,8 @@
 The model writes its own preference pairs (`generate_preferences`), the SVD of the
 differences of their activations gives an alignment subspace (`fit_subspace`), and a
 `Steerer` edits the residual stream along it with TransformerLens hooks.
+`embed_pairs` turns any pair data into a `PairActivations` that every fit accepts, and
+every steering method (`Steerer` and the baselines) is a `SteeringMethod`.
 """
 
 from .versions import check_versions, package_version
@@ -14,8 +16,10 @@ from .baselines import DiffMeanSteerer, NoSteerer, PCASteerer, PromptSteerer
 from .hooks import SITES, edit_delta, edit_hook, edit_sequential, hook_name, project_out_hook
 from .models import DEFAULT_MODEL, EMBEDDED_MODELS, encode, load_model, model_signature, render
 from .objectives import Objective, get_objective, list_objectives, register_objective
+from .pairs import PairActivations, embed_pairs
 from .preferences import PreferencePair, PreferenceSet, generate_preferences
-from .steering import QuerySelection, Steerer
+from .protocol import HookSteering, SteeringMethod
+from .steering import QuerySelection, Steerer, SteeringTerm
 from .subspace import (
     AlignmentSubspace,
     EmptySubspaceError,
@@ -37,12 +41,16 @@ __all__ = [
     "PCASteerer",
     "PromptSteerer",
     "EmptySubspaceError",
+    "HookSteering",
     "LayerSubspace",
     "Objective",
+    "PairActivations",
     "PreferencePair",
     "PreferenceSet",
     "QuerySelection",
     "Steerer",
+    "SteeringMethod",
+    "SteeringTerm",
     "SubspaceFileError",
     "SubspaceMismatchError",
     "__version__",
@@ -50,6 +58,7 @@ __all__ = [
     "edit_delta",
     "edit_hook",
     "edit_sequential",
+    "embed_pairs",
     "encode",
     "fit_subspace",
     "generate_preferences",

@@ -54,3 +54,16 @@ def encode_for_generation(
 
     prompt_budget(model, max_new_tokens)  # the clear error when nothing fits
     return encode(model, texts, chat=chat, reserve=max_new_tokens)
+
+
+def _as_queries(queries: Any) -> list[str]:
+    """`queries` as a non-empty list of non-empty strings, or a clear error."""
+    if isinstance(queries, str):
+        raise TypeError("expected a list of queries, got a single string: wrap it in a list")
+    queries = list(queries)
+    if not queries:
+        raise ValueError("the query list is empty")
+    for q in queries:
+        if not isinstance(q, str) or not q.strip():
+            raise ValueError(f"every query must be a non-empty string; got {q!r}")
+    return queries

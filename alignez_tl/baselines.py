@@ -1,8 +1,9 @@
-"""Baselines for AlignEZ, usable wherever a `Steerer` is (ALIGNEZ.md §6).
+"""Baselines for AlignEZ, usable wherever a `Steerer` is (docs/baselines.md).
 
 Every baseline is built from the same data AlignEZ fits its subspace on (a
-self-generated `PreferenceSet`, text pairs, token tensors or activations: whatever
-`fit_subspace` takes), so a comparison isolates the method, not the data:
+self-generated `PreferenceSet`, text pairs, token tensors, activations or a
+`PairActivations`: whatever `pairs.embed_pairs` takes, embedded by it), so a comparison
+isolates the method, not the data:
 
 * `DiffMeanSteerer` (DiffMean / CAA): `v = mean_k (P[k] − N[k])` at one layer, added as
   `x + coef · v`.
@@ -13,21 +14,27 @@ self-generated `PreferenceSet`, text pairs, token tensors or activations: whatev
   objective's positive keyword ("You are a helpful assistant.").
 * `NoSteerer`: nothing at all, through the same generation path.
 
-They share the `Steerer` surface: `hooks(model, query, *, prompt_len, record, strict)`
-returns `(hook_name, fn)` pairs, `apply(model, ...)` is a context manager that always
-removes them, and `generate(model, queries, ...)` *is* `Steerer.generate` (prompt-only
-calls the same loop, `steering.generate_with_hooks`, with its own prompts): the same
-batching, left padding, seeding, stop tokens, backend and `steer=False` unsteered path,
-so the only difference between two runs is the steering itself.
+Every one is a `protocol.SteeringMethod`, as `Steerer` is: `hooks(model, query, *,
+prompt_len, record, strict)` returns `(hook_name, fn)` pairs, `apply(model, ...)` is a
+context manager that always removes them, `generate(model, queries, ...)` is
+`protocol.HookSteering.generate`, the code `Steerer` runs too (prompt-only calls the
+same loop, `steering.generate_with_hooks`, with its own prompts): the same batching,
+left padding, seeding, stop tokens, backend and `steer=False` unsteered path, so the
+only difference between two runs is the steering itself. `describe()` and
+`with_positions()` complete the interface.
 
-The closed forms are pure functions on tensors: `diffmean_vector`, `pca_direction`.
+The closed forms are pure functions on tensors: `diffmean_vector`, `pca_direction`. The
+aggregators `diffmean(acts, layer)` and `pca(acts, layer)` apply them to a
+`PairActivations`; `VectorSteerer.fit(model, data, layer=..., aggregator=...)` fits a
+vector steerer with any such aggregator (DiffMean and PCA are two of them).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import string
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from jaxtyping import Float
@@ -35,9 +42,12 @@ from torch import Tensor
 
 from .hooks import POSITIONS, SITES, PositionTracker, check_layers, hook_name
 from .models import model_signature, render, require_tokenizer
+from ._checks import _as_queries
+from .pairs import EmptySubspaceError, PairActivations, embed_pairs
+from .protocol import HookSteering
 from .settings import check_number
-from .steering import Steerer, _as_queries, _NamedLog, generate_with_hooks
-from .subspace import EmptySubspaceError, SubspaceMismatchError, pair_activations
+from .steering import _NamedLog, generate_with_hooks
+from .subspace import SubspaceMismatchError
 
 __all__ = [
     "COEF_SCALES",
@@ -48,13 +58,20 @@ __all__ = [
     "PCASteerer",
     "PromptSteerer",
     "VectorSteerer",
+    "Aggregator",
     "add_hook",
+    "diffmean",
     "diffmean_vector",
+    "pca",
     "pca_direction",
 ]
 
 DEFAULT_SYSTEM_TEMPLATE = "You are a {positive} assistant."
 COEF_SCALES = ("unit", "rms")
+
+#: `aggregator(acts, layer)`: a `[d_model]` vector from the pairs at `layer`, or
+#: `(vector, info)` to record extra statistics in the steerer's `info`.
+Aggregator = Callable[[PairActivations, int], Union[Tensor, tuple[Tensor, dict[str, Any]]]]
 
 
 # --------------------------------------------------------------------------- closed forms
@@ -118,18 +135,28 @@ def pca_direction(
     return pc.to(_out_dtype(pos))
 
 
-def _cosine_filter(pos: Tensor, neg: Tensor, tau: Optional[float]) -> tuple[Tensor, Tensor]:
-    """Drop the pairs with `cos(pos, neg) > tau` (AlignEZ's pair filter); None keeps all."""
+def diffmean(acts: PairActivations, layer: int) -> Float[Tensor, " d_model"]:
+    """The DiffMean aggregator: `diffmean_vector` of the pairs at `layer`."""
+    return diffmean_vector(*acts.at(layer))
+
+
+def pca(acts: PairActivations, layer: int) -> Float[Tensor, " d_model"]:
+    """The PCA aggregator: `pca_direction` of the pairs at `layer` (unit norm)."""
+    return pca_direction(*acts.at(layer))
+
+
+def _cosine_filter(acts: PairActivations, layer: int, tau: Optional[float]) -> PairActivations:
+    """Drop the pairs with `cos(pos, neg) > tau` at `layer` (AlignEZ's pair filter); None keeps all."""
     if tau is None:
-        return pos, neg
-    cos = torch.nn.functional.cosine_similarity(pos.double(), neg.double(), dim=-1, eps=1e-12)
+        return acts
+    cos = acts.cos(layer)
     keep = cos <= tau
     if not keep.any():
         raise EmptySubspaceError(
-            f"all {pos.shape[0]} pairs have cos(pos, neg) > tau={tau} "
+            f"all {acts.n_pairs} pairs have cos(pos, neg) > tau={tau} "
             f"(range [{float(cos.min()):.3f}, {float(cos.max()):.3f}]): nothing left to fit"
         )
-    return pos[keep], neg[keep]
+    return acts.subset(keep)
 
 
 # --------------------------------------------------------------------------- hooks
@@ -159,34 +186,16 @@ def add_hook(vector: Float[Tensor, " d_model"], tracker: PositionTracker):
 # --------------------------------------------------------------------------- base
 
 
-class Baseline:
-    """What every baseline shares with `Steerer`: `hooks`, `apply`, `generate`.
+class Baseline(HookSteering):
+    """What every baseline shares with `Steerer`: the `protocol.HookSteering` base.
 
-    Subclasses define `hooks()` and `check_model()`. `apply` and `generate` are
-    `Steerer.apply` and `Steerer.generate` themselves (the shared loop
+    Subclasses define `hooks()`, `check_model()`, `describe()` and `with_positions()`;
+    `apply` and `generate` are `HookSteering`'s (the shared loop
     `steering.generate_with_hooks`: batching, left padding, seeding, stop tokens, the
     `backend` choice; `steer=False` runs the unsteered model through the same path).
     """
 
     method = "baseline"
-
-    def check_model(self, model: Any, *, strict: bool = True) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def hooks(
-        self,
-        model: Any,
-        query: Union[str, Sequence[str], None] = None,
-        *,
-        prompt_len: Optional[int] = None,
-        record: Optional[list] = None,
-        strict: bool = True,
-        **kwargs: Any,
-    ) -> list[tuple[str, Any]]:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    apply = Steerer.apply
-    generate = Steerer.generate
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready settings, for reports."""
@@ -209,6 +218,11 @@ class NoSteerer(Baseline):
     def hooks(self, model: Any, query: Any = None, *, prompt_len: Optional[int] = None,
               record: Optional[list] = None, strict: bool = True, **kwargs: Any) -> list[tuple[str, Any]]:
         return []
+
+    def with_positions(self, positions: str) -> "NoSteerer":
+        """A copy (`positions` is checked; there is no edit, so it changes nothing)."""
+        _check_positions(positions)
+        return copy.copy(self)
 
     def __repr__(self) -> str:
         return "NoSteerer()"
@@ -355,6 +369,54 @@ class VectorSteerer(Baseline):
         tracker = PositionTracker(self.positions, prompt_len, log=log)
         return [(name, add_hook(self.delta, tracker))]
 
+    @classmethod
+    def fit(
+        cls,
+        model: Any,
+        data: Any,
+        *,
+        layer: int,
+        aggregator: Aggregator,
+        coef: float = 1.0,
+        site: str = "resid_post",
+        positions: str = "generated",
+        tau: Optional[float] = None,
+        batch_size: int = 16,
+        chat: Optional[bool] = None,
+        objective: Any = None,
+        verbose: bool = False,
+    ) -> "VectorSteerer":
+        """A steering vector from pair data: `aggregator(acts, layer)` on the embedded pairs.
+
+        `data` is anything `embed_pairs` takes (see `DiffMeanSteerer.fit`); it is embedded
+        at `layer` and `site` in float32, the pairs with `cos(pos, neg) > tau` dropped when
+        `tau` is given, and `aggregator` (e.g. `diffmean`, `pca`, or your own function of
+        a `PairActivations` and the layer) gives the `[d_model]` vector, or `(vector,
+        info)`. `info` records `n_pairs`, `n_kept`, `tau` and the aggregator's info.
+        """
+        _check_settings(layer=layer, coef=coef, site=site, positions=positions)
+        if not callable(aggregator):
+            raise TypeError(f"aggregator must be a function (acts, layer) -> vector, got {aggregator!r}")
+        acts, n_pairs = _fit_activations(model, data, layer=layer, site=site, tau=tau, batch_size=batch_size,
+                                         chat=chat, verbose=verbose, caller=f"{cls.__name__}.fit")
+        out = aggregator(acts, layer)
+        vector, extra = out if isinstance(out, tuple) else (out, {})
+        if not isinstance(vector, Tensor):
+            raise TypeError(f"the aggregator returned {type(vector).__name__}, not a [d_model] tensor")
+        if not float(vector.norm()) > 0:
+            raise ValueError(f"layer {layer}: the fitted vector is zero, there is no direction to steer along")
+        return cls(vector.to(torch.float32), layer=layer, coef=coef, site=site, positions=positions,
+                   model=model_signature(model) if model is not None else {},
+                   objective=_objective_dict(objective, acts.objective),
+                   info={"n_pairs": n_pairs, "n_kept": acts.n_pairs, "tau": tau, **extra})
+
+    def with_positions(self, positions: str) -> "VectorSteerer":
+        """A copy that adds the vector at `positions` (`"generated"` or `"all"`)."""
+        _check_positions(positions)
+        out = copy.copy(self)
+        out.positions = positions
+        return out
+
     def describe(self) -> dict[str, Any]:
         return {
             "method": self.method, "layer": self.layer, "site": self.site, "coef": self.coef,
@@ -376,15 +438,20 @@ def _check_settings(*, layer: Any, coef: Any, site: Any, positions: Any) -> None
     check_number("coef", coef)
     if site not in SITES:
         raise ValueError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
+    _check_positions(positions)
+
+
+def _check_positions(positions: Any) -> None:
     if positions not in POSITIONS:
         raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
 
 
 def _fit_activations(
     model: Any, data: Any, *, layer: int, site: str, tau: Optional[float], batch_size: int,
-    chat: Optional[bool], verbose: bool,
-) -> tuple[Tensor, Tensor, int, dict[str, Any]]:
-    """Pair activations at one layer, through `fit_subspace`'s own capture."""
+    chat: Optional[bool], verbose: bool, caller: str,
+) -> tuple[PairActivations, int]:
+    """The pairs' float32 activations at `layer` (`embed_pairs`, as for the subspace),
+    after the cosine filter; and how many pairs there were before it."""
     if tau is not None:
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not -1.0 < tau <= 1.0:
             raise ValueError(f"tau must be None or a number in (-1, 1]; got {tau!r}")
@@ -392,16 +459,14 @@ def _fit_activations(
         check_layers([layer], int(model.cfg.n_layers))
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    pos, neg, objective, _ = pair_activations(model, data, [layer], site, batch_size, chat, verbose)
-    pos, neg = pos[:, 0], neg[:, 0]
-    n_pairs = int(pos.shape[0])
-    pos, neg = _cosine_filter(pos, neg, tau)
-    return pos, neg, n_pairs, objective
+    acts = embed_pairs(model, data, [layer], site, batch_size=batch_size, chat=chat, verbose=verbose,
+                       caller=caller).float()
+    return _cosine_filter(acts, layer, tau), acts.n_pairs
 
 
 def _objective_dict(objective: Any, fitted: dict[str, Any]) -> dict[str, Any]:
     if objective is None:
-        return fitted
+        return dict(fitted)
     from .objectives import get_objective
 
     return get_objective(objective).to_dict()
@@ -410,14 +475,14 @@ def _objective_dict(objective: Any, fitted: dict[str, Any]) -> dict[str, Any]:
 class DiffMeanSteerer(VectorSteerer):
     """DiffMean / CAA: `x + coef · v` with `v = mean_k (Φ(pos_k) − Φ(neg_k))` (not normalised).
 
-    `vector` is the raw mean difference, `direction` its unit vector. `coef = 1` adds the
-    mean preference gap itself. Build it with `DiffMeanSteerer.fit`.
+    `vector` is the raw mean difference (`diffmean`), `direction` its unit vector.
+    `coef = 1` adds the mean preference gap itself. Build it with `DiffMeanSteerer.fit`.
     """
 
     method = "diffmean"
 
     @classmethod
-    def fit(
+    def fit(  # type: ignore[override]
         cls,
         model: Any,
         data: Any,
@@ -432,45 +497,47 @@ class DiffMeanSteerer(VectorSteerer):
         objective: Any = None,
         verbose: bool = False,
     ) -> "DiffMeanSteerer":
-        """Fit from the same data `fit_subspace` takes.
+        """Fit from the same data `fit_subspace` takes: `VectorSteerer.fit` with `diffmean`.
 
         Args:
             model: the TransformerLens model (None only for precomputed activations).
-            data: a `PreferenceSet`, `(positive_text, negative_text)` pairs, a `(pos, neg)`
-                pair of token tensors, or `(pos, neg)` float activations `[n, d_model]` (or
-                `[n, 1, d_model]`) of this layer. Texts are embedded exactly as for the
+            data: anything `embed_pairs` takes: a `PreferenceSet`, `(positive_text,
+                negative_text)` pairs, a `(pos, neg)` pair of token tensors, `(pos, neg)`
+                float activations `[n, d_model]` (or `[n, 1, d_model]`) of this layer, or a
+                `PairActivations` holding this layer. Texts are embedded exactly as for the
                 subspace (`PreferenceSet.texts`), the activation taken at the last token.
             layer: the layer; coef, site, positions: see `VectorSteerer`.
             tau: None (default, CAA: every pair) or AlignEZ's pair filter, dropping the
                 pairs with `cos(pos, neg) > tau`.
             objective: name/object to record when `data` is not a PreferenceSet.
         """
-        _check_settings(layer=layer, coef=coef, site=site, positions=positions)
-        pos, neg, n_pairs, obj = _fit_activations(model, data, layer=layer, site=site, tau=tau,
-                                                  batch_size=batch_size, chat=chat, verbose=verbose)
-        v = diffmean_vector(pos, neg)
-        if not float(v.norm()) > 0:
-            raise ValueError(f"layer {layer}: the mean difference is zero, there is no direction to steer along")
-        return cls(v.to(torch.float32), layer=layer, coef=coef, site=site, positions=positions,
-                   model=model_signature(model) if model is not None else {},
-                   objective=_objective_dict(objective, obj),
-                   info={"n_pairs": n_pairs, "n_kept": int(pos.shape[0]), "tau": tau})
+        return super().fit(model, data, layer=layer, aggregator=_nonzero_diffmean, coef=coef, site=site,
+                           positions=positions, tau=tau, batch_size=batch_size, chat=chat,
+                           objective=objective, verbose=verbose)
+
+
+def _nonzero_diffmean(acts: PairActivations, layer: int) -> Tensor:
+    v = diffmean(acts, layer)
+    if not float(v.norm()) > 0:
+        raise ValueError(f"layer {layer}: the mean difference is zero, there is no direction to steer along")
+    return v
 
 
 class PCASteerer(VectorSteerer):
     """The first principal component of the mean-centred differences: `x + coef · s · pc`.
 
-    `direction` is the unit `pc` (`⟨mean diff, pc⟩ ≥ 0`), `vector = s · pc` with `s = 1`
-    (`coef_scale="unit"`, default: `coef` is in residual-stream units) or `s = proj_rms`
-    (`coef_scale="rms"`: the RMS of `⟨Φ, pc⟩` over the fitted positive and negative
-    activations, the same statistic AlignEZ's `scale="fitted"` uses, so `coef = 1` is a
-    step of AlignEZ's size). `mean_diff_proj = ⟨mean diff, pc⟩` is recorded too.
+    `direction` is the unit `pc` (`pca`: `⟨mean diff, pc⟩ ≥ 0`), `vector = s · pc` with
+    `s = 1` (`coef_scale="unit"`, default: `coef` is in residual-stream units) or
+    `s = proj_rms` (`coef_scale="rms"`: the RMS of `⟨Φ, pc⟩` over the fitted positive and
+    negative activations, the same statistic AlignEZ's `scale="fitted"` uses, so
+    `coef = 1` is a step of AlignEZ's size). `mean_diff_proj = ⟨mean diff, pc⟩` is
+    recorded too.
     """
 
     method = "pca"
 
     @classmethod
-    def fit(
+    def fit(  # type: ignore[override]
         cls,
         model: Any,
         data: Any,
@@ -486,22 +553,24 @@ class PCASteerer(VectorSteerer):
         objective: Any = None,
         verbose: bool = False,
     ) -> "PCASteerer":
-        """Fit from the same data `fit_subspace` takes (see `DiffMeanSteerer.fit`)."""
+        """Fit from the same data `fit_subspace` takes (see `DiffMeanSteerer.fit`):
+        `VectorSteerer.fit` with `pca`, scaled by `coef_scale`."""
         _check_settings(layer=layer, coef=coef, site=site, positions=positions)
         if coef_scale not in COEF_SCALES:
             raise ValueError(f"coef_scale must be one of {COEF_SCALES}, got {coef_scale!r}")
-        pos, neg, n_pairs, obj = _fit_activations(model, data, layer=layer, site=site, tau=tau,
-                                                  batch_size=batch_size, chat=chat, verbose=verbose)
-        pc = pca_direction(pos, neg).to(torch.float64)
-        fitted = torch.cat([pos, neg]).to(torch.float64)
-        proj_rms = float((fitted @ pc).square().mean().sqrt())
-        mean_diff_proj = float(diffmean_vector(pos, neg).to(torch.float64) @ pc)
-        scale = proj_rms if coef_scale == "rms" else 1.0
-        return cls((scale * pc).to(torch.float32), layer=layer, coef=coef, site=site, positions=positions,
-                   model=model_signature(model) if model is not None else {},
-                   objective=_objective_dict(objective, obj),
-                   info={"n_pairs": n_pairs, "n_kept": int(pos.shape[0]), "tau": tau,
-                         "coef_scale": coef_scale, "proj_rms": proj_rms, "mean_diff_proj": mean_diff_proj})
+
+        def scaled_pc(acts: PairActivations, layer: int) -> tuple[Tensor, dict[str, Any]]:
+            pos, neg = acts.at(layer)
+            pc = pca(acts, layer).to(torch.float64)
+            fitted = torch.cat([pos, neg]).to(torch.float64)
+            proj_rms = float((fitted @ pc).square().mean().sqrt())
+            mean_diff_proj = float(diffmean(acts, layer).to(torch.float64) @ pc)
+            scale = proj_rms if coef_scale == "rms" else 1.0
+            return scale * pc, {"coef_scale": coef_scale, "proj_rms": proj_rms, "mean_diff_proj": mean_diff_proj}
+
+        return super().fit(model, data, layer=layer, aggregator=scaled_pc, coef=coef, site=site,
+                           positions=positions, tau=tau, batch_size=batch_size, chat=chat,
+                           objective=objective, verbose=verbose)
 
     @property
     def coef_scale(self) -> str:
@@ -639,6 +708,11 @@ class PromptSteerer(Baseline):
         )
         decoded = [model.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in all_ids]
         return (all_ids, decoded) if return_tokens else decoded
+
+    def with_positions(self, positions: str) -> "PromptSteerer":
+        """A copy (`positions` is checked; there is no activation edit, so it changes nothing)."""
+        _check_positions(positions)
+        return copy.copy(self)
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.method, "system": self.system, "objective": self.objective.get("name")}

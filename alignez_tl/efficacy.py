@@ -359,10 +359,12 @@ def _fit_methods(model: Any, config: SweepConfig, prefs: Any, queries: list[str]
     """
     from .baselines import DiffMeanSteerer, PCASteerer
     from .steering import Steerer
-    from .subspace import EmptySubspaceError, fit_subspace, pair_activations
+    from .pairs import embed_pairs
+    from .subspace import EmptySubspaceError, fit_subspace
 
     layers = list(range(int(model.cfg.n_layers)))
-    pos, neg, _, _ = pair_activations(model, prefs, layers, "resid_post", config.batch_size, None, False)
+    acts = embed_pairs(model, prefs, layers, "resid_post", batch_size=config.batch_size)
+    pos, neg = acts.pos, acts.neg
     fit_kwargs: dict[str, Any] = {"verbose": False, "objective": prefs.objective}
     if config.rank is not None:
         fit_kwargs["rank"] = config.rank

@@ -28,6 +28,8 @@ from typing import Any, Optional, Protocol, Sequence, Union, runtime_checkable
 import torch
 from torch import Tensor
 
+from ._checks import encode_for_generation  # public here: the encoding every generation uses
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "ModelSpecError",
     "cache_dir",
     "encode",
+    "encode_for_generation",
     "generate_plain",
     "is_bridge",
     "is_chat_model",

@@ -8,21 +8,23 @@ layer, and edits the top-n layers. In a
 batch, every row carries its own selection: the hook at a layer edits only the rows
 that chose that layer, with the directions each row kept (per-row masks), so one
 batched `generate` gives the same tokens as one query at a time.
+
+`Steerer` is a `protocol.SteeringMethod`: its `apply` and `generate` are
+`protocol.HookSteering`'s, shared with every baseline. Its objectives are
+`SteeringTerm`s (`steerer.terms`), the public description analyses read.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._checks import encode_for_generation, prompt_budget, require_model
+from ._checks import _as_queries, encode_for_generation, prompt_budget, require_model
 from .activations import capture
 from .hooks import EditTerm, PositionTracker, check_layers, edit_hook, hook_name
 from .fastpath import native_hooks, unwrapped_hf_model
@@ -37,12 +39,20 @@ from .models import (
     stop_token_ids,
     trim_generated,
 )
-from .settings import DEFAULT_EDIT, SteerSettings, check_alpha, check_number, default_alpha
+from .protocol import HookSteering
+from .settings import DEFAULT_EDIT, POSITIONS, SteerSettings, check_alpha, check_number, default_alpha
 from .subspace import AlignmentSubspace
 
-__all__ = ["BACKENDS", "DEFAULT_EDIT", "QuerySelection", "Steerer", "default_alpha", "generate_with_hooks"]
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_EDIT",
+    "QuerySelection",
+    "Steerer",
+    "SteeringTerm",
+    "default_alpha",
+    "generate_with_hooks",
+]
 
-_MAX_RANK = 1 << 16  # more directions than any layer can have
 
 
 @dataclass
@@ -73,8 +83,29 @@ class QuerySelection:
 
 
 @dataclass(frozen=True)
-class _Term:
-    """One objective inside a Steerer."""
+class SteeringTerm:
+    """One objective inside a `Steerer` (`steerer.terms`): what it edits and how.
+
+    A `Steerer` holds one term per objective (`Steerer.compose` concatenates them); the
+    controls and ablations (`mirror`, `null`, `with_alpha`, `only_components`) return
+    steerers whose terms are modified copies. Frozen: use `dataclasses.replace`.
+
+    Attributes:
+        subspace: the fitted `AlignmentSubspace` of this objective.
+        alpha: the step size α.
+        weight: the objective's weight `w` in `x + Σ w · Δ(x)`.
+        mode: `"boost"` or `"suppress"`.
+        scale: `"fitted"`, `"paper"` or a positive number (see `Steerer`).
+        direction_filter: `"paper"` or `"all"` (see `keeps`).
+        top_n: layers edited per query.
+        layers: fixed layers, or None for per-query top-n selection.
+        components: the direction indices j this term may edit at every layer; None
+            (default) means all of them.
+        edit: `"paper"` or `"oriented"`.
+        replaced: per layer, directions used instead of the subspace's (the mirror and
+            null controls); None: the subspace's own.
+        control: `"mirror"`, `"null"` (or combinations), None for the real edit.
+    """
 
     subspace: AlignmentSubspace
     alpha: float
@@ -91,6 +122,7 @@ class _Term:
     control: Optional[str] = None
 
     def directions(self, layer: int) -> Tensor:
+        """`[k, d_model]` directions edited at `layer` (the replaced ones for a control)."""
         if self.replaced is not None:
             return self.replaced[layer]
         return self.subspace.layers[layer].directions
@@ -110,7 +142,18 @@ class _Term:
             return torch.ones(rank)
         return torch.tensor([1.0 if j in self.components else 0.0 for j in range(rank)])
 
+    @property
+    def max_rank(self) -> int:
+        """The largest number of directions at any of the subspace's layers."""
+        return max((sub.rank for sub in self.subspace.layers.values()), default=0)
+
+    def component_indices(self) -> frozenset[int]:
+        """The direction indices this term edits where they exist (`components`, or all)."""
+        every = frozenset(range(self.max_rank))
+        return every if self.components is None else every & self.components
+
     def scales(self, layer: int) -> Tensor:
+        """The per-direction scale s_j at `layer` (`scale`: fitted RMS, 1, or the number)."""
         sub = self.subspace.layers[layer]
         if self.scale == "paper":
             return torch.ones(sub.rank)
@@ -126,13 +169,14 @@ class _Term:
                              positions=positions, weight=self.weight)  # type: ignore[arg-type]
 
     def candidate_layers(self) -> list[int]:
+        """The layers this term may edit: those with directions (restricted to `layers`)."""
         usable = [layer for layer, sub in sorted(self.subspace.layers.items()) if sub.rank > 0]
         if self.layers is None:
             return usable
         return [layer for layer in self.layers if layer in usable]
 
 
-class Steerer:
+class Steerer(HookSteering):
     """Edits a model's residual stream along fitted alignment subspaces.
 
     Args:
@@ -212,9 +256,9 @@ class Steerer:
             empty = [layer for layer in fixed if subspace.layers[layer].rank == 0]
             if len(empty) == len(fixed):
                 raise ValueError(f"layers {fixed} have no directions (every pair was filtered out there)")
-        self.terms: list[_Term] = [
-            _Term(subspace, alpha, settings.weight, mode, settings.scale, settings.direction_filter,
-                  settings.top_n, fixed, edit=settings.edit)
+        self.terms: list[SteeringTerm] = [
+            SteeringTerm(subspace, alpha, settings.weight, mode, settings.scale, settings.direction_filter,
+                         settings.top_n, fixed, edit=settings.edit)
         ]
         self.positions = settings.positions
 
@@ -397,15 +441,13 @@ class Steerer:
         Layer and direction selection are unchanged, so the result edits a subset of
         what this steerer edits: the tool for ablating single subspace components.
         """
-        return self._with_components(lambda current: frozenset(int(j) for j in components)
-                                     & (current if current is not None else frozenset(range(_MAX_RANK))))
+        keep = frozenset(int(j) for j in components)
+        return self._with_components(lambda term: keep if term.components is None else term.components & keep)
 
     def without_components(self, components: Sequence[int]) -> "Steerer":
         """A copy that never edits direction indices `components` (θ_j at every layer)."""
         drop = frozenset(int(j) for j in components)
-        return self._with_components(
-            lambda current: (current if current is not None else frozenset(range(_MAX_RANK))) - drop
-        )
+        return self._with_components(lambda term: term.component_indices() - drop)
 
     # ------------------------------------------------------------------ controls
 
@@ -467,16 +509,24 @@ class Steerer:
         return {"positions": self.positions, "objectives": out, **{k: out[0][k] for k in
                 ("method", "edit", "mode", "alpha", "control")}}
 
-    def _copy(self, terms: list[_Term]) -> "Steerer":
+    def with_positions(self, positions: str) -> "Steerer":
+        """A copy that edits `positions` (`"generated"` or `"all"`); the terms are unchanged."""
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+        out = self._copy(list(self.terms))
+        out.positions = positions
+        return out
+
+    def _copy(self, terms: list[SteeringTerm]) -> "Steerer":
         out = Steerer.__new__(Steerer)
         out.positions = self.positions
         out.terms = terms
         return out
 
     def _with_components(self, update: Any) -> "Steerer":
-        return self._copy([replace(t, components=update(t.components)) for t in self.terms])
+        return self._copy([replace(t, components=update(t)) for t in self.terms])
 
-    def _masks(self, term: _Term, selections: Optional[list[QuerySelection]]) -> dict[int, Tensor]:
+    def _masks(self, term: SteeringTerm, selections: Optional[list[QuerySelection]]) -> dict[int, Tensor]:
         """Per layer, a `[rows, k]` 0/1 mask of the directions each row edits."""
         masks: dict[int, Tensor] = {}
         if selections is None:
@@ -495,77 +545,7 @@ class Steerer:
                 masks[layer][row, sel.kept[layer]] = 1.0
         return masks
 
-    @contextlib.contextmanager
-    def apply(
-        self,
-        model: Any,
-        query: Union[str, Sequence[str], None] = None,
-        **kwargs: Any,
-    ) -> Iterator[list[tuple[str, Any]]]:
-        """Context manager: the steering hooks are on inside, removed on exit (even on error).
-
-        `kwargs` go to `hooks()`. Yields the `(name, fn)` pairs it added.
-        """
-        hooks = self.hooks(model, query, **kwargs)
-        with model.hooks(fwd_hooks=hooks):
-            yield hooks
-
-    # ------------------------------------------------------------------ generation
-
-    def generate(
-        self,
-        model: Any,
-        queries: Sequence[str],
-        *,
-        prompts: Optional[Sequence[str]] = None,
-        max_new_tokens: int = 64,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_p: Optional[float] = None,
-        seed: int = 0,
-        batch_size: int = 8,
-        use_past_kv_cache: bool = True,
-        steer: bool = True,
-        chat: Optional[bool] = None,
-        verbose: bool = False,
-        return_tokens: bool = False,
-        backend: str = "auto",
-        monitor: Optional[dict] = None,
-    ) -> Union[list[str], tuple[list[list[int]], list[str]]]:
-        """Steered generation for many queries, batched, one `generate` call per batch.
-
-        Each query is rendered with `models.render` (chat template for instruct models),
-        unless `prompts` gives the exact prompt text per query. Every row of a batch gets
-        its own layers and directions. Greedy by default. `steer=False` gives the
-        unsteered answers through the same code path (the fair baseline).
-
-        `backend` picks the generation engine (see `generate_with_hooks`): by default the
-        fast path on a bridge, which gives the same greedy tokens as the TransformerLens
-        hook path (`backend="tl"`, the reference).
-
-        Returns the decoded new text of each query, cut at the first stop token, or
-        `(new_token_ids, texts)` with `return_tokens=True`.
-        """
-        queries = _as_queries(queries)
-        if prompts is not None and len(prompts) != len(queries):
-            raise ValueError(f"{len(prompts)} prompts for {len(queries)} queries")
-        self.check_model(model)
-        texts = list(prompts) if prompts is not None else [render(model, q, chat=chat) for q in queries]
-
-        def hooks_for(start: int, stop: int, batch: Encoded) -> list:
-            if not steer:
-                return []
-            return self.hooks(model, queries[start:stop], prompt_len=batch.input_ids.shape[1], chat=chat,
-                              monitor=monitor)
-
-        all_ids = generate_with_hooks(
-            model, texts, hooks_for, chat=chat if prompts is None else False,
-            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
-            seed=seed, batch_size=batch_size, use_past_kv_cache=use_past_kv_cache, backend=backend,
-            verbose=verbose, desc="steered generation" if steer else "generation",
-        )
-        decoded = [model.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in all_ids]
-        return (all_ids, decoded) if return_tokens else decoded
+    # apply() and generate() are HookSteering's (protocol.py), shared with the baselines.
 
 
 BACKENDS = ("auto", "hf", "tl")
@@ -671,15 +651,3 @@ class _NamedLog(list):
     def append(self, item: Any) -> None:  # type: ignore[override]
         seq_len, span = item
         self._sink.append((self._name, seq_len, span))
-
-
-def _as_queries(queries: Any) -> list[str]:
-    if isinstance(queries, str):
-        raise TypeError("expected a list of queries, got a single string: wrap it in a list")
-    queries = list(queries)
-    if not queries:
-        raise ValueError("the query list is empty")
-    for q in queries:
-        if not isinstance(q, str) or not q.strip():
-            raise ValueError(f"every query must be a non-empty string; got {q!r}")
-    return queries

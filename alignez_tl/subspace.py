@@ -13,7 +13,8 @@ texts of K pairs (docs/method.md, "2. The alignment subspace"):
    the `scale="fitted"` step size.
 
 `fit_subspace` takes a self-generated `PreferenceSet`, (pos, neg) text pairs, (pos,
-neg) token tensors, or precomputed activations.
+neg) token tensors, precomputed activations or a `PairActivations`: whatever
+`pairs.embed_pairs` takes, embedded by it.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from torch import Tensor
 
 from ._checks import require_model
 from ._io import atomic_write
-from .activations import capture, capture_tokens
 from .hooks import SITES, check_layers
-from .models import Encoded, model_signature, pad_id, render, require_tokenizer
+from .models import model_signature, render, require_tokenizer
+from .pairs import EmptySubspaceError, PairActivations, check_text_pairs, embed_pairs
 from .settings import FitSettings, RankRule, check_rank_args
 
 __all__ = [
@@ -66,10 +67,6 @@ class SubspaceFileError(ValueError):
 
 class SubspaceMismatchError(ValueError):
     """A subspace does not fit the model it is used with."""
-
-
-class EmptySubspaceError(ValueError):
-    """No pair survived the filter at any layer, so there is nothing to fit."""
 
 
 @dataclass
@@ -708,104 +705,14 @@ def _versions() -> dict[str, str]:
 def pair_activations(
     model: Any, data: Any, layers: list[int], site: str, batch_size: int, chat: Optional[bool], verbose: bool
 ) -> tuple[Tensor, Tensor, dict[str, Any], dict[str, Any]]:
-    """Any pair data `fit_subspace` takes, as `[n, len(layers), d]` pos/neg activations.
+    """`embed_pairs` as the tuple `(pos, neg, objective_dict, provenance)`, pos/neg float32.
 
-    Returns `(pos, neg, objective_dict, seed_info)`. Analyses and baselines use it to
-    embed pairs exactly as the subspace fit does.
+    Kept for code written before `embed_pairs`; new code should call `embed_pairs` and
+    use the `PairActivations` it returns.
     """
-    from .preferences import PreferenceSet
-
-    objective: dict[str, Any] = {}
-    seed_info: dict[str, Any] = {}
-    if isinstance(data, PreferenceSet):
-        if len(data) == 0:
-            raise EmptySubspaceError("the preference set is empty: there are no pairs to fit")
-        require_tokenizer(model, "fitting from a PreferenceSet")
-        pos_texts, neg_texts = data.texts(model, chat=chat)
-        objective = data.objective.to_dict()
-        seed_info = {"seed": data.settings.get("seed")}
-    elif isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, (Tensor, list)) for t in data) and (
-        isinstance(data[0], Tensor) or (data[0] and isinstance(data[0][0], Tensor))
-    ):
-        pos_t, neg_t = data
-        return _tensor_pairs(model, pos_t, neg_t, layers, site, batch_size) + (objective, seed_info)
-    else:
-        if isinstance(data, (str, bytes)) or not isinstance(data, Sequence):
-            raise TypeError(
-                "fit_subspace takes a PreferenceSet, a list of (positive, negative) text pairs, "
-                f"a (pos, neg) pair of token or activation tensors; got {type(data).__name__}"
-            )
-        pairs = check_text_pairs(data)
-        require_tokenizer(model, "fitting from text pairs")
-        pos_texts = [p for p, _ in pairs]
-        neg_texts = [n for _, n in pairs]
-    texts = list(pos_texts) + list(neg_texts)
-    acts = capture(model, texts, layers, site, batch_size=batch_size, chat=chat, verbose=verbose,
-                   desc="capturing pair activations")
-    n = len(pos_texts)
-    return acts[:n], acts[n:], objective, seed_info
-
-
-def check_text_pairs(data: Sequence[Any]) -> list[tuple[str, str]]:
-    """`data` as a non-empty list of `(positive_text, negative_text)` string pairs, or a clear error."""
-    pairs = list(data)
-    if not pairs:
-        raise EmptySubspaceError("no pairs given: there is nothing to fit")
-    for i, pair in enumerate(pairs):
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
-            raise TypeError(f"pair {i} is not a (positive_text, negative_text) tuple of strings")
-        for side, text in zip(("positive", "negative"), pair):
-            if not text.strip():
-                raise ValueError(f"pair {i}: the {side} text is empty; every text needs some content")
-    return pairs
-
-
-def _tensor_pairs(model, pos_t, neg_t, layers, site, batch_size):
-    """(pos, neg) as float activations (used as they are) or integer token ids (run)."""
-    def as_rows(t):
-        return [r for r in t] if isinstance(t, Tensor) else list(t)
-
-    if isinstance(pos_t, Tensor) and isinstance(neg_t, Tensor) and pos_t.is_floating_point():
-        if not neg_t.is_floating_point() or pos_t.shape != neg_t.shape:
-            raise ValueError(f"pos and neg activations must have the same shape; got {tuple(pos_t.shape)} and {tuple(neg_t.shape)}")
-        acts_p, acts_n = pos_t.float(), neg_t.float()
-        if acts_p.ndim == 2:
-            if len(layers) != 1:
-                raise ValueError("[n, d_model] activations are for one layer: pass layers=[that layer]")
-            acts_p, acts_n = acts_p[:, None], acts_n[:, None]
-        if acts_p.ndim != 3 or acts_p.shape[1] != len(layers):
-            raise ValueError(
-                f"activations must be [n, n_layers, d_model] with one slice per layer in `layers` "
-                f"({len(layers)}); got {tuple(acts_p.shape)}"
-            )
-        return acts_p, acts_n
-    if model is None:
-        raise ValueError("token tensors need a model to run them")
-    rows_p, rows_n = as_rows(pos_t), as_rows(neg_t)
-    if len(rows_p) != len(rows_n) or not rows_p:
-        raise ValueError(f"need the same, non-zero number of pos and neg sequences; got {len(rows_p)} and {len(rows_n)}")
-    for r in rows_p + rows_n:
-        if r.is_floating_point() or r.ndim != 1 or r.numel() == 0:
-            raise ValueError("token sequences must be non-empty 1-D integer tensors")
-    out = []
-    for rows in (rows_p, rows_n):
-        chunks = []
-        for start in range(0, len(rows), batch_size):
-            chunks.append(capture_tokens(model, _pad_rows(rows[start : start + batch_size], model), layers, site))
-        out.append(torch.cat(chunks))
-    return out[0], out[1]
-
-
-def _pad_rows(rows: list[Tensor], model: Any) -> Encoded:
-    width = max(int(r.numel()) for r in rows)
-    tok = getattr(model, "tokenizer", None)
-    pad = pad_id(tok) if tok is not None else 0
-    ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - r.numel():] = r.long()
-        mask[i, width - r.numel():] = 1
-    return Encoded(ids, mask)
+    acts = embed_pairs(model, data, layers, site, batch_size=batch_size, chat=chat, verbose=verbose,
+                       caller="fit_subspace").float()
+    return acts.pos, acts.neg, dict(acts.objective), dict(acts.provenance)
 
 
 def fit_subspace(
@@ -837,9 +744,10 @@ def fit_subspace(
         model: the TransformerLens model (may be None only for precomputed activations).
         data: a `PreferenceSet`; a list of `(positive_text, negative_text)` pairs (the
             texts are embedded as they are); a `(pos, neg)` pair of integer token
-            tensors `[n, seq]` or lists of 1-D token tensors; or a `(pos, neg)` pair of
-            float activations `[n, len(layers), d_model]` (`[n, d_model]` for one layer).
-        layers: which layers (default: all).
+            tensors `[n, seq]` or lists of 1-D token tensors; a `(pos, neg)` pair of
+            float activations `[n, len(layers), d_model]` (`[n, d_model]` for one layer);
+            or a `PairActivations` from `embed_pairs` (embed once, fit many times).
+        layers: which layers (default: all; for a `PairActivations`, its layers).
         site: hook site: `resid_post` (default), `mlp_out` (the paper's), `resid_pre`, `attn_out`.
         tau: pair filter threshold on `cos(pos, neg)` (paper: 0.8).
         variance: keep the smallest k whose cumulative explained variance reaches this
@@ -867,6 +775,8 @@ def fit_subspace(
     settings = FitSettings(site=site, tau=tau, variance=variance, rank=rank, max_rank=max_rank,  # type: ignore[arg-type]
                            n_null=n_null, null_quantile=null_quantile, null_seed=null_seed,
                            null_test=null_test, batch_size=batch_size)
+    if layers is None and isinstance(data, PairActivations):
+        layers = list(data.layers)
     if model is not None:
         require_model(model, "fit_subspace")
         n_layers = int(model.cfg.n_layers)
@@ -876,7 +786,9 @@ def fit_subspace(
     else:
         layers = list(layers)
 
-    pos, neg, obj_dict, seed_info = pair_activations(model, data, layers, site, batch_size, chat, verbose)
+    acts = embed_pairs(model, data, layers, site, batch_size=batch_size, chat=chat, verbose=verbose,
+                       caller="fit_subspace").float()
+    pos, neg, obj_dict, seed_info = acts.pos, acts.neg, dict(acts.objective), dict(acts.provenance)
     if objective is not None:
         from .objectives import get_objective
 

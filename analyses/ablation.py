@@ -395,11 +395,7 @@ class _Variant:
         """The direction indices each objective edits, as a set: equal keys, equal edits."""
         if self.steerer is None:
             return self.name
-        out = []
-        for t in self.steerer.terms:
-            every = frozenset(range(max((sub.rank for sub in t.subspace.layers.values()), default=0)))
-            out.append(every if t.components is None else every & t.components)
-        return tuple(out)
+        return tuple(t.component_indices() for t in self.steerer.terms)
 
     def hooks(self, model: Any, proj: list, selections: Optional[list], prompt_len: Optional[int]) -> list:
         if self.project:

@@ -51,9 +51,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from alignez_tl._checks import encode_for_generation
 from alignez_tl.hooks import EditTerm, edit_steps, hook_name
-from alignez_tl.models import model_device, render, require_tokenizer, stop_token_ids
+from alignez_tl.models import encode_for_generation, model_device, render, require_tokenizer, stop_token_ids
 from alignez_tl.steering import BACKENDS, QuerySelection, Steerer, generate_with_hooks
 
 __all__ = ["Attribution", "attribute_steering"]

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from alignez_tl.hooks import SITES
 from alignez_tl.models import model_signature, require_tokenizer
-from alignez_tl.preferences import PreferenceSet
+from alignez_tl.pairs import check_pair_data, embed_pairs
 from alignez_tl.steering import Steerer
 from alignez_tl.subspace import (
     AlignmentSubspace,
@@ -47,7 +47,6 @@ from alignez_tl.subspace import (
     check_rank_args,
     fit_layer,
     null_signs,
-    pair_activations,
     quantile_rows,
 )
 
@@ -451,11 +450,6 @@ class LayerSignal:
 # --------------------------------------------------------------------------- inputs
 
 
-def _is_activation_pair(prefs: Any) -> bool:
-    return (isinstance(prefs, tuple) and len(prefs) == 2
-            and all(isinstance(t, (Tensor, np.ndarray)) for t in prefs))
-
-
 def _check_args(holdout: Any, seed: Any, top_n: Any, batch_size: Any, min_kept: Any) -> None:
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not (0.0 < holdout < 1.0):
         raise ValueError(f"holdout must be a number strictly between 0 and 1; got {holdout!r}")
@@ -467,61 +461,6 @@ def _check_args(holdout: Any, seed: Any, top_n: Any, batch_size: Any, min_kept: 
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
     if isinstance(min_kept, bool) or not isinstance(min_kept, (int, float)) or not (0.0 <= min_kept <= 1.0):
         raise ValueError(f"min_kept must be a share in [0, 1]; got {min_kept!r}")
-
-
-def _pair_count(prefs: Any, subspace: AlignmentSubspace) -> tuple[str, int]:
-    """Validate `prefs` without running anything; returns (kind, number of pairs)."""
-    if isinstance(prefs, PreferenceSet):
-        if len(prefs) == 0:
-            raise ValueError("the preference set is empty: there are no pairs to analyse")
-        return "prefs", len(prefs)
-    if _is_activation_pair(prefs):
-        p, n = (torch.as_tensor(t) for t in prefs)
-        if p.is_floating_point() != n.is_floating_point():
-            raise ValueError("pos and neg must both be float activations or both integer tokens")
-        if not p.is_floating_point():
-            if p.ndim != 2 or n.ndim != 2 or p.shape[0] != n.shape[0] or p.shape[0] == 0:
-                raise ValueError(
-                    f"token tensors must be [n, seq] with the same non-zero n; got "
-                    f"{tuple(p.shape)} and {tuple(n.shape)}")
-            return "tokens", int(p.shape[0])
-        n_layers = len(subspace.layers)
-        if p.shape != n.shape:
-            raise ValueError(f"pos and neg activations must have the same shape; got "
-                             f"{tuple(p.shape)} and {tuple(n.shape)}")
-        if p.ndim == 2 and n_layers == 1:
-            p = p[:, None]
-        if p.ndim != 3 or p.shape[1] != n_layers or p.shape[2] != subspace.d_model:
-            raise ValueError(
-                f"activations must be [n, {n_layers}, {subspace.d_model}] (one slice per subspace "
-                f"layer {subspace.layer_indices}, in that order, d_model {subspace.d_model}); "
-                f"got {tuple(p.shape)}")
-        if p.shape[0] == 0:
-            raise ValueError("the activations hold no pairs")
-        return "acts", int(p.shape[0])
-    if isinstance(prefs, (str, bytes)) or not isinstance(prefs, Sequence):
-        raise TypeError(
-            "prefs must be a PreferenceSet, a list of (positive_text, negative_text) pairs, or a "
-            f"(pos, neg) pair of activation tensors; got {type(prefs).__name__}")
-    from alignez_tl.subspace import check_text_pairs
-
-    return "texts", len(check_text_pairs(prefs))
-
-
-def _activations(model, prefs, kind, layers, site, batch_size, chat, verbose) -> tuple[Tensor, Tensor, int]:
-    """`[n, n_layers, d]` pos and neg activations, float64, and how many capture batches ran."""
-    if kind == "acts":
-        p, n = (torch.as_tensor(t).to(torch.float64) for t in prefs)
-        if p.ndim == 2:
-            p, n = p[:, None], n[:, None]
-        return p, n, 0
-    # the same embedding path as fit_subspace, for tokens, a PreferenceSet or text pairs
-    data = (torch.as_tensor(prefs[0]), torch.as_tensor(prefs[1])) if kind == "tokens" else prefs
-    p, n = pair_activations(model, data, layers, site, batch_size, chat, verbose)[:2]
-    n_rows = int(p.shape[0])
-    # token tensors run pos and neg separately; texts run as one list of 2n
-    passes = 2 * math.ceil(n_rows / batch_size) if kind == "tokens" else math.ceil(2 * n_rows / batch_size)
-    return p.double(), n.double(), passes
 
 
 def _splits(n: int, holdout: float, seed: int, repeats: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -799,7 +738,9 @@ def layer_signal(
             `(positive_text, negative_text)` pairs (texts used as they are), a
             `(pos, neg)` pair of integer token tensors `[n, seq]`, or a `(pos, neg)` pair
             of float activations `[n, n_layers, d_model]` in the subspace's layer order
-            (`[n, d_model]` for a one-layer subspace). Needs at least 4 pairs.
+            (`[n, d_model]` for a one-layer subspace), or a `PairActivations` (from
+            `alignez_tl.embed_pairs`) holding the subspace's layers at its site: anything
+            `embed_pairs` takes, embedded by it. Needs at least 4 pairs.
         queries: optional queries: adds `Steerer.select`'s per-query layer scores and
             how often each layer is chosen (needs `model`).
         holdout: share of the pairs held out, in (0, 1): `round(holdout · n)` pairs,
@@ -843,7 +784,7 @@ def layer_signal(
         raise ValueError(f"n_perm must be an int >= 0 (0 skips the p-values; e.g. 100); got {n_perm!r}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0 (numpy seeds are non-negative); got {seed}")
-    kind, n = _pair_count(prefs, subspace)
+    kind, n = check_pair_data(prefs, subspace.layer_indices, d_model=subspace.d_model, caller="layer_signal")
     if n < 4:
         raise ValueError(
             f"a held-out split needs at least 4 pairs (at least 2 to train on and 1 held out); got {n}")
@@ -872,8 +813,10 @@ def layer_signal(
         raise ValueError(f"the subspace's fit settings cannot be used for the refit: {exc}") from None
 
     t0 = time.perf_counter()
-    pos_t, neg_t, n_batches = _activations(model, prefs, kind, layers, subspace.site, batch_size,
-                                           chat, verbose)
+    acts = embed_pairs(model, prefs, layers, subspace.site, batch_size=batch_size, chat=chat, verbose=verbose,
+                       caller="layer_signal")
+    pos_t, neg_t = acts.pos.double(), acts.neg.double()
+    n_batches = 0 if kind == "acts" else acts.n_batches
     if pos_t.shape[0] != n or not (torch.isfinite(pos_t).all() and torch.isfinite(neg_t).all()):
         raise ValueError("the activations contain NaN or inf")
     splits = _splits(n, float(holdout), int(seed), int(repeats))

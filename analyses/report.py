@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from alignez_tl._io import atomic_write_text
+from alignez_tl.files import atomic_write_text
 
 __all__ = ["Report", "figure_to_data_uri", "plot_spectrum", "write_report"]
 

@@ -457,7 +457,7 @@ def bench_prefgen(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
         ids, mask = call["input_ids"], call["attention_mask"]
         torch.manual_seed(kw["seed"])
         with torch.inference_mode():
-            o = raw.generate(input_ids=ids, attention_mask=mask, max_new_tokens=kw["max_new_tokens"],
+            o = raw.generate(input_ids=ids, attention_mask=mask, max_new_tokens=kw["max_new_tokens"],  # noqa: F821 (bound in the enclosing scope)
                              min_new_tokens=kw["max_new_tokens"] if hf is not None else None,
                              do_sample=kw["do_sample"],
                              temperature=kw["temperature"], top_p=kw["top_p"], top_k=kw["top_k"],

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from alignez_tl import steering as steering_mod
-from alignez_tl import subspace as subspace_mod
+from alignez_tl import pairs as pairs_mod
 from alignez_tl.activations import capture
 from alignez_tl.baselines import (
     DiffMeanSteerer,
@@ -360,8 +360,8 @@ def test_bad_input_fails_before_any_work(llama, gpt2, prefs, monkeypatch):
     def no_capture(*args, **kwargs):
         raise AssertionError("activations were captured before the input was checked")
 
-    monkeypatch.setattr(subspace_mod, "capture", no_capture)
-    monkeypatch.setattr(subspace_mod, "capture_tokens", no_capture)
+    monkeypatch.setattr(pairs_mod, "capture", no_capture)
+    monkeypatch.setattr(pairs_mod, "capture_tokens", no_capture)
     n = llama.cfg.n_layers
     for cls in (DiffMeanSteerer, PCASteerer):
         for layer in (n, n + 3):

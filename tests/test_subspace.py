@@ -392,7 +392,7 @@ def test_bad_rank_rule_arguments_are_refused_before_any_work(llama, monkeypatch)
     def no_work(*args, **kwargs):
         raise AssertionError("activations were captured before the arguments were checked")
 
-    monkeypatch.setattr(subspace_module, "pair_activations", no_work)
+    monkeypatch.setattr(subspace_module, "embed_pairs", no_work)
     pairs = [("a good answer", "a bad answer")] * 3
     cases = [
         (dict(rank="nul"), ValueError, "rank must be a positive int .*'null'"),

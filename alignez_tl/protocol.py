@@ -1,0 +1,175 @@
+"""The steering interface: `SteeringMethod` (a Protocol) and `HookSteering` (its shared code).
+
+Everything that steers a model (`Steerer`, and the baselines `DiffMeanSteerer`,
+`PCASteerer`, `VectorSteerer`, `PromptSteerer`, `NoSteerer`) has the same surface, so an
+evaluation, a CLI command or an analysis can take any of them:
+
+* `hooks(model, query=None, *, prompt_len=None, record=None, strict=True, **kwargs)`:
+  fresh `(hook_name, fn)` pairs for `model.hooks(fwd_hooks=...)` (empty for the methods
+  that edit no activation);
+* `apply(model, query=None, **kwargs)`: a context manager that adds those hooks and
+  always removes them;
+* `generate(model, queries, *, prompts=None, max_new_tokens=64, ..., steer=True,
+  return_tokens=False, backend="auto")`: batched generation through the one shared loop
+  (`steering.generate_with_hooks`); `steer=False` is the unsteered path;
+* `describe()`: JSON-ready settings (at least `"method"`), for reports;
+* `with_positions(positions)`: a copy that edits `"generated"` (the last prompt token
+  and every generated token) or `"all"` positions.
+
+`SteeringMethod` is `runtime_checkable`: `isinstance(x, SteeringMethod)` checks that
+the five methods exist. `HookSteering` implements `apply` and `generate` once, on top of
+the subclass's `hooks` and `check_model`; `Steerer` and `baselines.Baseline` subclass it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ContextManager, Iterator, Optional, Protocol, Sequence, Union, runtime_checkable
+
+from ._checks import _as_queries
+from .models import Encoded, render
+
+__all__ = ["GenerateResult", "HookSteering", "SteeringMethod"]
+
+#: What `generate` returns: the decoded texts, or `(new_token_ids, texts)` with `return_tokens=True`.
+GenerateResult = Union[list[str], tuple[list[list[int]], list[str]]]
+
+
+@runtime_checkable
+class SteeringMethod(Protocol):
+    """What every steering method offers (see the module docstring)."""
+
+    def hooks(
+        self,
+        model: Any,
+        query: Union[str, Sequence[str], None] = None,
+        *,
+        prompt_len: Optional[int] = None,
+        record: Optional[list] = None,
+        strict: bool = True,
+        **kwargs: Any,
+    ) -> list[tuple[str, Any]]:
+        """Fresh `(hook_name, fn)` pairs (fresh position state) for one generation."""
+        ...
+
+    def apply(
+        self, model: Any, query: Union[str, Sequence[str], None] = None, **kwargs: Any
+    ) -> ContextManager[list[tuple[str, Any]]]:
+        """Context manager: the hooks are on inside, removed on exit (even on error)."""
+        ...
+
+    def generate(self, model: Any, queries: Sequence[str], **kwargs: Any) -> GenerateResult:
+        """Batched (steered) generation; `steer=False` gives the unsteered answers."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready settings, with at least `"method"`."""
+        ...
+
+    def with_positions(self, positions: str) -> "SteeringMethod":
+        """A copy that edits `positions` (`"generated"` or `"all"`)."""
+        ...
+
+
+class HookSteering:
+    """`apply` and `generate` written once, on top of `hooks()` and `check_model()`.
+
+    A subclass defines `hooks`, `check_model`, `describe` and `with_positions`. The
+    generation loop is `steering.generate_with_hooks` (batching, left padding, seeding,
+    stop tokens, the `backend` choice), so two methods differ only in their hooks (or,
+    for `PromptSteerer`, which overrides `generate`, in their prompts).
+    """
+
+    def check_model(self, model: Any, *, strict: bool = True) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def hooks(
+        self,
+        model: Any,
+        query: Union[str, Sequence[str], None] = None,
+        *,
+        prompt_len: Optional[int] = None,
+        record: Optional[list] = None,
+        strict: bool = True,
+        **kwargs: Any,
+    ) -> list[tuple[str, Any]]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def with_positions(self, positions: str) -> "HookSteering":  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def apply(
+        self,
+        model: Any,
+        query: Union[str, Sequence[str], None] = None,
+        **kwargs: Any,
+    ) -> Iterator[list[tuple[str, Any]]]:
+        """Context manager: the steering hooks are on inside, removed on exit (even on error).
+
+        `kwargs` go to `hooks()`. Yields the `(name, fn)` pairs it added.
+        """
+        hooks = self.hooks(model, query, **kwargs)
+        with model.hooks(fwd_hooks=hooks):
+            yield hooks
+
+    def generate(
+        self,
+        model: Any,
+        queries: Sequence[str],
+        *,
+        prompts: Optional[Sequence[str]] = None,
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: Optional[float] = None,
+        seed: int = 0,
+        batch_size: int = 8,
+        use_past_kv_cache: bool = True,
+        steer: bool = True,
+        chat: Optional[bool] = None,
+        verbose: bool = False,
+        return_tokens: bool = False,
+        backend: str = "auto",
+        monitor: Optional[dict] = None,
+    ) -> GenerateResult:
+        """Steered generation for many queries, batched, one `generate` call per batch.
+
+        Each query is rendered with `models.render` (chat template for instruct models),
+        unless `prompts` gives the exact prompt text per query. Every row of a batch gets
+        its own hooks (`hooks(model, queries_of_the_batch, prompt_len=..., chat=...,
+        monitor=...)`). Greedy by default. `steer=False` gives the unsteered answers
+        through the same code path (the fair baseline).
+
+        `backend` picks the generation engine (see `steering.generate_with_hooks`): by
+        default the fast path on a bridge, which gives the same greedy tokens as the
+        TransformerLens hook path (`backend="tl"`, the reference).
+
+        Returns the decoded new text of each query, cut at the first stop token, or
+        `(new_token_ids, texts)` with `return_tokens=True`.
+        """
+        from .steering import generate_with_hooks  # steering imports this module
+
+        queries = _as_queries(queries)
+        if prompts is not None and len(prompts) != len(queries):
+            raise ValueError(f"{len(prompts)} prompts for {len(queries)} queries")
+        self.check_model(model)
+        texts = list(prompts) if prompts is not None else [render(model, q, chat=chat) for q in queries]
+
+        def hooks_for(start: int, stop: int, batch: Encoded) -> list:
+            if not steer:
+                return []
+            return self.hooks(model, queries[start:stop], prompt_len=batch.input_ids.shape[1], chat=chat,
+                              monitor=monitor)
+
+        all_ids = generate_with_hooks(
+            model, texts, hooks_for, chat=chat if prompts is None else False,
+            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
+            seed=seed, batch_size=batch_size, use_past_kv_cache=use_past_kv_cache, backend=backend,
+            verbose=verbose, desc="steered generation" if steer else "generation",
+        )
+        decoded = [model.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in all_ids]
+        return (all_ids, decoded) if return_tokens else decoded
