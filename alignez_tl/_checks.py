@@ -19,8 +19,7 @@ def require_model(model: Any, what: str) -> Any:
     else:
         hint = " (a TransformerBridge or HookedTransformer, e.g. from alignez_tl.load_model())"
     raise TypeError(
-        f"{what} needs a TransformerLens model with .cfg.n_layers and .cfg.d_model; "
-        f"got {type(model).__name__}{hint}"
+        f"{what} needs a TransformerLens model with .cfg.n_layers and .cfg.d_model; got {type(model).__name__}{hint}"
     )
 
 

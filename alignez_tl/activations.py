@@ -41,10 +41,7 @@ def capture_tokens(
     last = mask.shape[1] - 1 - mask.flip(-1).argmax(-1)  # last index where mask == 1
     store: dict[int, Tensor] = {}
     deepest = max(layers)
-    fwd_hooks = [
-        (hook_name(site, layer), capture_hook(store, layer, last, stop=layer == deepest))
-        for layer in layers
-    ]
+    fwd_hooks = [(hook_name(site, layer), capture_hook(store, layer, last, stop=layer == deepest)) for layer in layers]
     kwargs = padding_kwargs(model, mask)
     try:
         with model.hooks(fwd_hooks=fwd_hooks):

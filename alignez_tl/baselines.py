@@ -40,9 +40,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ._checks import _as_queries
 from .hooks import POSITIONS, SITES, PositionTracker, check_layers, hook_name
 from .models import model_signature, render, require_tokenizer
-from ._checks import _as_queries
 from .pairs import EmptySubspaceError, PairActivations, embed_pairs
 from .protocol import HookSteering
 from .settings import check_number
@@ -94,9 +94,7 @@ def _out_dtype(t: Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
 
 
-def diffmean_vector(
-    pos: Float[Tensor, "n d_model"], neg: Float[Tensor, "n d_model"]
-) -> Float[Tensor, " d_model"]:
+def diffmean_vector(pos: Float[Tensor, "n d_model"], neg: Float[Tensor, "n d_model"]) -> Float[Tensor, " d_model"]:
     """DiffMean / CAA: `mean_k (pos[k] − neg[k])`, not normalised.
 
     Computed in float64, returned in the inputs' dtype (at least float32).
@@ -105,9 +103,7 @@ def diffmean_vector(
     return (pos.to(torch.float64) - neg.to(torch.float64)).mean(0).to(_out_dtype(pos))
 
 
-def pca_direction(
-    pos: Float[Tensor, "n d_model"], neg: Float[Tensor, "n d_model"]
-) -> Float[Tensor, " d_model"]:
+def pca_direction(pos: Float[Tensor, "n d_model"], neg: Float[Tensor, "n d_model"]) -> Float[Tensor, " d_model"]:
     """The first principal component of the mean-centred differences, unit norm.
 
     `D = pos − neg`, `D_c = D − mean(D)`, `D_c = U Σ Vᵀ`, `pc = V[:, 0]`, flipped so that
@@ -215,8 +211,16 @@ class NoSteerer(Baseline):
     def check_model(self, model: Any, *, strict: bool = True) -> None:
         require_tokenizer(model, "generation")
 
-    def hooks(self, model: Any, query: Any = None, *, prompt_len: Optional[int] = None,
-              record: Optional[list] = None, strict: bool = True, **kwargs: Any) -> list[tuple[str, Any]]:
+    def hooks(
+        self,
+        model: Any,
+        query: Any = None,
+        *,
+        prompt_len: Optional[int] = None,
+        record: Optional[list] = None,
+        strict: bool = True,
+        **kwargs: Any,
+    ) -> list[tuple[str, Any]]:
         return []
 
     def with_positions(self, positions: str) -> "NoSteerer":
@@ -343,7 +347,8 @@ class VectorSteerer(Baseline):
                 reasons.append(f"model id {self.model.get('model_id')!r} vs {sig['model_id']!r}")
         if reasons:
             raise SubspaceMismatchError(
-                f"this {self.method} steering vector does not fit: " + "; ".join(reasons)
+                f"this {self.method} steering vector does not fit: "
+                + "; ".join(reasons)
                 + (". Pass strict=False to accept a different model id only." if strict else "")
             )
 
@@ -397,18 +402,33 @@ class VectorSteerer(Baseline):
         _check_settings(layer=layer, coef=coef, site=site, positions=positions)
         if not callable(aggregator):
             raise TypeError(f"aggregator must be a function (acts, layer) -> vector, got {aggregator!r}")
-        acts, n_pairs = _fit_activations(model, data, layer=layer, site=site, tau=tau, batch_size=batch_size,
-                                         chat=chat, verbose=verbose, caller=f"{cls.__name__}.fit")
+        acts, n_pairs = _fit_activations(
+            model,
+            data,
+            layer=layer,
+            site=site,
+            tau=tau,
+            batch_size=batch_size,
+            chat=chat,
+            verbose=verbose,
+            caller=f"{cls.__name__}.fit",
+        )
         out = aggregator(acts, layer)
         vector, extra = out if isinstance(out, tuple) else (out, {})
         if not isinstance(vector, Tensor):
             raise TypeError(f"the aggregator returned {type(vector).__name__}, not a [d_model] tensor")
         if not float(vector.norm()) > 0:
             raise ValueError(f"layer {layer}: the fitted vector is zero, there is no direction to steer along")
-        return cls(vector.to(torch.float32), layer=layer, coef=coef, site=site, positions=positions,
-                   model=model_signature(model) if model is not None else {},
-                   objective=_objective_dict(objective, acts.objective),
-                   info={"n_pairs": n_pairs, "n_kept": acts.n_pairs, "tau": tau, **extra})
+        return cls(
+            vector.to(torch.float32),
+            layer=layer,
+            coef=coef,
+            site=site,
+            positions=positions,
+            model=model_signature(model) if model is not None else {},
+            objective=_objective_dict(objective, acts.objective),
+            info={"n_pairs": n_pairs, "n_kept": acts.n_pairs, "tau": tau, **extra},
+        )
 
     def with_positions(self, positions: str) -> "VectorSteerer":
         """A copy that adds the vector at `positions` (`"generated"` or `"all"`)."""
@@ -419,15 +439,22 @@ class VectorSteerer(Baseline):
 
     def describe(self) -> dict[str, Any]:
         return {
-            "method": self.method, "layer": self.layer, "site": self.site, "coef": self.coef,
-            "positions": self.positions, "vector_norm": float(self.vector.norm()),
-            "delta_norm": float(self.delta.norm()), "objective": self.objective.get("name"),
+            "method": self.method,
+            "layer": self.layer,
+            "site": self.site,
+            "coef": self.coef,
+            "positions": self.positions,
+            "vector_norm": float(self.vector.norm()),
+            "delta_norm": float(self.delta.norm()),
+            "objective": self.objective.get("name"),
             **self.info,
         }
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(layer={self.layer}, coef={self.coef:g}, site={self.site!r}, "
-                f"positions={self.positions!r}, |vector|={float(self.vector.norm()):.4g})")
+        return (
+            f"{type(self).__name__}(layer={self.layer}, coef={self.coef:g}, site={self.site!r}, "
+            f"positions={self.positions!r}, |vector|={float(self.vector.norm()):.4g})"
+        )
 
 
 def _check_settings(*, layer: Any, coef: Any, site: Any, positions: Any) -> None:
@@ -447,8 +474,16 @@ def _check_positions(positions: Any) -> None:
 
 
 def _fit_activations(
-    model: Any, data: Any, *, layer: int, site: str, tau: Optional[float], batch_size: int,
-    chat: Optional[bool], verbose: bool, caller: str,
+    model: Any,
+    data: Any,
+    *,
+    layer: int,
+    site: str,
+    tau: Optional[float],
+    batch_size: int,
+    chat: Optional[bool],
+    verbose: bool,
+    caller: str,
 ) -> tuple[PairActivations, int]:
     """The pairs' float32 activations at `layer` (`embed_pairs`, as for the subspace),
     after the cosine filter; and how many pairs there were before it."""
@@ -459,8 +494,9 @@ def _fit_activations(
         check_layers([layer], int(model.cfg.n_layers))
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    acts = embed_pairs(model, data, [layer], site, batch_size=batch_size, chat=chat, verbose=verbose,
-                       caller=caller).float()
+    acts = embed_pairs(
+        model, data, [layer], site, batch_size=batch_size, chat=chat, verbose=verbose, caller=caller
+    ).float()
     return _cosine_filter(acts, layer, tau), acts.n_pairs
 
 
@@ -511,9 +547,20 @@ class DiffMeanSteerer(VectorSteerer):
                 pairs with `cos(pos, neg) > tau`.
             objective: name/object to record when `data` is not a PreferenceSet.
         """
-        return super().fit(model, data, layer=layer, aggregator=_nonzero_diffmean, coef=coef, site=site,
-                           positions=positions, tau=tau, batch_size=batch_size, chat=chat,
-                           objective=objective, verbose=verbose)
+        return super().fit(
+            model,
+            data,
+            layer=layer,
+            aggregator=_nonzero_diffmean,
+            coef=coef,
+            site=site,
+            positions=positions,
+            tau=tau,
+            batch_size=batch_size,
+            chat=chat,
+            objective=objective,
+            verbose=verbose,
+        )
 
 
 def _nonzero_diffmean(acts: PairActivations, layer: int) -> Tensor:
@@ -568,9 +615,20 @@ class PCASteerer(VectorSteerer):
             scale = proj_rms if coef_scale == "rms" else 1.0
             return scale * pc, {"coef_scale": coef_scale, "proj_rms": proj_rms, "mean_diff_proj": mean_diff_proj}
 
-        return super().fit(model, data, layer=layer, aggregator=scaled_pc, coef=coef, site=site,
-                           positions=positions, tau=tau, batch_size=batch_size, chat=chat,
-                           objective=objective, verbose=verbose)
+        return super().fit(
+            model,
+            data,
+            layer=layer,
+            aggregator=scaled_pc,
+            coef=coef,
+            site=site,
+            positions=positions,
+            tau=tau,
+            batch_size=batch_size,
+            chat=chat,
+            objective=objective,
+            verbose=verbose,
+        )
 
     @property
     def coef_scale(self) -> str:
@@ -650,8 +708,16 @@ class PromptSteerer(Baseline):
     def check_model(self, model: Any, *, strict: bool = True) -> None:
         require_tokenizer(model, "prompting")
 
-    def hooks(self, model: Any, query: Any = None, *, prompt_len: Optional[int] = None,
-              record: Optional[list] = None, strict: bool = True, **kwargs: Any) -> list[tuple[str, Any]]:
+    def hooks(
+        self,
+        model: Any,
+        query: Any = None,
+        *,
+        prompt_len: Optional[int] = None,
+        record: Optional[list] = None,
+        strict: bool = True,
+        **kwargs: Any,
+    ) -> list[tuple[str, Any]]:
         return []
 
     def render(self, model: Any, query: str, *, chat: Optional[bool] = None) -> str:
@@ -701,10 +767,20 @@ class PromptSteerer(Baseline):
             texts, text_chat = [render(model, q, chat=chat) for q in queries], chat
         self.check_model(model)
         all_ids = generate_with_hooks(
-            model, texts, lambda start, stop, batch: [], chat=text_chat,
-            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
-            seed=seed, batch_size=batch_size, use_past_kv_cache=use_past_kv_cache, backend=backend,
-            verbose=verbose, desc="prompted generation" if steer else "generation",
+            model,
+            texts,
+            lambda start, stop, batch: [],
+            chat=text_chat,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            batch_size=batch_size,
+            use_past_kv_cache=use_past_kv_cache,
+            backend=backend,
+            verbose=verbose,
+            desc="prompted generation" if steer else "generation",
         )
         decoded = [model.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in all_ids]
         return (all_ids, decoded) if return_tokens else decoded

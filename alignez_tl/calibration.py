@@ -101,7 +101,9 @@ def calibrate_strength(
         )
     for name, value, ok in (("target_kl", target_kl, lambda v: v > 0), ("rel_tol", rel_tol, lambda v: 0 < v < 1)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-            raise ValueError(f"{name} must be a finite number ({'> 0' if name == 'target_kl' else 'in (0, 1)'}), got {value!r}")
+            raise ValueError(
+                f"{name} must be a finite number ({'> 0' if name == 'target_kl' else 'in (0, 1)'}), got {value!r}"
+            )
     if isinstance(max_evals, bool) or not isinstance(max_evals, int) or max_evals < 2:
         raise ValueError(f"max_evals must be an int >= 2, got {max_evals!r}")
     if start is not None and (not isinstance(start, (int, float)) or not math.isfinite(start) or start == 0):

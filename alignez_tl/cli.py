@@ -177,8 +177,15 @@ def _steer_settings_of(args: argparse.Namespace) -> Any:
     from .settings import SteerSettings
 
     try:
-        return SteerSettings(edit=args.edit, alpha=args.alpha, scale=_scale(args.scale), direction_filter=args.filter,
-                             top_n=args.top_n, layers=_parse_layers(args.layers), positions=args.positions)
+        return SteerSettings(
+            edit=args.edit,
+            alpha=args.alpha,
+            scale=_scale(args.scale),
+            direction_filter=args.filter,
+            top_n=args.top_n,
+            layers=_parse_layers(args.layers),
+            positions=args.positions,
+        )
     except (TypeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
 
@@ -199,9 +206,14 @@ def _pref_settings_of(args: argparse.Namespace, **fixed: Any) -> Any:
 
     try:
         get_objective(args.objective)
-        values = dict(objective=args.objective, n_characteristics=args.n_characteristics,
-                      elicit_tokens=args.elicit_tokens, response_tokens=args.response_tokens,
-                      seed=args.seed, batch_size=args.batch_size)
+        values = dict(
+            objective=args.objective,
+            n_characteristics=args.n_characteristics,
+            elicit_tokens=args.elicit_tokens,
+            response_tokens=args.response_tokens,
+            seed=args.seed,
+            batch_size=args.batch_size,
+        )
         return PreferenceSettings(**{**values, **fixed})
     except (TypeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
@@ -223,37 +235,55 @@ def _side_by_side(rows: Sequence[dict], width: int = 100) -> str:
         out.append(f"Q: {row['query']}")
         out.append(f"   edited layers: {row['layers'] or 'none'}")
         for label in ("base", "steered"):
-            wrapped = textwrap.fill(row[label] or "(empty)", width=width - 12,
-                                    subsequent_indent=" " * 11)
+            wrapped = textwrap.fill(row[label] or "(empty)", width=width - 12, subsequent_indent=" " * 11)
             out.append(f"  {label:>7}: {wrapped}")
     out.append("=" * width)
     return "\n".join(out)
 
 
 def _generate_rows(args, model, steerer, queries) -> list[dict]:
-    base = steerer.generate(model, queries, max_new_tokens=args.max_new_tokens, steer=False,
-                            batch_size=args.batch_size, seed=args.seed, verbose=not args.quiet)
-    steered = steerer.generate(model, queries, max_new_tokens=args.max_new_tokens,
-                               batch_size=args.batch_size, seed=args.seed, verbose=not args.quiet)
+    base = steerer.generate(
+        model,
+        queries,
+        max_new_tokens=args.max_new_tokens,
+        steer=False,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        verbose=not args.quiet,
+    )
+    steered = steerer.generate(
+        model,
+        queries,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        verbose=not args.quiet,
+    )
     selections = steerer.select(model, queries)
     rows = []
     for i, q in enumerate(queries):
         per_objective = [sel[i] for sel in selections]
-        rows.append({
-            "query": q,
-            "base": base[i],
-            "steered": steered[i],
-            "changed": base[i] != steered[i],
-            "layers": sorted({layer for sel in per_objective for layer in sel.layers}),
-            "selection": [sel.to_dict() for sel in per_objective],
-        })
+        rows.append(
+            {
+                "query": q,
+                "base": base[i],
+                "steered": steered[i],
+                "changed": base[i] != steered[i],
+                "layers": sorted({layer for sel in per_objective for layer in sel.layers}),
+                "selection": [sel.to_dict() for sel in per_objective],
+            }
+        )
     return rows
 
 
 def _steer_settings(args: argparse.Namespace, steerer: Any) -> dict[str, Any]:
     """What a result file records of the steering: the steerer's settings plus decoding."""
-    return {**steerer.settings.to_dict(), "max_new_tokens": args.max_new_tokens, "decoding": "greedy",
-            "seed": args.seed}
+    return {
+        **steerer.settings.to_dict(),
+        "max_new_tokens": args.max_new_tokens,
+        "decoding": "greedy",
+        "seed": args.seed,
+    }
 
 
 # --------------------------------------------------------------------------- commands
@@ -288,9 +318,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _say(args, "[4/5] base vs steered")
     _say(args, _side_by_side(rows))
     summary = {
-        "model": args.model, "objective": args.objective, "queries": queries,
-        "pairs": len(prefs), "ranks": {str(k): v for k, v in sub.ranks().items()},
-        "steering": _steer_settings(args, steerer), "changed": sum(r["changed"] for r in rows),
+        "model": args.model,
+        "objective": args.objective,
+        "queries": queries,
+        "pairs": len(prefs),
+        "ranks": {str(k): v for k, v in sub.ranks().items()},
+        "steering": _steer_settings(args, steerer),
+        "changed": sum(r["changed"] for r in rows),
         "wall_seconds": round(time.perf_counter() - t0, 1),
         "files": ["pairs.jsonl", "subspace.safetensors", "generations.jsonl", "summary.json"],
     }
@@ -315,15 +349,30 @@ def _analyze(args, model, sub, prefs, prompts, steerer, rows, out: Path) -> Path
     verbose = not args.quiet
     signal = layer_signal(model, sub, prefs, queries=prompts, seed=args.seed, verbose=verbose)
     atomic_write_text(out / "layer_signal.json", _json(signal.to_dict()))
-    ablation = ablate_components(model, steerer, prompts, pairs=prefs, max_components=args.max_components,
-                                 greedy_tokens=args.ablation_tokens, verbose=verbose)
+    ablation = ablate_components(
+        model,
+        steerer,
+        prompts,
+        pairs=prefs,
+        max_components=args.max_components,
+        greedy_tokens=args.ablation_tokens,
+        verbose=verbose,
+    )
     atomic_write_text(out / "ablation.json", _json(ablation.to_dict()))
-    attributions = [attribute_steering(model, steerer, q, max_new_tokens=args.attribution_tokens)
-                    for q in prompts[: args.n_attributions]]
+    attributions = [
+        attribute_steering(model, steerer, q, max_new_tokens=args.attribution_tokens)
+        for q in prompts[: args.n_attributions]
+    ]
     atomic_write_text(out / "attribution.json", _json([a.to_dict() for a in attributions]))
-    report = Report(subspace=sub, layer_signal=signal, ablation=ablation, attributions=attributions,
-                    answers=rows, title=f"alignez-tl report: {sub.objective_name}",
-                    meta={"command": " ".join(sys.argv), "steering": _steer_settings(args, steerer)})
+    report = Report(
+        subspace=sub,
+        layer_signal=signal,
+        ablation=ablation,
+        attributions=attributions,
+        answers=rows,
+        title=f"alignez-tl report: {sub.objective_name}",
+        meta={"command": " ".join(sys.argv), "steering": _steer_settings(args, steerer)},
+    )
     return write_report(out / "report.html", report)
 
 
@@ -361,8 +410,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.sweep:
         return _cmd_sweep(args)
     from .eval_cli import EvalError, check_judge, parse_methods, run_eval
-    from .prompts import PromptFileError, builtin_prompts, load_prompts
     from .objectives import get_objective
+    from .prompts import PromptFileError, builtin_prompts, load_prompts
     from .settings import METHODS
 
     for flag in ("quick", "n_prompts", "n_fit", "kl_targets", "rank"):
@@ -372,12 +421,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CLIError("--per-category applies to the built-in prompts only")
     try:
         settings = EvalSettings(
-            model=args.model, methods=tuple(parse_methods(args.methods or ",".join(METHODS))),  # type: ignore[arg-type]
-            judge=check_judge(args.judge or "self"), layer=args.layer, coef=args.coef,
-            max_new_tokens=args.max_new_tokens or EvalSettings.max_new_tokens, n_boot=args.n_boot,
-            prefs=_pref_settings_of(args), fit=FitSettings(batch_size=args.batch_size),
+            model=args.model,
+            methods=tuple(parse_methods(args.methods or ",".join(METHODS))),  # type: ignore[arg-type]
+            judge=check_judge(args.judge or "self"),
+            layer=args.layer,
+            coef=args.coef,
+            max_new_tokens=args.max_new_tokens or EvalSettings.max_new_tokens,
+            n_boot=args.n_boot,
+            prefs=_pref_settings_of(args),
+            fit=FitSettings(batch_size=args.batch_size),
             steer=SteerSettings(edit=args.edit, alpha=args.alpha, top_n=args.top_n).resolve(
-                get_objective(args.objective).mode),
+                get_objective(args.objective).mode
+            ),
         )
         prompts = load_prompts(args.prompts) if args.prompts else builtin_prompts(per_category=args.per_category)
     except (EvalError, PromptFileError, TypeError, ValueError) as exc:
@@ -385,8 +440,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = _prepare_out_dir(args.out, args.force, "eval")
     model = _load(args)
     try:
-        results = run_eval(settings, model, out, prompts, lambda *parts: _say(args, *parts), verbose=not args.quiet,
-                           prompts_file=args.prompts)
+        results = run_eval(
+            settings,
+            model,
+            out,
+            prompts,
+            lambda *parts: _say(args, *parts),
+            verbose=not args.quiet,
+            prompts_file=args.prompts,
+        )
     except EvalError as exc:
         raise CLIError(str(exc)) from None
     _say(args, (out / "results.md").read_text(encoding="utf-8"))
@@ -400,14 +462,28 @@ def _sweep_config(args: argparse.Namespace) -> Any:
     from .prompts import PromptFileError, load_prompts
 
     quick = args.quick
-    settings: dict[str, Any] = dict(task=args.sweep, seed=args.seed, batch_size=args.batch_size,
-                                    n_characteristics=args.n_characteristics, top_n=args.top_n,
-                                    n_boot=args.n_boot, elicit_tokens=args.elicit_tokens,
-                                    response_tokens=args.response_tokens)
+    settings: dict[str, Any] = dict(
+        task=args.sweep,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        n_characteristics=args.n_characteristics,
+        top_n=args.top_n,
+        n_boot=args.n_boot,
+        elicit_tokens=args.elicit_tokens,
+        response_tokens=args.response_tokens,
+    )
     if quick:  # a smoke-sized sweep: every step runs, the numbers mean little
-        settings.update(n_prompts=8, n_fit=4, kl_targets=(0.1,), n_characteristics=2, elicit_tokens=24,
-                        response_tokens=24, max_new_tokens=32 if args.sweep == "math" else 16,
-                        null_for=("alignez",), n_boot=500)
+        settings.update(
+            n_prompts=8,
+            n_fit=4,
+            kl_targets=(0.1,),
+            n_characteristics=2,
+            elicit_tokens=24,
+            response_tokens=24,
+            max_new_tokens=32 if args.sweep == "math" else 16,
+            null_for=("alignez",),
+            n_boot=500,
+        )
     for name in ("n_prompts", "n_fit", "max_new_tokens"):
         if getattr(args, name, None) is not None:
             settings[name] = getattr(args, name)
@@ -452,8 +528,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             judge_model = load_model(judge_spec, verbose=not args.quiet)
         except ModelSpecError as exc:
             raise CLIError(f"--judge {config.judge}: {exc}") from None
-    run_sweep(model, config, out, judge_model=judge_model, say=lambda *parts: _say(args, *parts),
-              verbose=not args.quiet)
+    run_sweep(
+        model, config, out, judge_model=judge_model, say=lambda *parts: _say(args, *parts), verbose=not args.quiet
+    )
     _say(args, (out / "results.md").read_text(encoding="utf-8"))
     print(f"wrote {out}/ (results.json, results.md, frontier.png, generations.jsonl, pairs.jsonl)")
     return 0
@@ -466,8 +543,14 @@ def cmd_prefs(args: argparse.Namespace) -> int:
     if args.greedy and args.n_responses > 1:
         raise CLIError("--n-responses above 1 needs sampling: greedy answers would all be the same; drop --greedy")
     prefill = LIST_PREFILL if args.elicit_prefill == "list" else args.elicit_prefill
-    settings = _pref_settings_of(args, n_responses=args.n_responses, elicit_prefill=prefill,
-                                 do_sample=not args.greedy, temperature=args.temperature, top_p=args.top_p)
+    settings = _pref_settings_of(
+        args,
+        n_responses=args.n_responses,
+        elicit_prefill=prefill,
+        do_sample=not args.greedy,
+        temperature=args.temperature,
+        top_p=args.top_p,
+    )
     out = _check_out_file(args.out, args.force)
     model = _load(args)
     prefs = generate_preferences(model, queries, **settings.to_dict(), verbose=not args.quiet)
@@ -492,10 +575,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
     try:
         # the sign-flip null is computed under both rules (cheap): with the variance rule it
         # only reports, per layer, how many directions beat it (--n-null 0 skips it)
-        settings = FitSettings(site=args.site, layers=_parse_layers(args.layers), tau=args.tau,
-                               variance=args.variance, rank="null" if args.rank_rule == "null" else None,
-                               max_rank=args.max_rank, n_null=max(args.n_null, 1), null_seed=args.seed,
-                               null_test=args.n_null > 0, batch_size=args.batch_size)
+        settings = FitSettings(
+            site=args.site,
+            layers=_parse_layers(args.layers),
+            tau=args.tau,
+            variance=args.variance,
+            rank="null" if args.rank_rule == "null" else None,
+            max_rank=args.max_rank,
+            n_null=max(args.n_null, 1),
+            null_seed=args.seed,
+            null_test=args.n_null > 0,
+            batch_size=args.batch_size,
+        )
     except (TypeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     out = _check_out_file(args.out, args.force)
@@ -538,53 +629,90 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     from .models import DEFAULT_MODEL, EMBEDDED_MODELS
 
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"embedded key ({', '.join(EMBEDDED_MODELS)}), Hugging Face name or local "
-                        f"folder (default: {DEFAULT_MODEL})")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"embedded key ({', '.join(EMBEDDED_MODELS)}), Hugging Face name or local "
+        f"folder (default: {DEFAULT_MODEL})",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and batching (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or tables; print only the result line")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
-    p.add_argument("--batch-size", type=_POSITIVE, default=PreferenceSettings.batch_size,
-                   help=f"prompts per forward/generate call (default: {PreferenceSettings.batch_size})")
+    p.add_argument(
+        "--batch-size",
+        type=_POSITIVE,
+        default=PreferenceSettings.batch_size,
+        help=f"prompts per forward/generate call (default: {PreferenceSettings.batch_size})",
+    )
     p.add_argument("--threads", type=_COUNT, default=0, help="torch CPU threads (default: torch's choice)")
 
 
 def _gen_options(p: argparse.ArgumentParser, elicit: int, response: int) -> None:
-    p.add_argument("--objective", default="helpful",
-                   help="helpful, harmless, humor, creative or math (default: helpful)")
-    p.add_argument("--n-characteristics", type=_POSITIVE, default=PreferenceSettings.n_characteristics,
-                   help="at most this many characteristics per query, one pair each (fewer when the model lists "
-                        f"fewer) (default: {PreferenceSettings.n_characteristics})")
-    p.add_argument("--elicit-tokens", type=_POSITIVE, default=elicit, help=f"tokens per characteristics list (default: {elicit})")
-    p.add_argument("--response-tokens", type=_POSITIVE, default=response, help=f"tokens per paired answer (default: {response})")
+    p.add_argument(
+        "--objective", default="helpful", help="helpful, harmless, humor, creative or math (default: helpful)"
+    )
+    p.add_argument(
+        "--n-characteristics",
+        type=_POSITIVE,
+        default=PreferenceSettings.n_characteristics,
+        help="at most this many characteristics per query, one pair each (fewer when the model lists "
+        f"fewer) (default: {PreferenceSettings.n_characteristics})",
+    )
+    p.add_argument(
+        "--elicit-tokens", type=_POSITIVE, default=elicit, help=f"tokens per characteristics list (default: {elicit})"
+    )
+    p.add_argument(
+        "--response-tokens", type=_POSITIVE, default=response, help=f"tokens per paired answer (default: {response})"
+    )
 
 
-_ALPHA_HELP = ("step size (default: per edit and mode, the same in every command: " + ", ".join(
-    f"{edit} {mode} {default_alpha(edit, mode):+g}" for edit in EDITS for mode in MODES) + ")")
+_ALPHA_HELP = (
+    "step size (default: per edit and mode, the same in every command: "
+    + ", ".join(f"{edit} {mode} {default_alpha(edit, mode):+g}" for edit in EDITS for mode in MODES)
+    + ")"
+)
 
 
 def _edit_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--edit", default=SteerSettings.edit, choices=list(EDITS),
-                   help="oriented (default: never pushes away from the preferred side) or paper (the exact "
-                        "formula, for reproduction); see docs/method.md")
+    p.add_argument(
+        "--edit",
+        default=SteerSettings.edit,
+        choices=list(EDITS),
+        help="oriented (default: never pushes away from the preferred side) or paper (the exact "
+        "formula, for reproduction); see docs/method.md",
+    )
     p.add_argument("--alpha", type=_FINITE, default=None, help=_ALPHA_HELP)
 
 
 def _steer_options(p: argparse.ArgumentParser, max_new: int) -> None:
     _edit_options(p)
     p.add_argument("--scale", default=SteerSettings.scale, help="fitted (default), paper (s=1) or a number")
-    p.add_argument("--filter", default=SteerSettings.direction_filter, choices=list(FILTERS),
-                   help=f"per-query direction filter (default: {SteerSettings.direction_filter})")
-    p.add_argument("--top-n", type=_POSITIVE, default=SteerSettings.top_n,
-                   help=f"layers edited per query (default: {SteerSettings.top_n})")
+    p.add_argument(
+        "--filter",
+        default=SteerSettings.direction_filter,
+        choices=list(FILTERS),
+        help=f"per-query direction filter (default: {SteerSettings.direction_filter})",
+    )
+    p.add_argument(
+        "--top-n",
+        type=_POSITIVE,
+        default=SteerSettings.top_n,
+        help=f"layers edited per query (default: {SteerSettings.top_n})",
+    )
     p.add_argument("--layers", default=None, help="fixed comma-separated layers instead of top-n")
     p.add_argument("--positions", default=SteerSettings.positions, choices=list(POSITIONS))
-    p.add_argument("--max-new-tokens", type=_POSITIVE, default=max_new, help=f"new tokens per answer (default: {max_new})")
+    p.add_argument(
+        "--max-new-tokens", type=_POSITIVE, default=max_new, help=f"new tokens per answer (default: {max_new})"
+    )
 
 
 def _analysis_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-components", type=_POSITIVE, default=3, help="directions studied by the ablation (default: 3)")
-    p.add_argument("--ablation-tokens", type=_POSITIVE, default=8, help="greedy tokens per ablation variant (default: 8)")
+    p.add_argument(
+        "--max-components", type=_POSITIVE, default=3, help="directions studied by the ablation (default: 3)"
+    )
+    p.add_argument(
+        "--ablation-tokens", type=_POSITIVE, default=8, help="greedy tokens per ablation variant (default: 8)"
+    )
     p.add_argument("--n-attributions", type=_POSITIVE, default=2, help="prompts to attribute (default: 2)")
     p.add_argument("--attribution-tokens", type=_POSITIVE, default=24, help="tokens per attribution (default: 24)")
 
@@ -593,124 +721,214 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alignez",
         description="AlignEZ for TransformerLens: self-generated preferences -> alignment "
-                    "subspace -> steered generation.",
+        "subspace -> steered generation.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="the whole method on built-in queries, base vs steered side by side",
-                       description="Self-generates helpful/useless pairs for a few built-in queries, fits "
-                                   "the subspace, and prints base vs steered answers. Writes pairs.jsonl, "
-                                   "subspace.safetensors, generations.jsonl and summary.json to --out.")
+    p = sub.add_parser(
+        "demo",
+        help="the whole method on built-in queries, base vs steered side by side",
+        description="Self-generates helpful/useless pairs for a few built-in queries, fits "
+        "the subspace, and prints base vs steered answers. Writes pairs.jsonl, "
+        "subspace.safetensors, generations.jsonl and summary.json to --out.",
+    )
     _common(p)
     p.add_argument("--out", default=None, help="output folder (default: alignez-out/demo-<time>)")
-    p.add_argument("--n-queries", type=int, default=len(DEMO_QUERIES), choices=range(1, len(DEMO_QUERIES) + 1),
-                   metavar=f"1..{len(DEMO_QUERIES)}", help="how many built-in queries")
+    p.add_argument(
+        "--n-queries",
+        type=int,
+        default=len(DEMO_QUERIES),
+        choices=range(1, len(DEMO_QUERIES) + 1),
+        metavar=f"1..{len(DEMO_QUERIES)}",
+        help="how many built-in queries",
+    )
     _gen_options(p, elicit=40, response=64)
     _steer_options(p, max_new=48)
     p.add_argument("--no-report", action="store_true", help="skip the analyses and the HTML report")
     _analysis_options(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("analyze", help="layer signal, ablation, attribution and one HTML report",
-                       description="Runs the analyses on a fitted subspace and its pairs and writes "
-                                   "report.html (self-contained) plus the numbers as JSON to --out.")
+    p = sub.add_parser(
+        "analyze",
+        help="layer signal, ablation, attribution and one HTML report",
+        description="Runs the analyses on a fitted subspace and its pairs and writes "
+        "report.html (self-contained) plus the numbers as JSON to --out.",
+    )
     _common(p)
     p.add_argument("--subspace", required=True, help="subspace file from `alignez fit`")
     p.add_argument("--prefs", required=True, help="the pairs JSONL the subspace was fitted on")
-    p.add_argument("--prompts", required=True, help="prompts to steer: one per line, or JSONL with \"query\"")
+    p.add_argument("--prompts", required=True, help='prompts to steer: one per line, or JSONL with "query"')
     p.add_argument("--out", default=None, help="output folder (default: alignez-out/analyze-<time>)")
     _steer_options(p, max_new=48)
     _analysis_options(p)
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("eval", help="compare AlignEZ with baselines under a judge, with side effects",
-                       description="Self-generates pairs for the prompts, fits AlignEZ and the baselines on "
-                                   "them, generates base and steered answers, judges each method against the "
-                                   "base (A/B order randomised), and measures side effects. Writes "
-                                   "results.json, results.md and netwin.png to --out.")
+    p = sub.add_parser(
+        "eval",
+        help="compare AlignEZ with baselines under a judge, with side effects",
+        description="Self-generates pairs for the prompts, fits AlignEZ and the baselines on "
+        "them, generates base and steered answers, judges each method against the "
+        "base (A/B order randomised), and measures side effects. Writes "
+        "results.json, results.md and netwin.png to --out.",
+    )
     _common(p)
-    p.add_argument("--prompts", default=None,
-                   help="JSONL with \"query\" and \"category\", or one prompt per line "
-                        "(default: the built-in set: advice, writing, math, red-teaming)")
-    p.add_argument("--per-category", type=_POSITIVE, default=None, help="built-in prompts per category (default: all 6)")
-    p.add_argument("--methods", default=None,
-                   help="comma-separated: alignez, diffmean, pca, prompt (default: all four); with --sweep also "
-                        "alignez-paper (default: alignez, alignez-paper, diffmean, pca, prompt)")
-    p.add_argument("--judge", default=None,
-                   help="self (the steered model scores the verdict by log-probability), logprob:<model spec>, "
-                        "http (OpenAI-compatible endpoint from ALIGNEZ_JUDGE_BASE_URL/_MODEL/_API_KEY), "
-                        "profanity or sentiment (offline scorers) (default: self; for --sweep helpful: "
-                        "logprob:qwen2.5-coder-0.5b-instruct)")
+    p.add_argument(
+        "--prompts",
+        default=None,
+        help='JSONL with "query" and "category", or one prompt per line '
+        "(default: the built-in set: advice, writing, math, red-teaming)",
+    )
+    p.add_argument(
+        "--per-category", type=_POSITIVE, default=None, help="built-in prompts per category (default: all 6)"
+    )
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated: alignez, diffmean, pca, prompt (default: all four); with --sweep also "
+        "alignez-paper (default: alignez, alignez-paper, diffmean, pca, prompt)",
+    )
+    p.add_argument(
+        "--judge",
+        default=None,
+        help="self (the steered model scores the verdict by log-probability), logprob:<model spec>, "
+        "http (OpenAI-compatible endpoint from ALIGNEZ_JUDGE_BASE_URL/_MODEL/_API_KEY), "
+        "profanity or sentiment (offline scorers) (default: self; for --sweep helpful: "
+        "logprob:qwen2.5-coder-0.5b-instruct)",
+    )
     p.add_argument("--out", default=None, help="output folder (default: alignez-out/eval-<time>)")
-    p.add_argument("--sweep", default=None, choices=["tone", "harmless", "math", "helpful"],
-                   help="efficacy sweep of one objective on held-out prompts: every activation method calibrated "
-                        "to target KLs on neutral text, with mirror and null controls (docs/evaluation.md)")
+    p.add_argument(
+        "--sweep",
+        default=None,
+        choices=["tone", "harmless", "math", "helpful"],
+        help="efficacy sweep of one objective on held-out prompts: every activation method calibrated "
+        "to target KLs on neutral text, with mirror and null controls (docs/evaluation.md)",
+    )
     p.add_argument("--quick", action="store_true", help="--sweep at smoke-test size (8 prompts, one KL target)")
     p.add_argument("--n-prompts", type=_POSITIVE, default=None, help="--sweep: evaluation prompts (default: 120)")
-    p.add_argument("--n-fit", type=_POSITIVE, default=None,
-                   help="--sweep: held-out prompts the pairs are generated from (default: 48)")
-    p.add_argument("--kl-targets", default=None,
-                   help="--sweep: comma-separated neutral KLs per token to calibrate to (default: 0.03,0.1,0.3)")
-    p.add_argument("--rank", default=None, choices=["variance", "null"],
-                   help="--sweep: the subspace's rank rule (default: variance, the paper's 90%% rule)")
+    p.add_argument(
+        "--n-fit",
+        type=_POSITIVE,
+        default=None,
+        help="--sweep: held-out prompts the pairs are generated from (default: 48)",
+    )
+    p.add_argument(
+        "--kl-targets",
+        default=None,
+        help="--sweep: comma-separated neutral KLs per token to calibrate to (default: 0.03,0.1,0.3)",
+    )
+    p.add_argument(
+        "--rank",
+        default=None,
+        choices=["variance", "null"],
+        help="--sweep: the subspace's rank rule (default: variance, the paper's 90%% rule)",
+    )
     _gen_options(p, elicit=40, response=64)
     _edit_options(p)
-    p.add_argument("--top-n", type=_POSITIVE, default=SteerSettings.top_n,
-                   help=f"AlignEZ layers per prompt (default: {SteerSettings.top_n})")
-    p.add_argument("--layer", type=_COUNT, default=None,
-                   help="layer of the DiffMean and PCA baselines (default: the layer AlignEZ picks most often)")
-    p.add_argument("--coef", type=_FINITE, default=EvalSettings.coef,
-                   help=f"DiffMean / PCA coefficient (default: {EvalSettings.coef})")
-    p.add_argument("--max-new-tokens", type=_POSITIVE, default=None,
-                   help="new tokens per answer (default: 48; --sweep math: 96)")
-    p.add_argument("--n-boot", type=_POSITIVE, default=EvalSettings.n_boot,
-                   help=f"bootstrap resamples (default: {EvalSettings.n_boot})")
+    p.add_argument(
+        "--top-n",
+        type=_POSITIVE,
+        default=SteerSettings.top_n,
+        help=f"AlignEZ layers per prompt (default: {SteerSettings.top_n})",
+    )
+    p.add_argument(
+        "--layer",
+        type=_COUNT,
+        default=None,
+        help="layer of the DiffMean and PCA baselines (default: the layer AlignEZ picks most often)",
+    )
+    p.add_argument(
+        "--coef",
+        type=_FINITE,
+        default=EvalSettings.coef,
+        help=f"DiffMean / PCA coefficient (default: {EvalSettings.coef})",
+    )
+    p.add_argument(
+        "--max-new-tokens", type=_POSITIVE, default=None, help="new tokens per answer (default: 48; --sweep math: 96)"
+    )
+    p.add_argument(
+        "--n-boot",
+        type=_POSITIVE,
+        default=EvalSettings.n_boot,
+        help=f"bootstrap resamples (default: {EvalSettings.n_boot})",
+    )
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("prefs", help="self-generate preference pairs to a JSONL file",
-                       description="The model describes good and bad answers to each query and writes both.")
+    p = sub.add_parser(
+        "prefs",
+        help="self-generate preference pairs to a JSONL file",
+        description="The model describes good and bad answers to each query and writes both.",
+    )
     _common(p)
     p.add_argument("--query", action="append", help="a query (repeatable)")
-    p.add_argument("--queries", help="a file of queries: one per line, or JSONL with a \"query\" field")
+    p.add_argument("--queries", help='a file of queries: one per line, or JSONL with a "query" field')
     p.add_argument("--out", default="pairs.jsonl", help="output JSONL (default: pairs.jsonl)")
     _gen_options(p, elicit=PreferenceSettings.elicit_tokens, response=PreferenceSettings.response_tokens)
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     p.add_argument("--temperature", type=_POSITIVE_FLOAT, default=PreferenceSettings.temperature)
     p.add_argument("--top-p", type=_FRACTION, default=PreferenceSettings.top_p)
-    p.add_argument("--n-responses", type=_POSITIVE, default=PreferenceSettings.n_responses,
-                   help="sampled answers (and so pairs) per characteristic (default: 1)")
-    p.add_argument("--elicit-prefill", nargs="?", const="list", default="", metavar="TEXT",
-                   help="start each elicitation reply with TEXT; the flag alone (or 'list') starts a numbered "
-                        "list of traits (preferences.LIST_PREFILL), which stops chat models from "
-                        "answering the query instead (default: no prefill, the paper's prompt)")
+    p.add_argument(
+        "--n-responses",
+        type=_POSITIVE,
+        default=PreferenceSettings.n_responses,
+        help="sampled answers (and so pairs) per characteristic (default: 1)",
+    )
+    p.add_argument(
+        "--elicit-prefill",
+        nargs="?",
+        const="list",
+        default="",
+        metavar="TEXT",
+        help="start each elicitation reply with TEXT; the flag alone (or 'list') starts a numbered "
+        "list of traits (preferences.LIST_PREFILL), which stops chat models from "
+        "answering the query instead (default: no prefill, the paper's prompt)",
+    )
     p.set_defaults(func=cmd_prefs)
 
-    p = sub.add_parser("fit", help="fit the alignment subspace from a pairs file",
-                       description="Captures last-token activations of every pair and fits the per-layer subspace.")
+    p = sub.add_parser(
+        "fit",
+        help="fit the alignment subspace from a pairs file",
+        description="Captures last-token activations of every pair and fits the per-layer subspace.",
+    )
     _common(p)
     p.add_argument("--prefs", required=True, help="pairs JSONL from `alignez prefs`")
     p.add_argument("--out", default="subspace.safetensors", help="output file (default: subspace.safetensors)")
     p.add_argument("--site", default=FitSettings.site, choices=list(SITE_NAMES))
     p.add_argument("--layers", default=None, help="comma-separated layers (default: all)")
-    p.add_argument("--tau", type=_TAU, default=FitSettings.tau,
-                   help=f"pair filter on cos(pos, neg) (default: {FitSettings.tau})")
-    p.add_argument("--variance", type=_FRACTION, default=FitSettings.variance,
-                   help=f"explained variance to keep (default: {FitSettings.variance})")
+    p.add_argument(
+        "--tau", type=_TAU, default=FitSettings.tau, help=f"pair filter on cos(pos, neg) (default: {FitSettings.tau})"
+    )
+    p.add_argument(
+        "--variance",
+        type=_FRACTION,
+        default=FitSettings.variance,
+        help=f"explained variance to keep (default: {FitSettings.variance})",
+    )
     p.add_argument("--max-rank", type=_POSITIVE, default=None, help="cap on directions per layer")
-    p.add_argument("--rank-rule", default="variance", choices=["variance", "null"],
-                   help="variance: the smallest rank reaching --variance (the paper's, default); null: the "
-                        "leading directions whose mean pos-neg gap beats random pos/neg swaps")
-    p.add_argument("--n-null", type=_COUNT, default=FitSettings.n_null,
-                   help="random pos/neg swaps of the null, seeded by --seed; the summary shows per layer "
-                        "how many directions beat it (default: 200; 0 skips it with --rank-rule variance)")
+    p.add_argument(
+        "--rank-rule",
+        default="variance",
+        choices=["variance", "null"],
+        help="variance: the smallest rank reaching --variance (the paper's, default); null: the "
+        "leading directions whose mean pos-neg gap beats random pos/neg swaps",
+    )
+    p.add_argument(
+        "--n-null",
+        type=_COUNT,
+        default=FitSettings.n_null,
+        help="random pos/neg swaps of the null, seeded by --seed; the summary shows per layer "
+        "how many directions beat it (default: 200; 0 skips it with --rank-rule variance)",
+    )
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("generate", help="base and steered answers with a fitted subspace",
-                       description="Greedy base and steered generation, one batched generate call per batch.")
+    p = sub.add_parser(
+        "generate",
+        help="base and steered answers with a fitted subspace",
+        description="Greedy base and steered generation, one batched generate call per batch.",
+    )
     _common(p)
     p.add_argument("--subspace", required=True, help="subspace file from `alignez fit`")
     p.add_argument("--query", action="append", help="a query (repeatable)")
-    p.add_argument("--queries", help="a file of queries: one per line, or JSONL with a \"query\" field")
+    p.add_argument("--queries", help='a file of queries: one per line, or JSONL with a "query" field')
     p.add_argument("--out", default="generations.jsonl", help="output JSONL (default: generations.jsonl)")
     _steer_options(p, max_new=64)
     p.set_defaults(func=cmd_generate)

@@ -29,7 +29,7 @@ import json
 import math
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -112,14 +112,24 @@ class SweepConfig:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        for name in ("n_prompts", "n_fit", "top_n", "n_characteristics", "elicit_tokens", "response_tokens",
-                     "batch_size", "n_boot"):
+        for name in (
+            "n_prompts",
+            "n_fit",
+            "top_n",
+            "n_characteristics",
+            "elicit_tokens",
+            "response_tokens",
+            "batch_size",
+            "n_boot",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.max_new_tokens is None:
             self.max_new_tokens = TASK_TOKENS[self.task]
-        elif isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+        elif (
+            isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1
+        ):
             raise ValueError(f"max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
         self.kl_targets = tuple(float(k) for k in self.kl_targets)
         if not self.kl_targets or not all(math.isfinite(k) and k > 0 for k in self.kl_targets):
@@ -127,10 +137,13 @@ class SweepConfig:
         self.methods = tuple(dict.fromkeys(self.methods))
         unknown = [m for m in self.methods if m not in ACTIVATION_METHODS + OTHER_METHODS]
         if unknown or not self.methods:
-            raise ValueError(f"methods must be a non-empty subset of {ACTIVATION_METHODS + OTHER_METHODS}; got {unknown}")
+            raise ValueError(
+                f"methods must be a non-empty subset of {ACTIVATION_METHODS + OTHER_METHODS}; got {unknown}"
+            )
         self.null_for = tuple(m for m in self.null_for if m in self.methods)
-        if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, int)
-                                       or self.layer < 0):
+        if self.layer is not None and (
+            isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0
+        ):
             raise ValueError(f"layer must be None or an int >= 0, got {self.layer!r}")
         if self.rank not in (None, "null"):
             raise ValueError(f"rank must be None (the variance rule) or 'null', got {self.rank!r}")
@@ -206,8 +219,9 @@ def score_answers(task: str, answers: Sequence[str], prompts: Sequence[dict]) ->
     raise ValueError(f"task {task!r} is judged pairwise, not scored")
 
 
-def order_averaged_logodds(judge: Any, queries: Sequence[str], first: Sequence[str],
-                           second: Sequence[str]) -> tuple[list[float], list[bool]]:
+def order_averaged_logodds(
+    judge: Any, queries: Sequence[str], first: Sequence[str], second: Sequence[str]
+) -> tuple[list[float], list[bool]]:
     """Per pair: the judge's log-odds that `second` beats `first`, averaged over both orders.
 
     Order 1 shows (A = first, B = second), order 2 (A = second, B = first); the log-odds
@@ -243,22 +257,30 @@ def judge_calibration(judge: Any) -> dict[str, Any]:
     from .prompts import JUDGE_CALIBRATION
 
     items = list(JUDGE_CALIBRATION)
-    lo, cons = order_averaged_logodds(judge, [i["query"] for i in items], [i["bad"] for i in items],
-                                      [i["good"] for i in items])
+    lo, cons = order_averaged_logodds(
+        judge, [i["query"] for i in items], [i["bad"] for i in items], [i["good"] for i in items]
+    )
     by_kind: dict[str, list[bool]] = {}
     for item, v in zip(items, lo):
         by_kind.setdefault(item["kind"], []).append(v > 0)
     acc = float(np.mean([v > 0 for v in lo]))
-    return {"n": len(items), "accuracy": acc, "consistency": float(np.mean(cons)),
-            "by_kind": {k: float(np.mean(v)) for k, v in by_kind.items()},
-            "mean_logodds": float(np.mean(lo)), "passed": acc >= CALIBRATION_PASS,
-            "threshold": CALIBRATION_PASS}
+    return {
+        "n": len(items),
+        "accuracy": acc,
+        "consistency": float(np.mean(cons)),
+        "by_kind": {k: float(np.mean(v)) for k, v in by_kind.items()},
+        "mean_logodds": float(np.mean(lo)),
+        "passed": acc >= CALIBRATION_PASS,
+        "threshold": CALIBRATION_PASS,
+    }
 
 
 # =========================================================================== statistics
 
 
-def bootstrap_mean(values: Sequence[float], *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+def bootstrap_mean(
+    values: Sequence[float], *, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict[str, Any]:
     """Mean, percentile bootstrap interval over items, and the minimum detectable effect.
 
     `mde` is the smallest true mean a two-sided test at 5% detects with 80% power at
@@ -273,13 +295,19 @@ def bootstrap_mean(values: Sequence[float], *, n_boot: int = 2000, seed: int = 0
     means = x[idx].mean(1)
     lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
     sd = float(x.std(ddof=1)) if n > 1 else 0.0
-    return {"n": n, "mean": float(x.mean()), "ci": [float(lo), float(hi)], "sd": sd,
-            "mde": float(2.8 * sd / math.sqrt(n)) if n > 1 else None}
+    return {
+        "n": n,
+        "mean": float(x.mean()),
+        "ci": [float(lo), float(hi)],
+        "sd": sd,
+        "mde": float(2.8 * sd / math.sqrt(n)) if n > 1 else None,
+    }
 
 
 @torch.inference_mode()
-def answer_nll(model: Any, prompts: Sequence[str], answers: Sequence[Sequence[int]], *,
-               batch_size: int = 8) -> tuple[float, int]:
+def answer_nll(
+    model: Any, prompts: Sequence[str], answers: Sequence[Sequence[int]], *, batch_size: int = 8
+) -> tuple[float, int]:
     """Total negative log-likelihood of the answer tokens under the (unhooked) model.
 
     Each row is the prompt's tokens followed by the answer's ids, teacher-forced; only
@@ -295,8 +323,8 @@ def answer_nll(model: Any, prompts: Sequence[str], answers: Sequence[Sequence[in
     total, count = 0.0, 0
     for start in range(0, len(prompts), batch_size):
         rows, starts = [], []
-        enc = encode(model, list(prompts[start:start + batch_size]))  # as generation encodes them
-        for ids, mask, ans in zip(enc.input_ids, enc.attention_mask, answers[start:start + batch_size]):
+        enc = encode(model, list(prompts[start : start + batch_size]))  # as generation encodes them
+        for ids, mask, ans in zip(enc.input_ids, enc.attention_mask, answers[start : start + batch_size]):
             p = ids[mask.bool()].tolist()
             rows.append(p + list(ans))
             starts.append(len(p))
@@ -304,12 +332,13 @@ def answer_nll(model: Any, prompts: Sequence[str], answers: Sequence[Sequence[in
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r)
-            mask[i, width - len(r):] = 1
+            ids[i, width - len(r) :] = torch.tensor(r)
+            mask[i, width - len(r) :] = 1
         if view is not None:  # the bridge's own weights, without the wrapper's overhead
             positions = (mask.cumsum(-1) - 1).clamp_min(0)  # left padding: each row counts from 0
-            logits = view(input_ids=ids.to(device), attention_mask=mask.to(device),
-                          position_ids=positions.to(device)).logits
+            logits = view(
+                input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device)
+            ).logits
         else:
             logits = model(ids.to(device), **padding_kwargs(model, mask.to(device)))
         lp = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
@@ -327,18 +356,25 @@ def matched_kl(points: Sequence[dict[str, Any]], key: str, targets: Sequence[flo
     `points` are one method's conditions with a `kl`. Outside the measured KL range the
     value is None (no extrapolation). Mean and interval ends are interpolated alike.
     """
-    pts = sorted((p for p in points if p.get("kl") and p.get(key) and p[key].get("mean") is not None),
-                 key=lambda p: p["kl"])
+    pts = sorted(
+        (p for p in points if p.get("kl") and p.get(key) and p[key].get("mean") is not None), key=lambda p: p["kl"]
+    )
     out: dict[str, Any] = {}
     for target in targets:
         val = None
         for a, b in zip(pts, pts[1:]):
             if a["kl"] <= target <= b["kl"]:
-                t = 0.0 if b["kl"] == a["kl"] else (math.log(target) - math.log(a["kl"])) / (math.log(b["kl"]) - math.log(a["kl"]))
-                mix = lambda u, v: u + t * (v - u)  # noqa: E731
-                val = {"mean": mix(a[key]["mean"], b[key]["mean"]),
-                       "ci": [mix(a[key]["ci"][0], b[key]["ci"][0]), mix(a[key]["ci"][1], b[key]["ci"][1])],
-                       "strength": mix(a["strength"], b["strength"])}
+                t = (
+                    0.0
+                    if b["kl"] == a["kl"]
+                    else (math.log(target) - math.log(a["kl"])) / (math.log(b["kl"]) - math.log(a["kl"]))
+                )
+                mix = lambda u, v, t=t: u + t * (v - u)
+                val = {
+                    "mean": mix(a[key]["mean"], b[key]["mean"]),
+                    "ci": [mix(a[key]["ci"][0], b[key]["ci"][0]), mix(a[key]["ci"][1], b[key]["ci"][1])],
+                    "strength": mix(a["strength"], b["strength"]),
+                }
                 break
         if val is None:
             for p in pts:  # a point measured within 10% of the target counts as at it
@@ -358,8 +394,8 @@ def _fit_methods(model: Any, config: SweepConfig, prefs: Any, queries: list[str]
     on those same activations.
     """
     from .baselines import DiffMeanSteerer, PCASteerer
-    from .steering import Steerer
     from .pairs import embed_pairs
+    from .steering import Steerer
     from .subspace import EmptySubspaceError, fit_subspace
 
     layers = list(range(int(model.cfg.n_layers)))
@@ -378,8 +414,11 @@ def _fit_methods(model: Any, config: SweepConfig, prefs: Any, queries: list[str]
             total[layer] += sel.scores[layer]
     layer = config.layer
     if layer is None:
-        layer = (min(counts, key=lambda l: (-counts[l], -total[l], l)) if counts
-                 else sub.layer_indices[len(sub.layer_indices) // 2])
+        layer = (
+            min(counts, key=lambda layer: (-counts[layer], -total[layer], layer))
+            if counts
+            else sub.layer_indices[len(sub.layer_indices) // 2]
+        )
     at_layer = (pos[:, layer], neg[:, layer])
     methods: dict[str, Any] = {}
     for name in config.methods:
@@ -394,14 +433,17 @@ def _fit_methods(model: Any, config: SweepConfig, prefs: Any, queries: list[str]
                 say("    rank='null': no direction beats the permutation null at any layer; alignez-null skipped")
                 continue
             methods[name] = Steerer(null_sub, edit="oriented", top_n=config.top_n)
-            say(f"    rank='null' keeps {sum(null_sub.ranks().values())} directions over "
+            say(
+                f"    rank='null' keeps {sum(null_sub.ranks().values())} directions over "
                 f"{sum(1 for r in null_sub.ranks().values() if r)} layers "
-                f"(variance rule: {sum(sub.ranks().values())})")
+                f"(variance rule: {sum(sub.ranks().values())})"
+            )
         elif name == "diffmean":
             methods[name] = DiffMeanSteerer.fit(model, at_layer, layer=layer, coef=1.0, objective=prefs.objective)
         elif name == "pca":
-            methods[name] = PCASteerer.fit(model, at_layer, layer=layer, coef=1.0, coef_scale="rms",
-                                           objective=prefs.objective)
+            methods[name] = PCASteerer.fit(
+                model, at_layer, layer=layer, coef=1.0, coef_scale="rms", objective=prefs.objective
+            )
     diag = _fit_diagnostics(sub, prefs, pos, neg, layer, counts)
     return methods, {"subspace": sub, "layer": layer, **diag}
 
@@ -411,16 +453,21 @@ def _fit_diagnostics(sub: Any, prefs: Any, pos: Any, neg: Any, layer: int, count
     from .baselines import diffmean_vector
 
     cos_theta1 = {}
-    for l in sub.layer_indices:
-        ls = sub.layers[l]
+    for layer in sub.layer_indices:
+        ls = sub.layers[layer]
         if ls.rank:
-            v = diffmean_vector(pos[:, l], neg[:, l]).to(torch.float64)
-            cos_theta1[str(l)] = float(ls.directions[0].to(torch.float64) @ v / v.norm().clamp_min(1e-30))
-    fallbacks = sum(1 for p in prefs if (p.meta or {}).get("fallback_positive") or (p.meta or {}).get("fallback_negative"))
+            v = diffmean_vector(pos[:, layer], neg[:, layer]).to(torch.float64)
+            cos_theta1[str(layer)] = float(ls.directions[0].to(torch.float64) @ v / v.norm().clamp_min(1e-30))
+    fallbacks = sum(
+        1 for p in prefs if (p.meta or {}).get("fallback_positive") or (p.meta or {}).get("fallback_negative")
+    )
     return {
-        "pairs": {"n": len(prefs), "fallback_pairs": fallbacks,
-                  "fallback_share": fallbacks / len(prefs) if len(prefs) else None,
-                  "summary": prefs.summary()},
+        "pairs": {
+            "n": len(prefs),
+            "fallback_pairs": fallbacks,
+            "fallback_share": fallbacks / len(prefs) if len(prefs) else None,
+            "summary": prefs.summary(),
+        },
         "ranks": {str(k): v for k, v in sub.ranks().items()},
         "kept_pairs": {str(k): sub.layers[k].n_kept for k in sub.layer_indices},
         "cos_theta1_diffmean": cos_theta1,
@@ -429,8 +476,15 @@ def _fit_diagnostics(sub: Any, prefs: Any, pos: Any, neg: Any, layer: int, count
     }
 
 
-def run_sweep(model: Any, config: SweepConfig, out: Path, *, judge_model: Any = None,
-              say: Callable[..., None] = lambda *a: None, verbose: bool = False) -> dict[str, Any]:
+def run_sweep(
+    model: Any,
+    config: SweepConfig,
+    out: Path,
+    *,
+    judge_model: Any = None,
+    say: Callable[..., None] = lambda *a: None,
+    verbose: bool = False,
+) -> dict[str, Any]:
     """Run one objective's sweep into `out`; returns the results dict (also results.json).
 
     `judge_model` is the pairwise judge's model for the `helpful` task (None with
@@ -449,8 +503,13 @@ def run_sweep(model: Any, config: SweepConfig, out: Path, *, judge_model: Any = 
     evals, fit_queries = task_prompts(config)
     queries = [p["query"] for p in evals]
     categories = [p.get("category", "") for p in evals]
-    gen = dict(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, seed=config.seed,
-               return_tokens=True, verbose=verbose)
+    gen = dict(
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        return_tokens=True,
+        verbose=verbose,
+    )
     judge = None
     calibration = None
     if config.task == "helpful":
@@ -464,16 +523,25 @@ def run_sweep(model: Any, config: SweepConfig, out: Path, *, judge_model: Any = 
         prefs = PreferenceSet.load(config.pairs_file)
         overlap = set(prefs.queries) & set(queries)
         if overlap:
-            raise ValueError(f"{len(overlap)} queries of {config.pairs_file} are evaluation prompts: the "
-                             "evaluation must be on held-out prompts")
+            raise ValueError(
+                f"{len(overlap)} queries of {config.pairs_file} are evaluation prompts: the "
+                "evaluation must be on held-out prompts"
+            )
         fit_queries = prefs.queries
         say(f"[1] {len(prefs)} pairs from {config.pairs_file}")
     else:
         say(f"[1] self-generating {TASK_OBJECTIVE[config.task]} pairs from {len(fit_queries)} held-out fit prompts")
-        prefs = generate_preferences(model, fit_queries, objective=TASK_OBJECTIVE[config.task],
-                                     n_characteristics=config.n_characteristics, elicit_tokens=config.elicit_tokens,
-                                     response_tokens=config.response_tokens, seed=config.seed,
-                                     batch_size=config.batch_size, verbose=verbose)
+        prefs = generate_preferences(
+            model,
+            fit_queries,
+            objective=TASK_OBJECTIVE[config.task],
+            n_characteristics=config.n_characteristics,
+            elicit_tokens=config.elicit_tokens,
+            response_tokens=config.response_tokens,
+            seed=config.seed,
+            batch_size=config.batch_size,
+            verbose=verbose,
+        )
     prefs.save(out / "pairs.jsonl")
     say("[2] fitting the methods on the same pairs")
     methods, fit = _fit_methods(model, config, prefs, queries, say)
@@ -496,8 +564,9 @@ def run_sweep(model: Any, config: SweepConfig, out: Path, *, judge_model: Any = 
     answers: dict[str, list[str]] = {"base": base_text}
     per_prompt: dict[str, list[float]] = {"base": base_scores}
 
-    def run_condition(name: str, method: str, control: Optional[str], steerer: Any, target: Optional[float],
-                      calib: Optional[dict]) -> dict[str, Any]:
+    def run_condition(
+        name: str, method: str, control: Optional[str], steerer: Any, target: Optional[float], calib: Optional[dict]
+    ) -> dict[str, Any]:
         monitor: dict[str, int] = {}
         kwargs = dict(gen)
         if hasattr(steerer, "terms"):
@@ -506,11 +575,16 @@ def run_sweep(model: Any, config: SweepConfig, out: Path, *, judge_model: Any = 
         scores = score(text, base_text)
         nll, ntok = answer_nll(model, prompts_text, ids, batch_size=config.batch_size)
         row: dict[str, Any] = {
-            "name": name, "method": method, "control": control, "target_kl": target,
-            "strength": getattr(steerer, "strength", None), "calibration": calib,
+            "name": name,
+            "method": method,
+            "control": control,
+            "target_kl": target,
+            "strength": getattr(steerer, "strength", None),
+            "calibration": calib,
             "score": bootstrap_mean(scores, n_boot=config.n_boot, seed=config.seed),
-            "vs_base": bootstrap_mean([s - b for s, b in zip(scores, base_scores)], n_boot=config.n_boot,
-                                      seed=config.seed),
+            "vs_base": bootstrap_mean(
+                [s - b for s, b in zip(scores, base_scores)], n_boot=config.n_boot, seed=config.seed
+            ),
             "changed": 100.0 * float(np.mean([a != b for a, b in zip(text, base_text)])),
             "degenerate": 100.0 * float(np.mean([is_degenerate(a) for a in text])),
             "answer_ppl": math.exp(nll / ntok) if ntok else None,
@@ -527,11 +601,15 @@ def run_sweep(model: Any, config: SweepConfig, out: Path, *, judge_model: Any = 
             row["net_win"] = 100.0 * (float(np.mean([s > 0 for s in scores])) - float(np.mean([s < 0 for s in scores])))
         answers[name] = text
         per_prompt[name] = scores
-        atomic_write_jsonl(out / "conditions" / f"{name}.jsonl",
-                           [{"query": q, "answer": a, "score": s} for q, a, s in zip(queries, text, scores)])
-        say(f"    {name}: strength {row['strength']}, KL {row.get('kl', float('nan')):.4f}, "
+        atomic_write_jsonl(
+            out / "conditions" / f"{name}.jsonl",
+            [{"query": q, "answer": a, "score": s} for q, a, s in zip(queries, text, scores)],
+        )
+        say(
+            f"    {name}: strength {row['strength']}, KL {row.get('kl', float('nan')):.4f}, "
             f"Δ vs base {row['vs_base']['mean']:+.4f} {row['vs_base']['ci']}, changed {row['changed']:.0f}%, "
-            f"degenerate {row['degenerate']:.0f}%")
+            f"degenerate {row['degenerate']:.0f}%"
+        )
         return row
 
     (out / "conditions").mkdir(exist_ok=True)
@@ -543,13 +621,19 @@ def run_sweep(model: Any, config: SweepConfig, out: Path, *, judge_model: Any = 
             tag = f"{method}@{target:g}"
             row = run_condition(tag, method, None, at, target, cal.to_dict())
             mirror = run_condition(f"{tag}:mirror", method, "mirror", at.mirror(), target, None)
-            row["vs_mirror"] = bootstrap_mean([a - b for a, b in zip(per_prompt[tag], per_prompt[mirror["name"]])],
-                                              n_boot=config.n_boot, seed=config.seed)
+            row["vs_mirror"] = bootstrap_mean(
+                [a - b for a, b in zip(per_prompt[tag], per_prompt[mirror["name"]])],
+                n_boot=config.n_boot,
+                seed=config.seed,
+            )
             conditions += [row, mirror]
             if method in config.null_for:
                 null = run_condition(f"{tag}:null", method, "null", at.null(seed=config.seed), target, None)
-                row["vs_null"] = bootstrap_mean([a - b for a, b in zip(per_prompt[tag], per_prompt[null["name"]])],
-                                                n_boot=config.n_boot, seed=config.seed)
+                row["vs_null"] = bootstrap_mean(
+                    [a - b for a, b in zip(per_prompt[tag], per_prompt[null["name"]])],
+                    n_boot=config.n_boot,
+                    seed=config.seed,
+                )
                 conditions.append(null)
             lo = row["vs_mirror"]["ci"][0]
             row["steers"] = bool(lo > 0 and row["vs_base"]["ci"][0] > 0)
@@ -566,13 +650,20 @@ def run_sweep(model: Any, config: SweepConfig, out: Path, *, judge_model: Any = 
     results = {
         "config": config.to_dict(),
         "model": getattr(model.cfg, "model_name", None),
-        "n_prompts": len(queries), "n_fit_prompts": len(fit_queries),
+        "n_prompts": len(queries),
+        "n_fit_prompts": len(fit_queries),
         "categories": dict(Counter(categories)),
-        "score_unit": {"tone": "VADER compound", "harmless": "0.5(1-p_offensive)+0.25(VADER+1)",
-                       "math": "pass@1", "helpful": "order-averaged judge log-odds vs base"}[config.task],
-        "base": {"score": bootstrap_mean(base_scores, n_boot=config.n_boot, seed=config.seed),
-                 "answer_ppl": math.exp(base_nll[0] / base_nll[1]) if base_nll[1] else None,
-                 "degenerate": 100.0 * float(np.mean([is_degenerate(a) for a in base_text]))},
+        "score_unit": {
+            "tone": "VADER compound",
+            "harmless": "0.5(1-p_offensive)+0.25(VADER+1)",
+            "math": "pass@1",
+            "helpful": "order-averaged judge log-odds vs base",
+        }[config.task],
+        "base": {
+            "score": bootstrap_mean(base_scores, n_boot=config.n_boot, seed=config.seed),
+            "answer_ppl": math.exp(base_nll[0] / base_nll[1]) if base_nll[1] else None,
+            "degenerate": 100.0 * float(np.mean([is_degenerate(a) for a in base_text])),
+        },
         "judge_calibration": calibration,
         "fit": {k: v for k, v in fit.items() if k != "subspace"},
         "methods": {m: s.describe() for m, s in methods.items()},
@@ -581,9 +672,13 @@ def run_sweep(model: Any, config: SweepConfig, out: Path, *, judge_model: Any = 
         "per_prompt": {"queries": queries, "scores": per_prompt, "steerability": _steerability(conditions, per_prompt)},
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }
-    atomic_write_jsonl(out / "generations.jsonl", [
-        {"query": q, "category": c, **{k: v[i] for k, v in answers.items()}}
-        for i, (q, c) in enumerate(zip(queries, categories))])
+    atomic_write_jsonl(
+        out / "generations.jsonl",
+        [
+            {"query": q, "category": c, **{k: v[i] for k, v in answers.items()}}
+            for i, (q, c) in enumerate(zip(queries, categories))
+        ],
+    )
     fig = plot_frontier(results)
     atomic_write(out / "frontier.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     import matplotlib.pyplot as plt
@@ -598,16 +693,24 @@ def _steerability(conditions: list[dict], per_prompt: dict[str, list[float]]) ->
     """Per method, per prompt: the mean over strengths of (method − its mirror)."""
     out: dict[str, list[float]] = {}
     for method in {c["method"] for c in conditions if c["control"] is None and c["method"] != "prompt"}:
-        diffs = [np.asarray(per_prompt[c["name"]]) - np.asarray(per_prompt[f"{c['name']}:mirror"])
-                 for c in conditions if c["method"] == method and c["control"] is None]
+        diffs = [
+            np.asarray(per_prompt[c["name"]]) - np.asarray(per_prompt[f"{c['name']}:mirror"])
+            for c in conditions
+            if c["method"] == method and c["control"] is None
+        ]
         out[method] = [float(v) for v in np.mean(diffs, axis=0)]
     return out
 
 
 # =========================================================================== outputs
 
-_COLOURS = {"alignez": "#1565c0", "alignez-paper": "#6a1b9a", "alignez-null": "#00838f", "diffmean": "#2e7d32",
-            "pca": "#ef6c00"}
+_COLOURS = {
+    "alignez": "#1565c0",
+    "alignez-paper": "#6a1b9a",
+    "alignez-null": "#00838f",
+    "diffmean": "#2e7d32",
+    "pca": "#ef6c00",
+}
 
 
 def plot_frontier(results: dict[str, Any]) -> Any:
@@ -620,18 +723,26 @@ def plot_frontier(results: dict[str, Any]) -> Any:
     fig, ax = plt.subplots(figsize=(7.2, 4.4))
     conds = results["conditions"]
     for method, colour in _COLOURS.items():
-        for control, style, label in ((None, "-o", method), ("mirror", "--x", f"{method} mirror"),
-                                      ("null", ":^", f"{method} null")):
-            pts = sorted((c for c in conds if c["method"] == method and c["control"] == control and c.get("kl")),
-                         key=lambda c: c["kl"])
+        for control, style, label in (
+            (None, "-o", method),
+            ("mirror", "--x", f"{method} mirror"),
+            ("null", ":^", f"{method} null"),
+        ):
+            pts = sorted(
+                (c for c in conds if c["method"] == method and c["control"] == control and c.get("kl")),
+                key=lambda c: c["kl"],
+            )
             if not pts:
                 continue
             x = [c["kl"] for c in pts]
             y = [c["vs_base"]["mean"] for c in pts]
-            err = [[c["vs_base"]["mean"] - c["vs_base"]["ci"][0] for c in pts],
-                   [c["vs_base"]["ci"][1] - c["vs_base"]["mean"] for c in pts]]
-            ax.errorbar(x, y, yerr=err, fmt=style, color=colour, capsize=3, label=label,
-                        alpha=1.0 if control is None else 0.55)
+            err = [
+                [c["vs_base"]["mean"] - c["vs_base"]["ci"][0] for c in pts],
+                [c["vs_base"]["ci"][1] - c["vs_base"]["mean"] for c in pts],
+            ]
+            ax.errorbar(
+                x, y, yerr=err, fmt=style, color=colour, capsize=3, label=label, alpha=1.0 if control is None else 0.55
+            )
     prompt = [c for c in conds if c["method"] == "prompt"]
     if prompt:
         ax.axhline(prompt[0]["vs_base"]["mean"], color="#757575", lw=1, ls="-.", label="prompt-only (no KL)")
@@ -651,28 +762,42 @@ def _fmt(stat: Optional[dict], digits: int = 3) -> str:
     if not stat or stat.get("mean") is None:
         return "n/a"
     ci = stat.get("ci")
-    return f"{stat['mean']:+.{digits}f} [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]" if ci else f"{stat['mean']:+.{digits}f}"
+    return (
+        f"{stat['mean']:+.{digits}f} [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
+        if ci
+        else f"{stat['mean']:+.{digits}f}"
+    )
 
 
 def markdown(results: dict[str, Any]) -> str:
     """results.md: the setting, the conditions table and the matched-KL table."""
     cfg = results["config"]
-    lines = [f"# Efficacy sweep: {cfg['task']} on {results.get('model')}", "",
-             f"{results['n_prompts']} held-out prompts, pairs from {results['n_fit_prompts']} fit prompts "
-             f"({results['fit']['pairs']['n']} pairs, {results['fit']['pairs']['fallback_pairs']} with a fallback "
-             f"characteristic), seed {cfg['seed']}, greedy, {cfg['max_new_tokens']} new tokens. "
-             f"Score: {results['score_unit']}. Intervals: 95% percentile bootstrap over prompts "
-             f"({cfg['n_boot']} resamples); MDE: minimum detectable effect (80% power) of Δ vs base.", "",
-             f"Base: score {_fmt(results['base']['score'])}, answer perplexity "
-             f"{results['base']['answer_ppl']:.2f}, degenerate {results['base']['degenerate']:.1f}%.", ""]
+    lines = [
+        f"# Efficacy sweep: {cfg['task']} on {results.get('model')}",
+        "",
+        f"{results['n_prompts']} held-out prompts, pairs from {results['n_fit_prompts']} fit prompts "
+        f"({results['fit']['pairs']['n']} pairs, {results['fit']['pairs']['fallback_pairs']} with a fallback "
+        f"characteristic), seed {cfg['seed']}, greedy, {cfg['max_new_tokens']} new tokens. "
+        f"Score: {results['score_unit']}. Intervals: 95% percentile bootstrap over prompts "
+        f"({cfg['n_boot']} resamples); MDE: minimum detectable effect (80% power) of Δ vs base.",
+        "",
+        f"Base: score {_fmt(results['base']['score'])}, answer perplexity "
+        f"{results['base']['answer_ppl']:.2f}, degenerate {results['base']['degenerate']:.1f}%.",
+        "",
+    ]
     cal = results.get("judge_calibration")
     if cal:
-        lines += [f"Judge {cfg['judge']}: calibration accuracy {100 * cal['accuracy']:.0f}% "
-                  f"(n={cal['n']}, pass ≥ {100 * cal['threshold']:.0f}%), position consistency "
-                  f"{100 * cal['consistency']:.0f}%: **{'passed' if cal['passed'] else 'FAILED, not evidence'}**.", ""]
-    lines += ["| condition | strength | KL/token | Δ vs base [95% CI] | MDE | vs mirror [95% CI] | steers | "
-              "changed % | degenerate % | answer ppl | p<0 share |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"Judge {cfg['judge']}: calibration accuracy {100 * cal['accuracy']:.0f}% "
+            f"(n={cal['n']}, pass ≥ {100 * cal['threshold']:.0f}%), position consistency "
+            f"{100 * cal['consistency']:.0f}%: **{'passed' if cal['passed'] else 'FAILED, not evidence'}**.",
+            "",
+        ]
+    lines += [
+        "| condition | strength | KL/token | Δ vs base [95% CI] | MDE | vs mirror [95% CI] | steers | "
+        "changed % | degenerate % | answer ppl | p<0 share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for c in results["conditions"]:
         strength = "" if c["strength"] is None else f"{c['strength']:.4g}"
         kl = f"{c['kl']:.4f}" if c.get("kl") is not None else "–"
@@ -680,20 +805,36 @@ def markdown(results: dict[str, Any]) -> str:
         neg = f"{100 * c['negative_push_share']:.0f}%" if c.get("negative_push_share") is not None else "–"
         ppl = f"{c['answer_ppl']:.2f}" if c.get("answer_ppl") else "n/a"
         steers = {True: "**yes**", False: "no"}.get(c.get("steers"), "")
-        lines.append(f"| {c['name']} | {strength} | {kl} | {_fmt(c['vs_base'])} | {mde} | {_fmt(c.get('vs_mirror'))} | "
-                     f"{steers} | {c['changed']:.0f} | {c['degenerate']:.0f} | {ppl} | {neg} |")
-    lines += ["", "## At matched KL (interpolated in log KL between calibrated strengths)", "",
-              "| method | " + " | ".join(f"Δ vs base @ KL {k}" for k in MATCHED_KL) + " | "
-              + " | ".join(f"vs mirror @ KL {k}" for k in MATCHED_KL) + " |",
-              "|---|" + "---|" * (2 * len(MATCHED_KL))]
+        lines.append(
+            f"| {c['name']} | {strength} | {kl} | {_fmt(c['vs_base'])} | {mde} | {_fmt(c.get('vs_mirror'))} | "
+            f"{steers} | {c['changed']:.0f} | {c['degenerate']:.0f} | {ppl} | {neg} |"
+        )
+    lines += [
+        "",
+        "## At matched KL (interpolated in log KL between calibrated strengths)",
+        "",
+        "| method | "
+        + " | ".join(f"Δ vs base @ KL {k}" for k in MATCHED_KL)
+        + " | "
+        + " | ".join(f"vs mirror @ KL {k}" for k in MATCHED_KL)
+        + " |",
+        "|---|" + "---|" * (2 * len(MATCHED_KL)),
+    ]
     for method, m in results["matched_kl"].items():
-        cells = [_fmt(m["vs_base"].get(str(k))) for k in MATCHED_KL] + [_fmt(m["vs_mirror"].get(str(k))) for k in MATCHED_KL]
+        cells = [_fmt(m["vs_base"].get(str(k))) for k in MATCHED_KL] + [
+            _fmt(m["vs_mirror"].get(str(k))) for k in MATCHED_KL
+        ]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     fit = results["fit"]
-    lines += ["", "## Diagnostics", "",
-              f"- baseline layer (AlignEZ's most frequent pick): {fit['baseline_layer']}; layer picks: {fit['layer_picks']}",
-              f"- ranks per layer: {fit['ranks']}",
-              f"- cos(θ₁, mean difference) per layer: "
-              + ", ".join(f"{k}: {v:.2f}" for k, v in fit["cos_theta1_diffmean"].items()),
-              f"- wall time: {results['wall_seconds']:.0f} s", ""]
+    lines += [
+        "",
+        "## Diagnostics",
+        "",
+        f"- baseline layer (AlignEZ's most frequent pick): {fit['baseline_layer']}; layer picks: {fit['layer_picks']}",
+        f"- ranks per layer: {fit['ranks']}",
+        "- cos(θ₁, mean difference) per layer: "
+        + ", ".join(f"{k}: {v:.2f}" for k, v in fit["cos_theta1_diffmean"].items()),
+        f"- wall time: {results['wall_seconds']:.0f} s",
+        "",
+    ]
     return "\n".join(lines)

@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional
 
 from ._io import atomic_write, atomic_write_jsonl, atomic_write_text
 from .settings import METHODS, EvalSettings
+
 JUDGES = "self, logprob:<model spec>, http, profanity, sentiment"
 
 
@@ -77,8 +78,9 @@ def make_judge(spec: str, model: Any, verbose: bool) -> Any:
     return sentiment_scorer()
 
 
-def build_methods(settings: EvalSettings, model: Any, prefs: Any, sub: Any,
-                  queries: list[str]) -> tuple[dict[str, Any], int]:
+def build_methods(
+    settings: EvalSettings, model: Any, prefs: Any, sub: Any, queries: list[str]
+) -> tuple[dict[str, Any], int]:
     """The steerers to compare, all fitted on the same PreferenceSet, and the baselines' layer."""
     from .baselines import DiffMeanSteerer, PCASteerer, PromptSteerer
     from .steering import Steerer
@@ -87,8 +89,9 @@ def build_methods(settings: EvalSettings, model: Any, prefs: Any, sub: Any,
     layer = settings.layer
     if layer is None:  # the layer AlignEZ edits most often on these prompts
         [selections] = alignez.select(model, queries)
-        counts = Counter(l for sel in selections for l in sel.layers)
-        layer = min(counts, key=lambda l: (-counts[l], l)) if counts else sub.layer_indices[len(sub.layer_indices) // 2]
+        counts = Counter(layer for sel in selections for layer in sel.layers)
+        middle = sub.layer_indices[len(sub.layer_indices) // 2]
+        layer = min(counts, key=lambda layer: (-counts[layer], layer)) if counts else middle
     out: dict[str, Any] = {}
     for name in settings.methods:
         if name == "alignez":
@@ -121,8 +124,11 @@ def plot_netwin(results: dict[str, Any]) -> Any:
 
 
 def markdown_table(results: dict[str, Any], side: dict[str, Any]) -> str:
-    lines = ["| method | win % | lose % | tie % | net win [95% CI] | wrong-way % | KL/token | ppl ratio | length change | became degenerate % |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | win % | lose % | tie % | net win [95% CI] | wrong-way % | KL/token | ppl ratio | length change "
+        "| became degenerate % |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, res in results.items():
         o = res["summary"]["overall"]
         ci = o["ci"]["net_win"]
@@ -138,9 +144,16 @@ def markdown_table(results: dict[str, Any], side: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_eval(settings: EvalSettings, model: Any, out: Path, prompts: list[dict],
-             say: Callable[..., None] = lambda *parts: None, *, verbose: bool = False,
-             prompts_file: Optional[str] = None) -> Path:
+def run_eval(
+    settings: EvalSettings,
+    model: Any,
+    out: Path,
+    prompts: list[dict],
+    say: Callable[..., None] = lambda *parts: None,
+    *,
+    verbose: bool = False,
+    prompts_file: Optional[str] = None,
+) -> Path:
     """Steps 1–5 of the protocol on a loaded `model`; returns the path of results.json."""
     from .eval.effects import generation_stats, side_effects
     from .eval.judges import pairwise_compare
@@ -169,15 +182,18 @@ def run_eval(settings: EvalSettings, model: Any, out: Path, prompts: list[dict],
     gen = dict(max_new_tokens=settings.max_new_tokens, batch_size=batch_size, seed=seed, verbose=verbose)
     base = methods[settings.methods[0]].generate(model, queries, steer=False, **gen)
     answers = {name: m.generate(model, queries, **gen) for name, m in methods.items()}
-    atomic_write_jsonl(out / "generations.jsonl", [
-        {"query": q, "category": c, "base": base[i], **{n: answers[n][i] for n in methods}}
-        for i, (q, c) in enumerate(zip(queries, categories))])
+    atomic_write_jsonl(
+        out / "generations.jsonl",
+        [
+            {"query": q, "category": c, "base": base[i], **{n: answers[n][i] for n in methods}}
+            for i, (q, c) in enumerate(zip(queries, categories))
+        ],
+    )
     say(f"[4/5] judging with {settings.judge}")
     results: dict[str, Any] = {}
     all_comparisons = []
     for name in methods:
-        comps = pairwise_compare(judge, queries, base, answers[name], seed=seed,
-                                 objective=settings.objective)
+        comps = pairwise_compare(judge, queries, base, answers[name], seed=seed, objective=settings.objective)
         for c in comps:
             c.detail = {**(c.detail or {}), "method": name}
         all_comparisons += comps
@@ -192,19 +208,38 @@ def run_eval(settings: EvalSettings, model: Any, out: Path, prompts: list[dict],
         if name == "prompt":  # no activation edit: only the answers can change
             side[name] = generation_stats(base, answers[name], tokenizer=model.tokenizer)
         else:
-            side[name] = side_effects(model, m, NEUTRAL_TEXTS, base_answers=base,
-                                      steered_answers=answers[name], batch_size=batch_size)
+            side[name] = side_effects(
+                model, m, NEUTRAL_TEXTS, base_answers=base, steered_answers=answers[name], batch_size=batch_size
+            )
     fig = plot_netwin(results)
     atomic_write(out / "netwin.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    atomic_write_text(out / "results.md", f"# alignez eval: {settings.objective}, judge {settings.judge}\n\n"
-                      f"{len(queries)} prompts, model {settings.model}, seed {seed}.\n\n"
-                      + markdown_table(results, side))
-    payload = {"settings": settings.to_dict(), "prompts_file": prompts_file, "queries": queries,
-               "categories": categories, "methods": list(methods),
-               "baseline_layer": baseline_layer, "results": results, "side_effects": side,
-               "ranks": {str(k): v for k, v in sub.ranks().items()},
-               "pairs": prefs.summary(),
-               "wall_seconds": round(time.perf_counter() - t0, 1),
-               "files": ["results.json", "results.md", "netwin.png", "comparisons.jsonl",
-                         "generations.jsonl", "pairs.jsonl", "subspace.safetensors"]}
-    return atomic_write_text(out / "results.json", json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
+    atomic_write_text(
+        out / "results.md",
+        f"# alignez eval: {settings.objective}, judge {settings.judge}\n\n"
+        f"{len(queries)} prompts, model {settings.model}, seed {seed}.\n\n" + markdown_table(results, side),
+    )
+    payload = {
+        "settings": settings.to_dict(),
+        "prompts_file": prompts_file,
+        "queries": queries,
+        "categories": categories,
+        "methods": list(methods),
+        "baseline_layer": baseline_layer,
+        "results": results,
+        "side_effects": side,
+        "ranks": {str(k): v for k, v in sub.ranks().items()},
+        "pairs": prefs.summary(),
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "files": [
+            "results.json",
+            "results.md",
+            "netwin.png",
+            "comparisons.jsonl",
+            "generations.jsonl",
+            "pairs.jsonl",
+            "subspace.safetensors",
+        ],
+    }
+    return atomic_write_text(
+        out / "results.json", json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n"
+    )

@@ -137,6 +137,7 @@ def native_hooks(hf: nn.Module, hooks: Sequence[tuple[str, Callable]]) -> Iterat
             point = _Name(name)
             call = lambda act, n, fn=fn, point=point: fn(act, point)  # noqa: E731
             if site == "resid_pre":
+
                 def pre(module, args, kwargs, call=call):
                     if args:
                         return (call(args[0], None),) + tuple(args[1:]), kwargs

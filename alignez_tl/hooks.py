@@ -80,9 +80,7 @@ def stop_hook() -> HookFn:
     return fn
 
 
-def capture_hook(
-    store: dict, key: object, last_index: Optional[Tensor] = None, stop: bool = False
-) -> HookFn:
+def capture_hook(store: dict, key: object, last_index: Optional[Tensor] = None, stop: bool = False) -> HookFn:
     """Store the activation of the last real token of each row in `store[key]`.
 
     `last_index[b]` is the position of row b's last real token (default: the final
@@ -200,9 +198,7 @@ class EditTerm:
         check_edit(self.edit, self.mode)
         if self.directions.ndim != 2 or self.coef.ndim != 2:
             raise ValueError("directions must be [k, d] and coef [rows, k]")
-        if self.coef.shape[1] != self.directions.shape[0] or self.scales.shape != (
-            self.directions.shape[0],
-        ):
+        if self.coef.shape[1] != self.directions.shape[0] or self.scales.shape != (self.directions.shape[0],):
             raise ValueError("directions, scales and coef disagree on k")
 
 
@@ -253,9 +249,7 @@ class PositionTracker:
         else:  # a new sequence
             prompt = self.prompt_len if self.prompt_len is not None else seq_len
             if not 1 <= prompt <= seq_len:
-                raise ValueError(
-                    f"prompt_len={self.prompt_len} does not fit a forward call of {seq_len} positions"
-                )
+                raise ValueError(f"prompt_len={self.prompt_len} does not fit a forward call of {seq_len} positions")
             self._start = prompt - 1
             self._total = seq_len
             span = (self._start, seq_len)
@@ -264,9 +258,7 @@ class PositionTracker:
         return span
 
 
-def edit_hook(
-    terms: Sequence[EditTerm], tracker: PositionTracker, monitor: Optional[dict] = None
-) -> HookFn:
+def edit_hook(terms: Sequence[EditTerm], tracker: PositionTracker, monitor: Optional[dict] = None) -> HookFn:
     """A hook that adds every term's edit, each computed from the same input activation.
 
     Work is done in float32 (float64 for float64 activations) and cast back to the

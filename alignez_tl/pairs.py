@@ -93,14 +93,17 @@ class PairActivations:
                 shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
                 raise ValueError(f"PairActivations.{name} must be a float tensor [n, n_layers, d_model]; got {shape}")
         if self.pos.shape != self.neg.shape:
-            raise ValueError(f"pos and neg activations must have the same shape; got "
-                             f"{tuple(self.pos.shape)} and {tuple(self.neg.shape)}")
+            raise ValueError(
+                f"pos and neg activations must have the same shape; got "
+                f"{tuple(self.pos.shape)} and {tuple(self.neg.shape)}"
+            )
         layers = tuple(self.layers)
         if any(isinstance(layer, bool) or not isinstance(layer, int) for layer in layers):
             raise TypeError(f"layers must be ints, got {list(layers)}")
         if len(set(layers)) != len(layers) or len(layers) != self.pos.shape[1]:
-            raise ValueError(f"layers {list(layers)} must be distinct, one per slice of the "
-                             f"{self.pos.shape[1]} along dim 1")
+            raise ValueError(
+                f"layers {list(layers)} must be distinct, one per slice of the {self.pos.shape[1]} along dim 1"
+            )
         object.__setattr__(self, "layers", layers)
         if self.site not in SITES:
             raise ValueError(f"unknown site {self.site!r}; choose one of {', '.join(SITES)}")
@@ -125,8 +128,9 @@ class PairActivations:
         try:
             return self.layers.index(layer)
         except ValueError:
-            raise ValueError(f"layer {layer} was not embedded; these activations have layers "
-                             f"{list(self.layers)}") from None
+            raise ValueError(
+                f"layer {layer} was not embedded; these activations have layers {list(self.layers)}"
+            ) from None
 
     def at(self, layer: int) -> tuple[Float[Tensor, "n d_model"], Float[Tensor, "n d_model"]]:
         """`(pos, neg)` at `layer`, each `[n_pairs, d_model]` (views, not copies)."""
@@ -168,8 +172,10 @@ class PairActivations:
         return replace(self, pos=self.pos.float(), neg=self.neg.float())
 
     def __repr__(self) -> str:
-        return (f"PairActivations(n_pairs={self.n_pairs}, layers={list(self.layers)}, site={self.site!r}, "
-                f"d_model={self.d_model}, source={self.source!r}, dtype={str(self.pos.dtype).replace('torch.', '')})")
+        return (
+            f"PairActivations(n_pairs={self.n_pairs}, layers={list(self.layers)}, site={self.site!r}, "
+            f"d_model={self.d_model}, source={self.source!r}, dtype={str(self.pos.dtype).replace('torch.', '')})"
+        )
 
 
 # --------------------------------------------------------------------------- checks
@@ -193,8 +199,9 @@ def _is_tensor_pair(data: Any) -> bool:
     """A `(pos, neg)` tuple of tensors, numpy arrays or lists of tensors."""
     if not (isinstance(data, tuple) and len(data) == 2):
         return False
-    return all(isinstance(t, (Tensor, np.ndarray)) or (isinstance(t, list) and t and isinstance(t[0], Tensor))
-               for t in data)
+    return all(
+        isinstance(t, (Tensor, np.ndarray)) or (isinstance(t, list) and t and isinstance(t[0], Tensor)) for t in data
+    )
 
 
 def _is_float(t: Any) -> bool:
@@ -227,8 +234,9 @@ def check_pair_data(
         if layers is not None:
             missing = [layer for layer in layers if layer not in data.layers]
             if missing:
-                raise ValueError(f"layers {missing} were not embedded; these activations have layers "
-                                 f"{list(data.layers)}")
+                raise ValueError(
+                    f"layers {missing} were not embedded; these activations have layers {list(data.layers)}"
+                )
         if d_model is not None and data.d_model != d_model:
             raise ValueError(f"the activations are {data.d_model} wide, but d_model is {d_model}")
         if data.n_pairs == 0:
@@ -247,12 +255,15 @@ def check_pair_data(
         rows_p, rows_n = _token_rows(p), _token_rows(n)
         for t in (p, n):
             if isinstance(t, (Tensor, np.ndarray)) and t.ndim != 2:
-                raise ValueError(f"token tensors must be [n, seq] with the same non-zero n; got "
-                                 f"{tuple(p.shape) if hasattr(p, 'shape') else len(p)} and "
-                                 f"{tuple(n.shape) if hasattr(n, 'shape') else len(n)}")
+                raise ValueError(
+                    f"token tensors must be [n, seq] with the same non-zero n; got "
+                    f"{tuple(p.shape) if hasattr(p, 'shape') else len(p)} and "
+                    f"{tuple(n.shape) if hasattr(n, 'shape') else len(n)}"
+                )
         if len(rows_p) != len(rows_n) or not rows_p:
-            raise ValueError(f"need the same, non-zero number of pos and neg sequences; got "
-                             f"{len(rows_p)} and {len(rows_n)}")
+            raise ValueError(
+                f"need the same, non-zero number of pos and neg sequences; got {len(rows_p)} and {len(rows_n)}"
+            )
         for r in rows_p + rows_n:
             if not isinstance(r, Tensor) or r.is_floating_point() or r.ndim != 1 or r.numel() == 0:
                 raise ValueError("token sequences must be non-empty 1-D integer tensors")
@@ -269,21 +280,26 @@ def check_pair_data(
 def _check_activations(p: Any, n: Any, layers: Optional[Sequence[int]], d_model: Optional[int]) -> int:
     p, n = torch.as_tensor(p), torch.as_tensor(n)
     if p.shape != n.shape:
-        raise ValueError(f"pos and neg activations must have the same shape; got {tuple(p.shape)} and "
-                         f"{tuple(n.shape)}")
+        raise ValueError(f"pos and neg activations must have the same shape; got {tuple(p.shape)} and {tuple(n.shape)}")
     n_layers = None if layers is None else len(layers)
     width = "d_model" if d_model is None else d_model
     if p.ndim == 2:
         if n_layers is not None and n_layers != 1:
             raise ValueError(
                 f"[n, d_model] activations are for one layer, but {n_layers} layers were asked for "
-                f"({list(layers)}): pass layers=[that layer], or [n, {n_layers}, {width}] activations")
+                f"({list(layers)}): pass layers=[that layer], or [n, {n_layers}, {width}] activations"
+            )
         p = p[:, None]
-    if (p.ndim != 3 or (n_layers is not None and p.shape[1] != n_layers)
-            or (d_model is not None and p.shape[2] != d_model)):
+    if (
+        p.ndim != 3
+        or (n_layers is not None and p.shape[1] != n_layers)
+        or (d_model is not None and p.shape[2] != d_model)
+    ):
         where = f" (one slice per layer {list(layers)}, in that order)" if layers is not None else ""
-        raise ValueError(f"activations must be [n, {'n_layers' if n_layers is None else n_layers}, {width}]"
-                         f"{where}; got {tuple(p.shape)}")
+        raise ValueError(
+            f"activations must be [n, {'n_layers' if n_layers is None else n_layers}, {width}]"
+            f"{where}; got {tuple(p.shape)}"
+        )
     if p.shape[0] == 0:
         raise EmptySubspaceError("the activations hold no pairs: there is nothing to fit")
     return int(p.shape[0])
@@ -343,8 +359,9 @@ def embed_pairs(
 
     if isinstance(data, PairActivations):
         if data.site != site:
-            raise ValueError(f"these activations were taken at site {data.site!r}, not {site!r}: "
-                             f"pass site={data.site!r}")
+            raise ValueError(
+                f"these activations were taken at site {data.site!r}, not {site!r}: pass site={data.site!r}"
+            )
         return data if layers is None else data.select(layers)
     if kind == "acts":
         if layers is None:
@@ -363,8 +380,15 @@ def embed_pairs(
                 batch = _pad_rows(rows[start : start + batch_size], model)
                 chunks.append(capture_tokens(model, batch, layers, site))
             out.append(torch.cat(chunks))
-        return PairActivations(out[0], out[1], tuple(layers), site, source="tokens",
-                               n_batches=2 * math.ceil(n / batch_size), model=model_signature(model))
+        return PairActivations(
+            out[0],
+            out[1],
+            tuple(layers),
+            site,
+            source="tokens",
+            n_batches=2 * math.ceil(n / batch_size),
+            model=model_signature(model),
+        )
     objective: dict[str, Any] = {}
     provenance: dict[str, Any] = {}
     if kind == "prefs":
@@ -378,12 +402,21 @@ def embed_pairs(
         pos_texts = [p for p, _ in data]
         neg_texts = [q for _, q in data]
     texts = list(pos_texts) + list(neg_texts)
-    acts = capture(model, texts, layers, site, batch_size=batch_size, chat=chat, verbose=verbose,
-                   desc="capturing pair activations")
+    acts = capture(
+        model, texts, layers, site, batch_size=batch_size, chat=chat, verbose=verbose, desc="capturing pair activations"
+    )
     k = len(pos_texts)
-    return PairActivations(acts[:k], acts[k:], tuple(layers), site, objective=objective, source=kind,
-                           n_batches=math.ceil(2 * k / batch_size), model=model_signature(model),
-                           provenance=provenance)
+    return PairActivations(
+        acts[:k],
+        acts[k:],
+        tuple(layers),
+        site,
+        objective=objective,
+        source=kind,
+        n_batches=math.ceil(2 * k / batch_size),
+        model=model_signature(model),
+        provenance=provenance,
+    )
 
 
 def _pad_rows(rows: list[Tensor], model: Any) -> Encoded:
@@ -393,6 +426,6 @@ def _pad_rows(rows: list[Tensor], model: Any) -> Encoded:
     ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - r.numel():] = r.long()
-        mask[i, width - r.numel():] = 1
+        ids[i, width - r.numel() :] = r.long()
+        mask[i, width - r.numel() :] = 1
     return Encoded(ids, mask)

@@ -1,4 +1,6 @@
-"""Self-generated preference pairs (docs/method.md, "1. The model writes its own preferences") and their JSONL file format.
+"""Self-generated preference pairs and their JSONL file format.
+
+(docs/method.md, "1. The model writes its own preferences")
 
 `generate_preferences` runs the two phases of AlignEZ's data step with plain, hook-free
 generation:
@@ -344,13 +346,9 @@ def _parse_line(path: Path, lineno: int, line: str) -> dict[str, Any]:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise PreferenceFileError(
-            f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})"
-        ) from None
+        raise PreferenceFileError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(record, dict):
-        raise PreferenceFileError(
-            f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}"
-        )
+        raise PreferenceFileError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
     return record
 
 
@@ -390,9 +388,7 @@ def _pair_from_record(path: Path, lineno: int, record: dict[str, Any]) -> Prefer
     for key, kind in types.items():
         value = body[key]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise PreferenceFileError(
-                f"{where}: field {key!r} must be {kind.__name__}, got {type(value).__name__}"
-            )
+            raise PreferenceFileError(f"{where}: field {key!r} must be {kind.__name__}, got {type(value).__name__}")
     return PreferencePair(**body)
 
 
@@ -450,13 +446,9 @@ _TRAIT_VERBS = frozenset(
     uplift undermine validate vary walk warn waste weave write
     """.split()
 )
-_MODIFIERS = frozenset(
-    "not never always also only still even rather instead don't dont won't".split()
-)
+_MODIFIERS = frozenset("not never always also only still even rather instead don't dont won't".split())
 # A part of "be X, Y and Z" that starts like this is not an adjective: keep the item whole.
-_NOT_ADJECTIVE = frozenset(
-    "a an the to in on of with for at by as that which who your my its this".split()
-)
+_NOT_ADJECTIVE = frozenset("a an the to in on of with for at by as that which who your my its this".split())
 _BE_LIST = re.compile(r"^((?:(?:not|never|always|also) )?be) (.+)$", re.IGNORECASE)
 _BE_PARTS = re.compile(r"\s*[,;]\s*(?:and\s+)?|\s+and\s+")
 _PHRASE_SEP = re.compile(r"(\s*;\s*|\s*,\s*(?:and\s+)?|\s+and\s+)")
@@ -496,7 +488,7 @@ def _list_items(lines: list[str]) -> list[str]:
     in_list = False
     for line in lines:
         start = _LINE_MARK.match(line)
-        body = line[start.end():] if start else line
+        body = line[start.end() :] if start else line
         head, *marked = _INLINE_NUM.split(body)
         if start:
             in_list = True
@@ -516,11 +508,7 @@ def _prose_items(lines: list[str]) -> list[str]:
     """Sentences of each line (a stray leading marker removed); unmarked lines that only
     introduce something (end in ':') dropped. A marked line ending in ':' ("1. Use the
     formula:" before the formula) is an item."""
-    bodies = [
-        _LINE_MARK.sub("", line)
-        for line in lines
-        if _LINE_MARK.match(line) or not line.rstrip().endswith(":")
-    ]
+    bodies = [_LINE_MARK.sub("", line) for line in lines if _LINE_MARK.match(line) or not line.rstrip().endswith(":")]
     return [s for body in bodies for s in _sentences(body)]
 
 
@@ -539,9 +527,7 @@ def _is_trait(item: str) -> bool:
     after modifiers ("not", "always", "clearly", ...)."""
     words = item.casefold().replace("’", "'").split()
     i = 0
-    while i < len(words) - 1 and (
-        words[i] in _MODIFIERS or (len(words[i]) > 4 and words[i].endswith("ly"))
-    ):
+    while i < len(words) - 1 and (words[i] in _MODIFIERS or (len(words[i]) > 4 and words[i].endswith("ly"))):
         i += 1
     return bool(words) and words[i].strip(_QUOTES + ",;:") in _TRAIT_VERBS
 
@@ -586,8 +572,7 @@ def _split_item(item: str) -> list[str]:
         if be is not None:
             verb, adjectives = be.group(1), _BE_PARTS.split(be.group(2))
             if len(adjectives) >= 2 and all(
-                0 < len(p.split()) <= 3 and p.split()[0].casefold() not in _NOT_ADJECTIVE
-                for p in adjectives
+                0 < len(p.split()) <= 3 and p.split()[0].casefold() not in _NOT_ADJECTIVE for p in adjectives
             ):
                 out.extend(f"{verb} {p}" for p in adjectives)
                 continue
@@ -623,11 +608,7 @@ def _cut_off(last_item: str, text: str, truncated: bool) -> bool:
     A reply cut by the token budget cuts its last item only when that item is where the
     text ends (not when chatter after the list was cut).
     """
-    if (
-        truncated
-        and not _ENDS_COMPLETE.search(text.rstrip())
-        and _normalise(text).endswith(_normalise(last_item))
-    ):
+    if truncated and not _ENDS_COMPLETE.search(text.rstrip()) and _normalise(text).endswith(_normalise(last_item)):
         return True
     return _normalise(last_item).rsplit(" ", 1)[-1] in _DANGLING
 
@@ -730,8 +711,7 @@ def parse_characteristics(
 def _check_queries(queries: Any) -> list[str]:
     if isinstance(queries, str):
         raise TypeError(
-            "queries must be a list of strings, not a single string; "
-            f"wrap it in a list: [{queries[:40]!r}]"
+            f"queries must be a list of strings, not a single string; wrap it in a list: [{queries[:40]!r}]"
         )
     if not isinstance(queries, Iterable):
         raise TypeError(f"queries must be a list of strings, got {type(queries).__name__}")
@@ -782,15 +762,11 @@ def _generate_texts(
     for b, start in enumerate(tqdm(starts, desc=phase, unit="batch", disable=not verbose)):
         batch = encode_for_generation(model, rendered[start : start + batch_size], chat, gen["max_new_tokens"])
         rows = models.generate_plain(model, batch, seed=_batch_seed(seed, phase, b), **gen)
-        out.extend(
-            ((prefill + tok.decode(ids, skip_special_tokens=True)).strip(), len(ids)) for ids in rows
-        )
+        out.extend(((prefill + tok.decode(ids, skip_special_tokens=True)).strip(), len(ids)) for ids in rows)
     return out
 
 
-def _pair_characteristics(
-    pos: list[str], neg: list[str], obj: Objective
-) -> tuple[list[str], list[str], bool, bool]:
+def _pair_characteristics(pos: list[str], neg: list[str], obj: Objective) -> tuple[list[str], list[str], bool, bool]:
     """Align the two sides' characteristics; an empty side falls back to "be {kw}".
 
     A side that fell back reuses its fallback for every characteristic of the other
@@ -946,9 +922,18 @@ def generate_preferences(
     queries = _check_queries(queries)
     obj = get_objective(objective)
     PreferenceSettings(  # the one place for these checks
-        objective=obj.name, n_characteristics=n_characteristics, n_responses=n_responses,
-        elicit_tokens=elicit_tokens, response_tokens=response_tokens, elicit_prefill=elicit_prefill,
-        do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, batch_size=batch_size,
+        objective=obj.name,
+        n_characteristics=n_characteristics,
+        n_responses=n_responses,
+        elicit_tokens=elicit_tokens,
+        response_tokens=response_tokens,
+        elicit_prefill=elicit_prefill,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
+        batch_size=batch_size,
     )
     require_model(model, "generate_preferences")
     models.require_tokenizer(model, "generate_preferences")
@@ -967,8 +952,12 @@ def generate_preferences(
 
     elicit_prompts = [obj.elicit_prompt(q, positive=s) for q in queries for s in (True, False)]
     replies = _generate_texts(
-        model, elicit_prompts, phase="elicit", max_new_tokens=elicit_tokens,
-        prefill=elicit_prefill, **common,
+        model,
+        elicit_prompts,
+        phase="elicit",
+        max_new_tokens=elicit_tokens,
+        prefill=elicit_prefill,
+        **common,
     )
 
     plan = _plan_pairs(queries, elicit_prompts, replies, obj, n_characteristics, elicit_tokens)
@@ -980,9 +969,7 @@ def generate_preferences(
         for _ in range(n_responses):
             respond_prompts.append(obj.respond_prompt(query, char_pos, positive=True))
             respond_prompts.append(obj.respond_prompt(query, char_neg, positive=False))
-    answers = _generate_texts(
-        model, respond_prompts, phase="respond", max_new_tokens=response_tokens, **common
-    )
+    answers = _generate_texts(model, respond_prompts, phase="respond", max_new_tokens=response_tokens, **common)
 
     pairs = []
     for k, (query, index, cp, cn, meta) in enumerate(plan):
@@ -990,9 +977,7 @@ def generate_preferences(
             row = 2 * (k * n_responses + j)
             (pos_text, pos_len), (neg_text, neg_len) = answers[row], answers[row + 1]
             pair_meta = dict(meta, tokens_positive=pos_len, tokens_negative=neg_len)
-            pairs.append(
-                PreferencePair(query, pos_text, neg_text, cp, cn, obj.name, index, pair_meta, sample=j)
-            )
+            pairs.append(PreferencePair(query, pos_text, neg_text, cp, cn, obj.name, index, pair_meta, sample=j))
 
     settings = {
         "objective": obj.name,

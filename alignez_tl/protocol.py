@@ -162,14 +162,25 @@ class HookSteering:
         def hooks_for(start: int, stop: int, batch: Encoded) -> list:
             if not steer:
                 return []
-            return self.hooks(model, queries[start:stop], prompt_len=batch.input_ids.shape[1], chat=chat,
-                              monitor=monitor)
+            return self.hooks(
+                model, queries[start:stop], prompt_len=batch.input_ids.shape[1], chat=chat, monitor=monitor
+            )
 
         all_ids = generate_with_hooks(
-            model, texts, hooks_for, chat=chat if prompts is None else False,
-            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
-            seed=seed, batch_size=batch_size, use_past_kv_cache=use_past_kv_cache, backend=backend,
-            verbose=verbose, desc="steered generation" if steer else "generation",
+            model,
+            texts,
+            hooks_for,
+            chat=chat if prompts is None else False,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            batch_size=batch_size,
+            use_past_kv_cache=use_past_kv_cache,
+            backend=backend,
+            verbose=verbose,
+            desc="steered generation" if steer else "generation",
         )
         decoded = [model.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in all_ids]
         return (all_ids, decoded) if return_tokens else decoded

@@ -252,9 +252,11 @@ def check_rank_args(
     null_test: Any = False,
 ) -> None:
     """Refuse bad rank-rule arguments with an error that names the fix (no work is done)."""
-    rank_msg = ("rank must be a positive int (a fixed number of directions), 'null' (keep the "
-                "directions that beat the sign-flip permutation null) or None (the variance rule); "
-                f"got {rank!r}")
+    rank_msg = (
+        "rank must be a positive int (a fixed number of directions), 'null' (keep the "
+        "directions that beat the sign-flip permutation null) or None (the variance rule); "
+        f"got {rank!r}"
+    )
     if isinstance(rank, str):
         if rank != "null":
             raise ValueError(rank_msg)
@@ -264,8 +266,11 @@ def check_rank_args(
         raise ValueError(f"max_rank must be a positive int or None; got {max_rank!r}")
     if isinstance(n_null, bool) or not isinstance(n_null, int) or n_null < 1:
         raise ValueError(f"n_null must be a positive int (the number of random sign draws, e.g. 200); got {n_null!r}")
-    if (isinstance(null_quantile, bool) or not isinstance(null_quantile, (int, float))
-            or not (0.0 < null_quantile < 1.0)):
+    if (
+        isinstance(null_quantile, bool)
+        or not isinstance(null_quantile, (int, float))
+        or not (0.0 < null_quantile < 1.0)
+    ):
         raise ValueError(f"null_quantile must be a number strictly between 0 and 1 (e.g. 0.95); got {null_quantile!r}")
     if isinstance(null_seed, bool) or not isinstance(null_seed, int):
         raise TypeError(f"null_seed must be an int (the seed of the sign draws); got {null_seed!r}")
@@ -376,8 +381,7 @@ class EvalSettings(_Settings):
     coef: float = 1.0
     max_new_tokens: int = 48
     n_boot: int = 2000
-    prefs: PreferenceSettings = field(
-        default_factory=lambda: PreferenceSettings(elicit_tokens=40, response_tokens=64))
+    prefs: PreferenceSettings = field(default_factory=lambda: PreferenceSettings(elicit_tokens=40, response_tokens=64))
     fit: FitSettings = field(default_factory=FitSettings)
     steer: SteerSettings = field(default_factory=SteerSettings)
 

@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 
 from ._checks import _as_queries, encode_for_generation, prompt_budget, require_model
 from .activations import capture
-from .hooks import EditTerm, PositionTracker, check_layers, edit_hook, hook_name
 from .fastpath import native_hooks, unwrapped_hf_model
+from .hooks import EditTerm, PositionTracker, check_layers, edit_hook, hook_name
 from .models import (
     Encoded,
     encode,
@@ -52,7 +52,6 @@ __all__ = [
     "default_alpha",
     "generate_with_hooks",
 ]
-
 
 
 @dataclass
@@ -164,9 +163,17 @@ class SteeringTerm:
 
     def settings(self, positions: str = "generated") -> SteerSettings:
         """This term's settings as a `SteerSettings` (α and mode resolved)."""
-        return SteerSettings(edit=self.edit, alpha=self.alpha, mode=self.mode, scale=self.scale,  # type: ignore[arg-type]
-                             direction_filter=self.direction_filter, top_n=self.top_n, layers=self.layers,  # type: ignore[arg-type]
-                             positions=positions, weight=self.weight)  # type: ignore[arg-type]
+        return SteerSettings(
+            edit=self.edit,
+            alpha=self.alpha,
+            mode=self.mode,
+            scale=self.scale,  # type: ignore[arg-type]
+            direction_filter=self.direction_filter,
+            top_n=self.top_n,
+            layers=self.layers,  # type: ignore[arg-type]
+            positions=positions,
+            weight=self.weight,
+        )  # type: ignore[arg-type]
 
     def candidate_layers(self) -> list[int]:
         """The layers this term may edit: those with directions (restricted to `layers`)."""
@@ -225,8 +232,15 @@ class Steerer(HookSteering):
                 hint = " (load a saved one with AlignmentSubspace.load(path))"
             raise TypeError(f"Steerer needs an AlignmentSubspace, got {type(subspace).__name__}{hint}")
         settings = SteerSettings(
-            edit=edit, alpha=alpha, mode=mode, scale=scale, direction_filter=direction_filter,  # type: ignore[arg-type]
-            top_n=top_n, layers=None if layers is None else tuple(layers), positions=positions, weight=weight,
+            edit=edit,
+            alpha=alpha,
+            mode=mode,
+            scale=scale,
+            direction_filter=direction_filter,  # type: ignore[arg-type]
+            top_n=top_n,
+            layers=None if layers is None else tuple(layers),
+            positions=positions,
+            weight=weight,
         ).resolve(subspace.mode)
         self._init(subspace, settings)
 
@@ -250,15 +264,22 @@ class Steerer(HookSteering):
             fixed = tuple(check_layers(list(layers), n_layers))
             missing = [layer for layer in fixed if layer not in subspace.layers]
             if missing:
-                raise ValueError(
-                    f"layers {missing} were not fitted; the subspace has layers {subspace.layer_indices}"
-                )
+                raise ValueError(f"layers {missing} were not fitted; the subspace has layers {subspace.layer_indices}")
             empty = [layer for layer in fixed if subspace.layers[layer].rank == 0]
             if len(empty) == len(fixed):
                 raise ValueError(f"layers {fixed} have no directions (every pair was filtered out there)")
         self.terms: list[SteeringTerm] = [
-            SteeringTerm(subspace, alpha, settings.weight, mode, settings.scale, settings.direction_filter,
-                         settings.top_n, fixed, edit=settings.edit)
+            SteeringTerm(
+                subspace,
+                alpha,
+                settings.weight,
+                mode,
+                settings.scale,
+                settings.direction_filter,
+                settings.top_n,
+                fixed,
+                edit=settings.edit,
+            )
         ]
         self.positions = settings.positions
 
@@ -272,9 +293,7 @@ class Steerer(HookSteering):
     # ------------------------------------------------------------------ composition
 
     @classmethod
-    def compose(
-        cls, steerers: Sequence["Steerer"], weights: Optional[Sequence[float]] = None
-    ) -> "Steerer":
+    def compose(cls, steerers: Sequence["Steerer"], weights: Optional[Sequence[float]] = None) -> "Steerer":
         """Several objectives at once: `x̂ = x + Σ_p w_p · Δ_p(x)`.
 
         Every objective's edit Δ_p is computed from the same input x (not compounded),
@@ -415,9 +434,7 @@ class Steerer(HookSteering):
             out.append((name, edit_hook(by_layer[layer], tracker, monitor)))
         return out
 
-    def edit_terms(
-        self, selections: Optional[list[list[QuerySelection]]] = None
-    ) -> dict[int, list[EditTerm]]:
+    def edit_terms(self, selections: Optional[list[list[QuerySelection]]] = None) -> dict[int, list[EditTerm]]:
         """Per layer, the `EditTerm`s (one per objective) the hooks apply.
 
         `selections` is `select()`'s output (None: the fixed layers, every direction).
@@ -475,8 +492,13 @@ class Steerer(HookSteering):
         terms = []
         for t in self.terms:
             layers = t.candidate_layers()
-            terms.append(replace(t, replaced={l: -t.directions(l) for l in layers},
-                                 control="mirror" if t.control is None else f"{t.control}+mirror"))
+            terms.append(
+                replace(
+                    t,
+                    replaced={layer: -t.directions(layer) for layer in layers},
+                    control="mirror" if t.control is None else f"{t.control}+mirror",
+                )
+            )
         return self._copy(terms)
 
     def null(self, seed: int = 0) -> "Steerer":
@@ -500,14 +522,27 @@ class Steerer(HookSteering):
         """JSON-ready settings, for reports and result files."""
         out = []
         for t in self.terms:
-            out.append({
-                "method": "alignez", "objective": t.subspace.objective_name, "edit": t.edit, "mode": t.mode,
-                "alpha": t.alpha, "weight": t.weight, "scale": t.scale, "filter": t.direction_filter,
-                "top_n": t.top_n, "layers": list(t.layers) if t.layers is not None else None,
-                "control": t.control, "ranks": {str(k): v for k, v in t.subspace.ranks().items()},
-            })
-        return {"positions": self.positions, "objectives": out, **{k: out[0][k] for k in
-                ("method", "edit", "mode", "alpha", "control")}}
+            out.append(
+                {
+                    "method": "alignez",
+                    "objective": t.subspace.objective_name,
+                    "edit": t.edit,
+                    "mode": t.mode,
+                    "alpha": t.alpha,
+                    "weight": t.weight,
+                    "scale": t.scale,
+                    "filter": t.direction_filter,
+                    "top_n": t.top_n,
+                    "layers": list(t.layers) if t.layers is not None else None,
+                    "control": t.control,
+                    "ranks": {str(k): v for k, v in t.subspace.ranks().items()},
+                }
+            )
+        return {
+            "positions": self.positions,
+            "objectives": out,
+            **{k: out[0][k] for k in ("method", "edit", "mode", "alpha", "control")},
+        }
 
     def with_positions(self, positions: str) -> "Steerer":
         """A copy that edits `positions` (`"generated"` or `"all"`); the terms are unchanged."""
@@ -607,17 +642,27 @@ def generate_with_hooks(
         mask = batch.attention_mask.to(device)
         if view is not None:
             kwargs: dict[str, Any] = dict(
-                max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stops,
-                pad_token_id=pad, use_cache=use_past_kv_cache,
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                eos_token_id=stops,
+                pad_token_id=pad,
+                use_cache=use_past_kv_cache,
             )
-            kwargs.update(dict(temperature=temperature, top_p=top_p) if do_sample
-                          else dict(temperature=None, top_p=None, top_k=None))
+            kwargs.update(
+                dict(temperature=temperature, top_p=top_p)
+                if do_sample
+                else dict(temperature=None, top_p=None, top_k=None)
+            )
             with native_hooks(view, hooks):
                 out = view.generate(input_ids=ids, attention_mask=mask, **kwargs)
         else:
             kwargs = dict(
-                max_new_tokens=max_new_tokens, do_sample=do_sample, stop_at_eos=True,
-                eos_token_id=stops, verbose=False, use_past_kv_cache=use_past_kv_cache,
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                stop_at_eos=True,
+                eos_token_id=stops,
+                verbose=False,
+                use_past_kv_cache=use_past_kv_cache,
             )
             if do_sample:
                 kwargs.update(temperature=temperature, top_p=top_p)
@@ -625,7 +670,7 @@ def generate_with_hooks(
                 kwargs["attention_mask"] = mask
             with model.hooks(fwd_hooks=hooks):
                 out = model.generate(ids, **kwargs)
-        return [trim_generated(row.tolist(), stops) for row in out[:, ids.shape[1]:]]
+        return [trim_generated(row.tolist(), stops) for row in out[:, ids.shape[1] :]]
 
     starts = range(0, len(texts), batch_size)
     for bi, start in enumerate(tqdm(starts, desc=desc, disable=not verbose, leave=False)):

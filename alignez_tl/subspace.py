@@ -33,7 +33,7 @@ from torch import Tensor
 from ._checks import require_model
 from ._io import atomic_write
 from .hooks import SITES, check_layers
-from .models import model_signature, render, require_tokenizer
+from .models import model_signature
 from .pairs import EmptySubspaceError, PairActivations, check_text_pairs, embed_pairs
 from .settings import FitSettings, RankRule, check_rank_args
 
@@ -463,15 +463,19 @@ class AlignmentSubspace:
             row = f"{layer:>5}  {sub.rank:>4}  {sub.kept_variance:>8.3f}  {sub.n_kept:>4}/{sub.n_pairs}"
             if with_null:
                 above, share = sub.n_above_null, sub.gap_share
-                row += (f"  {above:>10}  {share:>9.3f}" if above is not None and share is not None
-                        else f"  {'-':>10}  {'-':>9}")
+                row += (
+                    f"  {above:>10}  {share:>9.3f}"
+                    if above is not None and share is not None
+                    else f"  {'-':>10}  {'-':>9}"
+                )
             lines.append(row)
         if with_null:
             lines.append(
                 f"above-null: leading directions whose mean pos-neg gap beats the "
                 f"{self.settings.get('null_quantile', 0.95):g} quantile of {self.settings.get('n_null', '?')} "
                 "random pos/neg swaps (0: nothing beats chance). gap-share: share of the squared mean "
-                "gap along the kept directions; swaps alone give about kept-var.")
+                "gap along the kept directions; swaps alone give about kept-var."
+            )
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -522,7 +526,8 @@ class AlignmentSubspace:
             reasons.append(f"layers {too_deep} do not exist in a {sig['n_layers']}-layer model")
         if reasons:
             raise SubspaceMismatchError(
-                "this subspace does not fit: " + "; ".join(reasons)
+                "this subspace does not fit: "
+                + "; ".join(reasons)
                 + (". Pass strict=False to accept a different model id only." if strict else "")
             )
 
@@ -539,8 +544,12 @@ class AlignmentSubspace:
             "settings": self.settings,
             "versions": self.versions,
             "layers": {
-                str(layer): {"rank": sub.rank, "n_pairs": sub.n_pairs, "n_kept": sub.n_kept,
-                             "n_singular": int(sub.singular_values.numel())}
+                str(layer): {
+                    "rank": sub.rank,
+                    "n_pairs": sub.n_pairs,
+                    "n_kept": sub.n_kept,
+                    "n_singular": int(sub.singular_values.numel()),
+                }
                 for layer, sub in sorted(self.layers.items())
             },
         }
@@ -625,8 +634,10 @@ class AlignmentSubspace:
             for part in ("model", "objective", "settings", "versions"):
                 if not isinstance(meta.get(part, {}), dict):
                     raise ValueError(f"{part!r} must be an object")
-            counts = {int(key): {f: int(info[f]) for f in ("rank", "n_singular", "n_pairs", "n_kept")}
-                      for key, info in layer_info.items()}
+            counts = {
+                int(key): {f: int(info[f]) for f in ("rank", "n_singular", "n_pairs", "n_kept")}
+                for key, info in layer_info.items()
+            }
         except (KeyError, TypeError, ValueError) as exc:
             what = f"field {exc} is missing" if isinstance(exc, KeyError) else str(exc)
             raise SubspaceFileError(f"{path}: the provenance header is malformed ({what})") from None
@@ -642,8 +653,7 @@ class AlignmentSubspace:
                 t = tensors[tkey]
                 if t.dtype != torch.float32:
                     raise SubspaceFileError(
-                        f"{path}: tensor {tkey!r} is {str(t.dtype).replace('torch.', '')}; "
-                        "the format stores float32"
+                        f"{path}: tensor {tkey!r} is {str(t.dtype).replace('torch.', '')}; the format stores float32"
                     )
                 if not torch.isfinite(t).all():
                     raise SubspaceFileError(f"{path}: tensor {tkey!r} holds NaN or inf")
@@ -659,14 +669,18 @@ class AlignmentSubspace:
                     values[name] = t
             k, n_sing, n_pairs = info["rank"], info["n_singular"], info["n_pairs"]
             expected = {
-                "directions": (k, d_model), "singular_values": (n_sing,), "explained_variance": (n_sing,),
-                "pair_cos": (n_pairs,), "proj_mean": (k,), "proj_rms": (k,), "mean_diff_proj": (k,),
+                "directions": (k, d_model),
+                "singular_values": (n_sing,),
+                "explained_variance": (n_sing,),
+                "pair_cos": (n_pairs,),
+                "proj_mean": (k,),
+                "proj_rms": (k,),
+                "mean_diff_proj": (k,),
             }
             for name, shape in expected.items():
                 if tuple(values[name].shape) != shape:
                     raise SubspaceFileError(
-                        f"{path}: layer {layer} {name} has shape {tuple(values[name].shape)}, "
-                        f"metadata says {shape}"
+                        f"{path}: layer {layer} {name} has shape {tuple(values[name].shape)}, metadata says {shape}"
                     )
             try:
                 layers[layer] = LayerSubspace(layer=layer, n_pairs=n_pairs, n_kept=info["n_kept"], **values)
@@ -702,6 +716,7 @@ def _versions() -> dict[str, str]:
 
 # --------------------------------------------------------------------------- fitting
 
+
 def pair_activations(
     model: Any, data: Any, layers: list[int], site: str, batch_size: int, chat: Optional[bool], verbose: bool
 ) -> tuple[Tensor, Tensor, dict[str, Any], dict[str, Any]]:
@@ -710,8 +725,9 @@ def pair_activations(
     Kept for code written before `embed_pairs`; new code should call `embed_pairs` and
     use the `PairActivations` it returns.
     """
-    acts = embed_pairs(model, data, layers, site, batch_size=batch_size, chat=chat, verbose=verbose,
-                       caller="fit_subspace").float()
+    acts = embed_pairs(
+        model, data, layers, site, batch_size=batch_size, chat=chat, verbose=verbose, caller="fit_subspace"
+    ).float()
     return acts.pos, acts.neg, dict(acts.objective), dict(acts.provenance)
 
 
@@ -772,9 +788,18 @@ def fit_subspace(
             message says how many were dropped and why), or, with `rank="null"`, no
             direction beat the null at any layer.
     """
-    settings = FitSettings(site=site, tau=tau, variance=variance, rank=rank, max_rank=max_rank,  # type: ignore[arg-type]
-                           n_null=n_null, null_quantile=null_quantile, null_seed=null_seed,
-                           null_test=null_test, batch_size=batch_size)
+    settings = FitSettings(
+        site=site,
+        tau=tau,
+        variance=variance,
+        rank=rank,
+        max_rank=max_rank,  # type: ignore[arg-type]
+        n_null=n_null,
+        null_quantile=null_quantile,
+        null_seed=null_seed,
+        null_test=null_test,
+        batch_size=batch_size,
+    )
     if layers is None and isinstance(data, PairActivations):
         layers = list(data.layers)
     if model is not None:
@@ -786,8 +811,9 @@ def fit_subspace(
     else:
         layers = list(layers)
 
-    acts = embed_pairs(model, data, layers, site, batch_size=batch_size, chat=chat, verbose=verbose,
-                       caller="fit_subspace").float()
+    acts = embed_pairs(
+        model, data, layers, site, batch_size=batch_size, chat=chat, verbose=verbose, caller="fit_subspace"
+    ).float()
     pos, neg, obj_dict, seed_info = acts.pos, acts.neg, dict(acts.objective), dict(acts.provenance)
     if objective is not None:
         from .objectives import get_objective
@@ -795,14 +821,21 @@ def fit_subspace(
         obj_dict = get_objective(objective).to_dict()
     null_kw = dict(n_null=n_null, null_quantile=null_quantile, null_seed=null_seed, null_test=null_test)
     fitted = {
-        layer: fit_layer(pos[:, i], neg[:, i], layer=layer, tau=tau, variance=variance,
-                         rank=rank, max_rank=max_rank, **null_kw)
+        layer: fit_layer(
+            pos[:, i], neg[:, i], layer=layer, tau=tau, variance=variance, rank=rank, max_rank=max_rank, **null_kw
+        )
         for i, layer in enumerate(layers)
     }
-    if rank == "null" and any(sub.n_kept > 0 for sub in fitted.values()) and all(
-            sub.rank == 0 for sub in fitted.values()):
-        ratios = {sub.layer: float(sub.gap[0] / sub.null_threshold[0]) for sub in fitted.values()
-                  if sub.has_null and float(sub.null_threshold[0]) > 0}
+    if (
+        rank == "null"
+        and any(sub.n_kept > 0 for sub in fitted.values())
+        and all(sub.rank == 0 for sub in fitted.values())
+    ):
+        ratios = {
+            sub.layer: float(sub.gap[0] / sub.null_threshold[0])
+            for sub in fitted.values()
+            if sub.has_null and float(sub.null_threshold[0]) > 0
+        }
         closest = ""
         if ratios:
             best = max(ratios, key=lambda layer: ratios[layer])

@@ -61,8 +61,26 @@ class MathProblem:
 _Made = tuple[str, int, dict[str, int]]
 
 _NAMES = (
-    "Maya", "Tom", "Priya", "Leo", "Amara", "Jonas", "Sofia", "Kenji", "Lucia", "Omar",
-    "Hana", "Ravi", "Elena", "Felix", "Nadia", "Sam", "Ines", "Kofi", "Greta", "Yusuf",
+    "Maya",
+    "Tom",
+    "Priya",
+    "Leo",
+    "Amara",
+    "Jonas",
+    "Sofia",
+    "Kenji",
+    "Lucia",
+    "Omar",
+    "Hana",
+    "Ravi",
+    "Elena",
+    "Felix",
+    "Nadia",
+    "Sam",
+    "Ines",
+    "Kofi",
+    "Greta",
+    "Yusuf",
 )
 _RELATIVES = ("mother", "father", "aunt", "uncle")
 
@@ -74,8 +92,10 @@ def _shopping(rng: random.Random) -> _Made:
     qty, price, extra = rng.randint(2, 9), rng.randint(2, 15), rng.randint(1, 9)
     cost = qty * price + extra
     note = next(v for v in (10, 20, 50, 100, 200) if v > cost)
-    q = (f"{name} buys {qty} {item} at {price} dollars each and a {extra_item} for {extra} dollars. "
-         f"{name} pays with a {note}-dollar note. How much change, in dollars, does {name} get back?")
+    q = (
+        f"{name} buys {qty} {item} at {price} dollars each and a {extra_item} for {extra} dollars. "
+        f"{name} pays with a {note}-dollar note. How much change, in dollars, does {name} get back?"
+    )
     return q, note - cost, {"qty": qty, "price": price, "extra": extra, "note": note}
 
 
@@ -85,19 +105,22 @@ def _split(rng: random.Random) -> _Made:
         if (count * price) % people == 0:
             break
     dish = rng.choice(("pizzas", "plates of noodles", "curries", "salads", "burgers", "fish dinners"))
-    q = (f"A group of {people} friends orders {count} {dish} at {price} dollars each and splits the bill "
-         f"equally. "
-         f"How many dollars does each friend pay?")
+    q = (
+        f"A group of {people} friends orders {count} {dish} at {price} dollars each and splits the bill "
+        f"equally. "
+        f"How many dollars does each friend pay?"
+    )
     return q, count * price // people, {"people": people, "count": count, "price": price}
 
 
 def _speed(rng: random.Random) -> _Made:
-    who, low, high = rng.choice((("cyclist", 10, 25), ("runner", 6, 14), ("truck driver", 40, 90),
-                                 ("boat", 12, 30)))
+    who, low, high = rng.choice((("cyclist", 10, 25), ("runner", 6, 14), ("truck driver", 40, 90), ("boat", 12, 30)))
     v1, v2 = rng.randint(low, high), rng.randint(low, high)
     t1, t2 = rng.randint(1, 5), rng.randint(1, 5)
-    q = (f"A {who} travels at {v1} km per hour for {t1} hours and then at {v2} km per hour for {t2} hours. "
-         f"How many kilometres does the {who} cover in total?")
+    q = (
+        f"A {who} travels at {v1} km per hour for {t1} hours and then at {v2} km per hour for {t2} hours. "
+        f"How many kilometres does the {who} cover in total?"
+    )
     return q, v1 * t1 + v2 * t2, {"v1": v1, "t1": t1, "v2": v2, "t2": t2}
 
 
@@ -108,16 +131,20 @@ def _ages(rng: random.Random) -> _Made:
         if 24 <= factor * age <= 70:
             break
     years = rng.randint(2, 15)
-    q = (f"{name}'s {relative} is {factor} times as old as {name}, who is {age} years old. "
-         f"How old will {name}'s {relative} be in {years} years?")
+    q = (
+        f"{name}'s {relative} is {factor} times as old as {name}, who is {age} years old. "
+        f"How old will {name}'s {relative} be in {years} years?"
+    )
     return q, factor * age + years, {"factor": factor, "age": age, "years": years}
 
 
 def _area(rng: random.Random) -> _Made:
     room = rng.choice(("kitchen", "hallway", "bedroom", "classroom", "workshop", "garage"))
     length, width, cost = rng.randint(3, 12), rng.randint(2, 10), rng.randint(5, 40)
-    q = (f"A rectangular {room} floor is {length} metres long and {width} metres wide. New tiles cost {cost} "
-         f"dollars per square metre. How many dollars do the tiles for the whole floor cost?")
+    q = (
+        f"A rectangular {room} floor is {length} metres long and {width} metres wide. New tiles cost {cost} "
+        f"dollars per square metre. How many dollars do the tiles for the whole floor cost?"
+    )
     return q, length * width * cost, {"length": length, "width": width, "cost": cost}
 
 
@@ -125,8 +152,10 @@ def _percent(rng: random.Random) -> _Made:
     item = rng.choice(("jacket", "bicycle", "lamp", "pair of boots", "tent", "desk chair", "guitar", "kettle"))
     price = 20 * rng.randint(1, 25)
     pct = rng.choice((5, 10, 15, 20, 25, 30, 40, 50, 75))
-    q = (f"A {item} costs {price} dollars. In a sale, its price is cut by {pct} percent. "
-         f"What is the sale price in dollars?")
+    q = (
+        f"A {item} costs {price} dollars. In a sale, its price is cut by {pct} percent. "
+        f"What is the sale price in dollars?"
+    )
     return q, price - price * pct // 100, {"price": price, "pct": pct}
 
 
@@ -136,18 +165,28 @@ def _saving(rng: random.Random) -> _Made:
     start, weekly, weeks = rng.randint(5, 80), rng.randint(3, 25), rng.randint(2, 12)
     total = start + weekly * weeks
     spend = rng.randint(1, total - 1)
-    q = (f"{name} has {start} dollars saved and adds {weekly} dollars every week. After {weeks} weeks, "
-         f"{name} spends {spend} dollars on a {thing}. How many dollars does {name} have left?")
+    q = (
+        f"{name} has {start} dollars saved and adds {weekly} dollars every week. After {weeks} weeks, "
+        f"{name} spends {spend} dollars on a {thing}. How many dollars does {name} have left?"
+    )
     return q, total - spend, {"start": start, "weekly": weekly, "weeks": weeks, "spend": spend}
 
 
 _CONVERSIONS = (
-    ("Each lap of a running track is {per} metres. {name} runs {count} laps. "
-     "How many kilometres does {name} run?", (200, 250, 400, 500)),
-    ("A recipe needs {per} grams of flour for one cake. {name} bakes {count} cakes. "
-     "How many kilograms of flour does {name} use?", (125, 200, 250, 400, 500, 750)),
-    ("Each glass holds {per} millilitres of juice. {name} pours {count} full glasses. "
-     "How many litres of juice is that?", (150, 200, 250, 300, 500)),
+    (
+        "Each lap of a running track is {per} metres. {name} runs {count} laps. How many kilometres does {name} run?",
+        (200, 250, 400, 500),
+    ),
+    (
+        "A recipe needs {per} grams of flour for one cake. {name} bakes {count} cakes. "
+        "How many kilograms of flour does {name} use?",
+        (125, 200, 250, 400, 500, 750),
+    ),
+    (
+        "Each glass holds {per} millilitres of juice. {name} pours {count} full glasses. "
+        "How many litres of juice is that?",
+        (150, 200, 250, 300, 500),
+    ),
 )
 
 
@@ -170,8 +209,10 @@ def _packing(rng: random.Random) -> _Made:
         made = trays * per
         if kept < made and (made - kept) % box == 0:
             break
-    q = (f"{name} bakes {trays} trays of {per} {food}, keeps {kept} of them and packs the rest into boxes of "
-         f"{box}. How many boxes does {name} fill?")
+    q = (
+        f"{name} bakes {trays} trays of {per} {food}, keeps {kept} of them and packs the rest into boxes of "
+        f"{box}. How many boxes does {name} fill?"
+    )
     return q, (made - kept) // box, {"trays": trays, "per": per, "kept": kept, "box": box}
 
 
@@ -181,11 +222,16 @@ def _inventory(rng: random.Random) -> _Made:
     sold_am = rng.randint(5, start // 2)
     sold_pm = rng.randint(5, start - sold_am - 1)
     delivery = rng.randint(10, 150)
-    q = (f"A shop starts the day with {start} {goods}. It sells {sold_am} in the morning and {sold_pm} in the "
-         f"afternoon, then receives a delivery of {delivery}. How many {goods} does the shop have at the end "
-         f"of the day?")
-    return q, start - sold_am - sold_pm + delivery, {
-        "start": start, "sold_am": sold_am, "sold_pm": sold_pm, "delivery": delivery}
+    q = (
+        f"A shop starts the day with {start} {goods}. It sells {sold_am} in the morning and {sold_pm} in the "
+        f"afternoon, then receives a delivery of {delivery}. How many {goods} does the shop have at the end "
+        f"of the day?"
+    )
+    return (
+        q,
+        start - sold_am - sold_pm + delivery,
+        {"start": start, "sold_am": sold_am, "sold_pm": sold_pm, "delivery": delivery},
+    )
 
 
 def _proportion(rng: random.Random) -> _Made:
@@ -193,8 +239,10 @@ def _proportion(rng: random.Random) -> _Made:
     speed, hours = 5 * rng.randint(8, 24), rng.randint(2, 5)
     later = rng.choice([h for h in range(2, 10) if h != hours])
     distance = speed * hours
-    q = (f"A {vehicle} travels {distance} km in {hours} hours. At the same steady speed, how many kilometres "
-         f"does it travel in {later} hours?")
+    q = (
+        f"A {vehicle} travels {distance} km in {hours} hours. At the same steady speed, how many kilometres "
+        f"does it travel in {later} hours?"
+    )
     return q, speed * later, {"distance": distance, "hours": hours, "later": later}
 
 
@@ -203,24 +251,26 @@ def _rate(rng: random.Random) -> _Made:
         ppm, copies, pages = rng.randint(6, 30), rng.randint(2, 12), rng.randint(5, 60)
         if (copies * pages) % ppm == 0:
             break
-    q = (f"A printer prints {ppm} pages per minute. How many minutes does it take to print {copies} copies "
-         f"of a {pages}-page report?")
+    q = (
+        f"A printer prints {ppm} pages per minute. How many minutes does it take to print {copies} copies "
+        f"of a {pages}-page report?"
+    )
     return q, copies * pages // ppm, {"ppm": ppm, "copies": copies, "pages": pages}
 
 
 _TEMPLATES: dict[str, tuple[Callable[[random.Random], _Made], int]] = {
-    "shopping": (_shopping, 3),      # qty * price, + extra, note - cost
-    "split": (_split, 2),            # count * price, / people
-    "speed": (_speed, 3),            # v1 * t1, v2 * t2, sum
-    "ages": (_ages, 2),              # factor * age, + years
-    "area": (_area, 2),              # length * width, * cost
-    "percent": (_percent, 2),        # price * pct / 100, price - discount
-    "saving": (_saving, 3),          # weekly * weeks, + start, - spend
+    "shopping": (_shopping, 3),  # qty * price, + extra, note - cost
+    "split": (_split, 2),  # count * price, / people
+    "speed": (_speed, 3),  # v1 * t1, v2 * t2, sum
+    "ages": (_ages, 2),  # factor * age, + years
+    "area": (_area, 2),  # length * width, * cost
+    "percent": (_percent, 2),  # price * pct / 100, price - discount
+    "saving": (_saving, 3),  # weekly * weeks, + start, - spend
     "conversion": (_conversion, 2),  # per * count, / 1000
-    "packing": (_packing, 3),        # trays * per, - kept, / box
-    "inventory": (_inventory, 3),    # start - sold_am, - sold_pm, + delivery
+    "packing": (_packing, 3),  # trays * per, - kept, / box
+    "inventory": (_inventory, 3),  # start - sold_am, - sold_pm, + delivery
     "proportion": (_proportion, 2),  # distance / hours, * later
-    "rate": (_rate, 2),              # copies * pages, / ppm
+    "rate": (_rate, 2),  # copies * pages, / ppm
 }
 
 MATH_KINDS = tuple(_TEMPLATES)
@@ -287,8 +337,7 @@ def math_prompts(n: int, seed: int = 0) -> list[dict]:
     The category is ``"math-<kind>"``, e.g. ``"math-percent"``; the answer is the exact
     integer to score with `is_correct`.
     """
-    return [{"query": p.question, "category": f"math-{p.kind}", "answer": p.answer}
-            for p in math_problems(n, seed)]
+    return [{"query": p.question, "category": f"math-{p.kind}", "answer": p.answer} for p in math_problems(n, seed)]
 
 
 # --------------------------------------------------------------------------- extraction
@@ -298,17 +347,19 @@ def math_prompts(n: int, seed: int = 0) -> list[dict]:
 # an optional "$", then digits with optional thousands separators and an optional
 # decimal part. It may not start inside a word or after a decimal point ("H2O" and
 # "v1.2" hold no number starting at "2").
-_NUM = (r"(?:(?<![\w)\]])(?P<{g}sign>[-\u2212]))?\$?"
-        r"(?<![\w.])(?P<{g}num>\d{{1,3}}(?:,\d{{3}})+(?:\.\d+)?(?!\d)|\d+(?:\.\d+)?(?!\d))")
+_NUM = (
+    r"(?:(?<![\w)\]])(?P<{g}sign>[-\u2212]))?\$?"
+    r"(?<![\w.])(?P<{g}num>\d{{1,3}}(?:,\d{{3}})+(?:\.\d+)?(?!\d)|\d+(?:\.\d+)?(?!\d))"
+)
 _NUMBER = re.compile(_NUM.format(g=""))
 _MARKERS = [
     re.compile(p.format(n=_NUM.format(g="")), re.IGNORECASE | re.MULTILINE)
     for p in (
-        r"\banswer\s*(?:is|:|=)\s*:?\s*(?:\*\*)?\s*{n}",             # "the answer is 12", "Answer: 12"
-        r"\\boxed\{{\s*{n}\s*\}}",                                   # "\boxed{12}"
-        r"\*\*\s*{n}(?:\s+[A-Za-z%]+){{0,2}}\s*\*\*",                # "**12**", "**12 apples**"
-        r"^\s*####\s*{n}",                                           # "#### 12"
-        r"=\s*{n}\s*[.!]?[ \t]*$",                                   # "... = 12" closing a line
+        r"\banswer\s*(?:is|:|=)\s*:?\s*(?:\*\*)?\s*{n}",  # "the answer is 12", "Answer: 12"
+        r"\\boxed\{{\s*{n}\s*\}}",  # "\boxed{12}"
+        r"\*\*\s*{n}(?:\s+[A-Za-z%]+){{0,2}}\s*\*\*",  # "**12**", "**12 apples**"
+        r"^\s*####\s*{n}",  # "#### 12"
+        r"=\s*{n}\s*[.!]?[ \t]*$",  # "... = 12" closing a line
     )
 ]
 

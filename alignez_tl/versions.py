@@ -48,8 +48,7 @@ def _major_minor(version: str) -> Optional[tuple[int, int]]:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def check_versions(transformers_version: Optional[str] = None,
-                   transformer_lens_version: Optional[str] = None) -> None:
+def check_versions(transformers_version: Optional[str] = None, transformer_lens_version: Optional[str] = None) -> None:
     """Raise `ImportError` for a transformers or TransformerLens known not to work.
 
     The versions default to the installed ones. Unparseable version strings pass.

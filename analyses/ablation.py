@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -162,8 +162,21 @@ class Ablation:
         """Rebuild a result from `to_dict()` output (e.g. read back from JSON)."""
         if data.get("analysis") != "ablation":
             raise ValueError("not an ablation result (its 'analysis' field is not 'ablation')")
-        names = ("components", "top_k", "base", "full", "projected_out", "drop", "only", "cumulative",
-                 "per_prompt", "tokens", "prompts", "settings", "n_forward")
+        names = (
+            "components",
+            "top_k",
+            "base",
+            "full",
+            "projected_out",
+            "drop",
+            "only",
+            "cumulative",
+            "per_prompt",
+            "tokens",
+            "prompts",
+            "settings",
+            "n_forward",
+        )
         missing = [n for n in names if n not in data]
         if missing:
             raise ValueError(f"ablation result is missing {', '.join(missing)}")
@@ -171,8 +184,18 @@ class Ablation:
 
     def summary(self) -> str:
         """A text table: one line per variant."""
-        cols = [m for m in ("kl_vs_full", "kl_vs_base", "delta_margin", "edit_norm",
-                            "tokens_changed_vs_full", "tokens_changed_vs_base") if m in self.full]
+        cols = [
+            m
+            for m in (
+                "kl_vs_full",
+                "kl_vs_base",
+                "delta_margin",
+                "edit_norm",
+                "tokens_changed_vs_full",
+                "tokens_changed_vs_base",
+            )
+            if m in self.full
+        ]
         head = f"{'variant':<14}" + "".join(f"{c:>24}" for c in cols)
         lines = [head]
         for name in self.per_prompt:
@@ -207,29 +230,33 @@ class Ablation:
 
         bars(axes[0, 0], "kl_vs_full", "KL(full ‖ variant) [nats]")
         axes[0, 0].set_title("distance from full steering (next token)")
-        bars(axes[0, 1], "kl_vs_base", "KL(base ‖ variant) [nats]",
-             self.full["kl_vs_base"], "full steering")
+        bars(axes[0, 1], "kl_vs_base", "KL(base ‖ variant) [nats]", self.full["kl_vs_base"], "full steering")
         axes[0, 1].set_title("steering effect left (next token)")
         if "delta_margin" in self.full:
-            bars(axes[0, 2], "delta_margin", "Δ margin vs base [nats]",
-                 self.full["delta_margin"], "full steering")
+            bars(axes[0, 2], "delta_margin", "Δ margin vs base [nats]", self.full["delta_margin"], "full steering")
             axes[0, 2].axhline(0, color="grey", lw=0.6)
             axes[0, 2].set_title("preference margin log p(pos) − log p(neg)")
         else:
-            axes[0, 2].text(0.5, 0.5, "no held-out pairs given", ha="center", va="center",
-                            transform=axes[0, 2].transAxes)
+            axes[0, 2].text(
+                0.5, 0.5, "no held-out pairs given", ha="center", va="center", transform=axes[0, 2].transAxes
+            )
             axes[0, 2].set_axis_off()
         g = self.settings.get("greedy_tokens", 0)
         if "tokens_changed_vs_full" in self.full:
-            bars(axes[1, 0], "tokens_changed_vs_full", f"tokens differing (of {g})",
-                 self.full["tokens_changed_vs_base"], "full vs base")
+            bars(
+                axes[1, 0],
+                "tokens_changed_vs_full",
+                f"tokens differing (of {g})",
+                self.full["tokens_changed_vs_base"],
+                "full vs base",
+            )
             axes[1, 0].set_title("greedy tokens changed vs full steering")
         else:
-            axes[1, 0].text(0.5, 0.5, "greedy_tokens=0: no generation", ha="center", va="center",
-                            transform=axes[1, 0].transAxes)
+            axes[1, 0].text(
+                0.5, 0.5, "greedy_tokens=0: no generation", ha="center", va="center", transform=axes[1, 0].transAxes
+            )
             axes[1, 0].set_axis_off()
-        bars(axes[1, 1], "edit_norm", "Σ_layers ‖edit‖ at last prompt token",
-             self.full["edit_norm"], "full steering")
+        bars(axes[1, 1], "edit_norm", "Σ_layers ‖edit‖ at last prompt token", self.full["edit_norm"], "full steering")
         axes[1, 1].set_title("edit norm")
         ax = axes[1, 2]
         if self.top_k:
@@ -245,15 +272,24 @@ class Ablation:
             note.append(f"Δmargin {po['delta_margin']:+.3g}")
         if "tokens_changed_vs_base" in po:
             note.append(f"tokens changed {po['tokens_changed_vs_base']:.3g}/{g}")
-        ax.text(0.02, 0.97, "\n".join(note), transform=ax.transAxes, va="top", fontsize=7.5,
-                bbox=dict(boxstyle="round", fc="#f2f0f7", ec="#8172b2"))
+        ax.text(
+            0.02,
+            0.97,
+            "\n".join(note),
+            transform=ax.transAxes,
+            va="top",
+            fontsize=7.5,
+            bbox=dict(boxstyle="round", fc="#f2f0f7", ec="#8172b2"),
+        )
         ax.set_xlabel("k (edit θ0..θ(k−1))")
         ax.set_ylabel("nats")
         ax.set_title("cumulative top-k components")
         ax.legend(fontsize=7.5, loc="upper right")
         if title is None:
-            title = (f"component ablation: {len(self.prompts)} prompts, "
-                     f"α={self.settings.get('alpha')}, {self.settings.get('n_pairs', 0)} held-out pairs")
+            title = (
+                f"component ablation: {len(self.prompts)} prompts, "
+                f"α={self.settings.get('alpha')}, {self.settings.get('n_pairs', 0)} held-out pairs"
+            )
         fig.suptitle(title)
         return fig
 
@@ -565,7 +601,7 @@ def ablate_components(
             r_ids = []
             for resp in (pos, neg):
                 full_text = render(model, q, resp)
-                rest = full_text[len(prefix):] if full_text.startswith(prefix) else resp
+                rest = full_text[len(prefix) :] if full_text.startswith(prefix) else resp
                 r_ids.append(list(tok(rest, add_special_tokens=False)["input_ids"]))
             if not r_ids[0] or not r_ids[1]:
                 n_dropped += 1
@@ -583,8 +619,7 @@ def ablate_components(
         pad = pad_id(tok)
         for start in range(0, len(row_q), batch_size):
             rows = list(range(start, min(start + batch_size, len(row_q))))
-            ids, mask, p = _margin_batch([prompt_ids_all[r] for r in rows],
-                                         [resp_ids_all[r] for r in rows], pad)
+            ids, mask, p = _margin_batch([prompt_ids_all[r] for r in rows], [resp_ids_all[r] for r in rows], pad)
             margin_batches.append((rows, ids, mask, p))
         resp_lens = [len(r) for r in resp_ids_all]
 
@@ -617,12 +652,21 @@ def ablate_components(
             last_logits.append(logits[:, -1].cpu())
             norms.append(torch.stack(store).sum(0) if store else torch.zeros(len(rows)))
         if greedy_tokens:
+
             def hooks_for(start: int, stop: int, batch: Encoded, var: _Variant = var) -> list:
                 rows = list(range(start, stop))
                 return var.hooks(model, proj, _slice_selections(sels, rows), batch.input_ids.shape[1])
 
-            gen = generate_with_hooks(model, texts, hooks_for, chat=text_chat, max_new_tokens=greedy_tokens,
-                                      do_sample=False, batch_size=batch_size, backend=backend)
+            gen = generate_with_hooks(
+                model,
+                texts,
+                hooks_for,
+                chat=text_chat,
+                max_new_tokens=greedy_tokens,
+                do_sample=False,
+                batch_size=batch_size,
+                backend=backend,
+            )
             counter.n += greedy_tokens * len(batches)
         entry: dict[str, Any] = {
             "logits": torch.cat(last_logits),

@@ -197,21 +197,35 @@ class Attribution:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Attribution":
         """Rebuild a result from `to_dict()` output (e.g. a saved JSON file)."""
-        arrays = ("changed", "same_prefix", "logit_diff_steered", "logit_diff_base",
-                  "frozen_scale_change", "direct_total", "per_layer", "per_direction",
-                  "per_layer_direction", "cast_residual", "scale_ratio")
+        arrays = (
+            "changed",
+            "same_prefix",
+            "logit_diff_steered",
+            "logit_diff_base",
+            "frozen_scale_change",
+            "direct_total",
+            "per_layer",
+            "per_direction",
+            "per_layer_direction",
+            "cast_residual",
+            "scale_ratio",
+        )
         kwargs = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
         for name in arrays:
             dtype = bool if name in ("changed", "same_prefix") else np.float64
             value = [np.nan if v is None else v for v in np.asarray(data[name], dtype=object).ravel()]
             kwargs[name] = np.asarray(value, dtype=dtype).reshape(np.shape(data[name]))
         n, n_l, n_d = int(data["n_positions"]), len(data["layers"]), len(data["directions"])
-        for name, shape in (("per_layer", (n, n_l)), ("per_direction", (n, n_d)),
-                            ("per_layer_direction", (n, n_l, n_d))):
+        for name, shape in (
+            ("per_layer", (n, n_l)),
+            ("per_direction", (n, n_d)),
+            ("per_layer_direction", (n, n_l, n_d)),
+        ):
             kwargs[name] = kwargs[name].reshape(shape)
         kwargs["directions"] = [tuple(int(v) for v in d) for d in data["directions"]]
-        kwargs["reconstruction_error"] = (np.nan if data["reconstruction_error"] is None
-                                          else float(data["reconstruction_error"]))
+        kwargs["reconstruction_error"] = (
+            np.nan if data["reconstruction_error"] is None else float(data["reconstruction_error"])
+        )
         return cls(**kwargs)
 
     def plot(self, *, title: Optional[str] = None, max_label_chars: int = 10) -> Any:
@@ -238,8 +252,7 @@ class Attribution:
 
         ax = axes[0]
         if self.first_divergence is not None and self.first_divergence + 1 < n:
-            ax.axvspan(self.first_divergence + 0.5, n - 0.5, color="#bbb", alpha=0.18, lw=0,
-                       label="prefixes differ")
+            ax.axvspan(self.first_divergence + 0.5, n - 0.5, color="#bbb", alpha=0.18, lw=0, label="prefixes differ")
         ax.axhline(0, color="#888", lw=0.6)
         ax.plot(x, self.logit_diff_steered, "o-", ms=3, lw=1, color="#c0392b", label="steered run")
         ax.plot(x, self.logit_diff_base, "o-", ms=3, lw=1, color="#2c3e50", label="base run")
@@ -258,26 +271,30 @@ class Attribution:
             data = np.asarray(data, dtype=float).reshape(len(labels), n)
             bound = float(np.nanmax(np.abs(data))) if data.size else 0.0
             bound = bound if bound > 0 else 1.0
-            im = ax.imshow(data, aspect="auto", cmap="RdBu_r", interpolation="nearest",
-                           norm=TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound))
+            im = ax.imshow(
+                data,
+                aspect="auto",
+                cmap="RdBu_r",
+                interpolation="nearest",
+                norm=TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound),
+            )
             ax.set_yticks(range(len(labels)), labels, fontsize=7)
             ax.set_ylabel(f"edited {name}", fontsize=8)
             fig.colorbar(im, ax=ax, pad=0.01, fraction=0.03).ax.tick_params(labelsize=7)
 
         bottom = axes[2]
-        bottom.set_xticks(x, [_short(s, max_label_chars) for s in self.steered_strings[:n]],
-                          rotation=90, fontsize=7)
+        bottom.set_xticks(x, [_short(s, max_label_chars) for s in self.steered_strings[:n]], rotation=90, fontsize=7)
         for tick, was_changed in zip(bottom.get_xticklabels(), self.changed):
             if was_changed:
                 tick.set_color("#c0392b")
                 tick.set_fontweight("bold")
         bottom.set_xlabel("steered token (red: differs from base)", fontsize=8)
         top = axes[0].secondary_xaxis("top")
-        top.set_xticks(x, [_short(s, max_label_chars) for s in self.base_strings[:n]],
-                       rotation=90, fontsize=7, color="#555")
+        top.set_xticks(
+            x, [_short(s, max_label_chars) for s in self.base_strings[:n]], rotation=90, fontsize=7, color="#555"
+        )
         top.set_xlabel("base token", fontsize=8)
-        fig.suptitle(title or f"Direct logit attribution of the steering edits: {_short(self.prompt, 60)}",
-                     fontsize=9)
+        fig.suptitle(title or f"Direct logit attribution of the steering edits: {_short(self.prompt, 60)}", fontsize=9)
         return fig
 
     def to_html(self, *, top_k: Optional[int] = None, max_tokens: Optional[int] = None) -> str:
@@ -312,8 +329,7 @@ class Attribution:
                     lines.append("prefixes differ here (after the first changed token)")
                 if self.changed[i] and self.layers:
                     lines.append("top layers: " + ", ".join(f"{n} {v:+.3f}" for n, v in self.top_layers(i, k)))
-                    lines.append("top directions: "
-                                 + ", ".join(f"{n} {v:+.3f}" for n, v in self.top_directions(i, k)))
+                    lines.append("top directions: " + ", ".join(f"{n} {v:+.3f}" for n, v in self.top_directions(i, k)))
                 border = "border-bottom:2px solid #c0392b;" if self.changed[i] else ""
             else:
                 colour, border = "transparent", "border-bottom:1px dotted #999;"
@@ -337,8 +353,10 @@ class Attribution:
             'font-size:0.9em;line-height:1.7">'
             f'<div style="font-size:0.8em;color:#555">prompt: {html.escape(self.prompt, quote=True)}</div>'
             + legend
-            + '<div style="white-space:pre-wrap">' + "".join(spans)
-            + ("…" if len(shown_tokens) < len(self.steered_strings) else "") + "</div></div>"
+            + '<div style="white-space:pre-wrap">'
+            + "".join(spans)
+            + ("…" if len(shown_tokens) < len(self.steered_strings) else "")
+            + "</div></div>"
         )
 
 
@@ -449,8 +467,9 @@ def attribute_steering(
         text = render(model, prompt, chat=chat)
 
         def answer(hooks: list) -> list[int]:
-            return generate_with_hooks(model, [text], lambda start, stop, enc: hooks, chat=chat,
-                                       max_new_tokens=max_new_tokens, backend=backend)[0]
+            return generate_with_hooks(
+                model, [text], lambda start, stop, enc: hooks, chat=chat, max_new_tokens=max_new_tokens, backend=backend
+            )[0]
 
         base = answer([])
         steered = answer(steerer.hooks(model, selections=selections, prompt_len=plen))
@@ -474,8 +493,7 @@ def attribute_steering(
         steered = steered + [_stop_choice(steered_run, stops)]
 
     n = min(len(base), len(steered))
-    result = _attribute(model, base, steered, plen, n, base_run, steered_run, by_layer, objectives,
-                        record, site)
+    result = _attribute(model, base, steered, plen, n, base_run, steered_run, by_layer, objectives, record, site)
     changed = np.array([b != s for b, s in zip(base[:n], steered[:n])], dtype=bool)
     first = int(np.flatnonzero(changed)[0]) if changed.any() else None
     same_prefix = np.arange(n) <= (first if first is not None else n)
@@ -539,14 +557,22 @@ def _has_hook(model: Any, name: str) -> bool:
 
 
 @torch.inference_mode()
-def _run(model: Any, ids: list[int], edit_hooks: list, device: torch.device, *,
-         by_layer: Optional[dict] = None, site: str = "resid_post") -> _Run:
+def _run(
+    model: Any,
+    ids: list[int],
+    edit_hooks: list,
+    device: torch.device,
+    *,
+    by_layer: Optional[dict] = None,
+    site: str = "resid_post",
+) -> _Run:
     """One forward pass: logits, the final norm's input and scale, edit inputs/outputs."""
     store: dict[str, Tensor] = {}
 
     def keep(key: str):
         def fn(activation: Tensor, hook: Any) -> None:
             store[key] = activation[0].detach().clone()
+
         return fn
 
     hooks: list = []
@@ -575,8 +601,7 @@ def _run(model: Any, ids: list[int], edit_hooks: list, device: torch.device, *,
         raise RuntimeError(f"no activation reached {final_name}: cannot attribute logits")
     final_in = store["final_in"]
     scale = store["scale"].reshape(-1, 1) if has_scale else torch.ones(final_in.shape[0], 1)
-    run = _Run(logits=logits[0].detach().to(torch.float64), final_in=final_in,
-               scale=scale.to(torch.float64))
+    run = _Run(logits=logits[0].detach().to(torch.float64), final_in=final_in, scale=scale.to(torch.float64))
     for layer in by_layer or {}:
         run.inputs[layer] = store[f"in.{layer}"]
         run.outputs[layer] = store[f"out.{layer}"]
@@ -584,7 +609,7 @@ def _run(model: Any, ids: list[int], edit_hooks: list, device: torch.device, *,
 
 
 def _final_norm_kind(model: Any) -> Optional[str]:
-    """"LN" (centre and scale), "RMS" (scale) or None (no final norm)."""
+    """ "LN" (centre and scale), "RMS" (scale) or None (no final norm)."""
     kind = getattr(model.cfg, "normalization_type", None)
     if kind in ("LN", "LNPre"):
         return "RMS" if getattr(model.cfg, "final_rms", False) else "LN"
@@ -597,8 +622,10 @@ def _final_norm_affine(model: Any, d_model: int) -> tuple[Tensor, Tensor]:
     """The final norm's effective weight and bias (ones / zeros where there are none)."""
     ln = getattr(model, "ln_final", None)
     weight = bias = None
-    if ln is not None and _final_norm_kind(model) is not None and model.cfg.normalization_type not in (
-        "LNPre", "RMSPre"
+    if (
+        ln is not None
+        and _final_norm_kind(model) is not None
+        and model.cfg.normalization_type not in ("LNPre", "RMSPre")
     ):
         weight = getattr(ln, "weight", None)
         if weight is None:
@@ -615,8 +642,9 @@ def _final_norm_affine(model: Any, d_model: int) -> tuple[Tensor, Tensor]:
     return w, b
 
 
-def _objective_of_terms(by_layer: dict[int, list[EditTerm]],
-                        selections: list[list[QuerySelection]]) -> dict[int, list[int]]:
+def _objective_of_terms(
+    by_layer: dict[int, list[EditTerm]], selections: list[list[QuerySelection]]
+) -> dict[int, list[int]]:
     """Per layer, the objective index of each EditTerm (edit_terms keeps objective order)."""
     out = {}
     for layer, terms in by_layer.items():
@@ -627,9 +655,19 @@ def _objective_of_terms(by_layer: dict[int, list[EditTerm]],
     return out
 
 
-def _attribute(model, base, steered, plen, n, base_run: _Run, steered_run: _Run,
-               by_layer: dict[int, list[EditTerm]], objectives: dict[int, list[int]], record: list,
-               site: str) -> dict[str, Any]:
+def _attribute(
+    model,
+    base,
+    steered,
+    plen,
+    n,
+    base_run: _Run,
+    steered_run: _Run,
+    by_layer: dict[int, list[EditTerm]],
+    objectives: dict[int, list[int]],
+    record: list,
+    site: str,
+) -> dict[str, Any]:
     from transformer_lens import ActivationCache
 
     q = torch.arange(plen - 1, plen - 1 + n)  # sequence positions predicting token i
@@ -673,8 +711,14 @@ def _attribute(model, base, steered, plen, n, base_run: _Run, steered_run: _Run,
     frozen = (ld_s - const) - (scale_b / scale_s)[:, 0] * (ld_b - const)
 
     layers = sorted(by_layer)
-    directions = sorted({(p, j) for layer in layers for p, term in zip(objectives[layer], by_layer[layer])
-                         for j in torch.nonzero(term.coef[0] != 0).flatten().tolist()})
+    directions = sorted(
+        {
+            (p, j)
+            for layer in layers
+            for p, term in zip(objectives[layer], by_layer[layer])
+            for j in torch.nonzero(term.coef[0] != 0).flatten().tolist()
+        }
+    )
     d_index = {key: c for c, key in enumerate(directions)}
     per_ld = torch.zeros(n, len(layers), len(directions), dtype=torch.float64)
     cast = torch.zeros(n, dtype=torch.float64)
@@ -684,7 +728,7 @@ def _attribute(model, base, steered, plen, n, base_run: _Run, steered_run: _Run,
         edited = torch.zeros(x_all.shape[0], dtype=torch.bool)
         span = spans.get(hook_name(site, layer))
         if span is not None:
-            edited[span[0]:span[1]] = True
+            edited[span[0] : span[1]] = True
         mask = edited[q].to(torch.float64)[:, None]  # positions the hook edited
         # the hook computes in float32 (float64 for float64 activations): do the same
         work = torch.float64 if x_all.dtype == torch.float64 else torch.float32
@@ -697,10 +741,9 @@ def _attribute(model, base, steered, plen, n, base_run: _Run, steered_run: _Run,
             coef = term.coef[0].to(work).cpu()
             step = edit_steps(x @ theta.T, s, coef, term.mode, term.edit)  # [n, k]
             for j in torch.nonzero(coef != 0).flatten().tolist():
-                vectors.append(step[:, j:j + 1].to(torch.float64) * theta[j].to(torch.float64) * mask)
+                vectors.append(step[:, j : j + 1].to(torch.float64) * theta[j].to(torch.float64) * mask)
                 keys.append((p, j))
-        actual = (steered_run.outputs[layer][q].cpu().to(torch.float64)
-                  - x_all[q].to(torch.float64))
+        actual = steered_run.outputs[layer][q].cpu().to(torch.float64) - x_all[q].to(torch.float64)
         modelled = torch.stack(vectors).sum(0) if vectors else torch.zeros_like(actual)
         parts = dla(torch.stack(vectors + [actual - modelled]))
         for c, key in enumerate(keys):

@@ -55,8 +55,15 @@ logger = logging.getLogger(__name__)
 __all__ = ["LayerSignal", "auroc", "auroc_null_sd", "layer_signal"]
 
 PROBE_L2 = 1.0  # L2 penalty of the probe: sum of log-losses + (PROBE_L2 / 2)·‖w‖²
-_FIT_DEFAULTS = {"tau": 0.8, "variance": 0.90, "rank": None, "max_rank": None,
-                 "n_null": 200, "null_quantile": 0.95, "null_seed": 0}
+_FIT_DEFAULTS = {
+    "tau": 0.8,
+    "variance": 0.90,
+    "rank": None,
+    "max_rank": None,
+    "n_null": 200,
+    "null_quantile": 0.95,
+    "null_seed": 0,
+}
 N_PERM = 100  # default number of pos/neg swap patterns for the per-layer p-values
 
 
@@ -290,9 +297,23 @@ class LayerSignal:
     null_rank: Optional[np.ndarray] = None
 
     _ARRAYS = (
-        "rank", "explained_variance", "n_pairs", "n_kept", "cos_mean", "cos_std", "eval_rank",
-        "auroc_first", "auroc_probe", "pair_acc_first", "gap_z", "auroc_first_sd", "auroc_probe_sd",
-        "p_auroc_first", "p_auroc_probe", "p_gap", "null_rank",
+        "rank",
+        "explained_variance",
+        "n_pairs",
+        "n_kept",
+        "cos_mean",
+        "cos_std",
+        "eval_rank",
+        "auroc_first",
+        "auroc_probe",
+        "pair_acc_first",
+        "gap_z",
+        "auroc_first_sd",
+        "auroc_probe_sd",
+        "p_auroc_first",
+        "p_auroc_probe",
+        "p_gap",
+        "null_rank",
     )
 
     def to_dict(self) -> dict[str, Any]:
@@ -321,33 +342,44 @@ class LayerSignal:
 
     def summary(self) -> str:
         """A text table, one row per layer (`*` marks recommended layers)."""
-        head = (f"layer signal ({self.objective.get('name', 'custom')}, site {self.site}, "
-                f"{int(self.n_pairs[0]) if len(self.n_pairs) else 0} pairs, "
-                f"{len(self.test_pairs)} held out; {self.evaluation})")
+        head = (
+            f"layer signal ({self.objective.get('name', 'custom')}, site {self.site}, "
+            f"{int(self.n_pairs[0]) if len(self.n_pairs) else 0} pairs, "
+            f"{len(self.test_pairs)} held out; {self.evaluation})"
+        )
         with_p = self.p_auroc_probe is not None and bool(np.isfinite(self.p_auroc_probe).any())
-        lines = [head, "layer  rank    EV  kept  cos(mean±std)  AUROC θ1  AUROC probe  gap_z"
-                 + ("  p θ1  p probe  p gap  null-rank" if with_p else "")
-                 + ("  chosen" if self.chosen_frequency is not None else "")]
+        lines = [
+            head,
+            "layer  rank    EV  kept  cos(mean±std)  AUROC θ1  AUROC probe  gap_z"
+            + ("  p θ1  p probe  p gap  null-rank" if with_p else "")
+            + ("  chosen" if self.chosen_frequency is not None else ""),
+        ]
 
         def f(v: float, w: int, p: int = 3) -> str:
             return f"{v:>{w}.{p}f}" if math.isfinite(v) else f"{'-':>{w}}"
 
         for i, layer in enumerate(self.layers):
             mark = "*" if layer in self.recommended else " "
-            row = (f"{layer:>4}{mark}  {int(self.rank[i]):>4}  {f(self.explained_variance[i], 4, 2)}  "
-                   f"{int(self.n_kept[i]):>4}  {f(self.cos_mean[i], 6)}±{f(self.cos_std[i], 5)}  "
-                   f"{f(self.auroc_first[i], 8)}  {f(self.auroc_probe[i], 11)}  {f(self.gap_z[i], 5, 2)}")
+            row = (
+                f"{layer:>4}{mark}  {int(self.rank[i]):>4}  {f(self.explained_variance[i], 4, 2)}  "
+                f"{int(self.n_kept[i]):>4}  {f(self.cos_mean[i], 6)}±{f(self.cos_std[i], 5)}  "
+                f"{f(self.auroc_first[i], 8)}  {f(self.auroc_probe[i], 11)}  {f(self.gap_z[i], 5, 2)}"
+            )
             if with_p:
-                row += (f"  {f(self.p_auroc_first[i], 4, 2)}  {f(self.p_auroc_probe[i], 7, 3)}  "
-                        f"{f(self.p_gap[i], 5, 3)}  {int(self.null_rank[i]):>9}")
+                row += (
+                    f"  {f(self.p_auroc_first[i], 4, 2)}  {f(self.p_auroc_probe[i], 7, 3)}  "
+                    f"{f(self.p_gap[i], 5, 3)}  {int(self.null_rank[i]):>9}"
+                )
             if self.chosen_frequency is not None:
                 row += f"  {f(self.chosen_frequency[i], 6, 2)}"
             lines.append(row)
         lines.append(f"recommended: {self.recommended}  ({self.rule})")
         if with_p:
-            lines.append(f"p: permutation p-values over {self.settings.get('n_perm')} random pos/neg swaps "
-                         f"(smallest possible {1 / (1 + int(self.settings.get('n_perm', 0))):.3g}); "
-                         "null-rank: directions above the sign-flip null")
+            lines.append(
+                f"p: permutation p-values over {self.settings.get('n_perm')} random pos/neg swaps "
+                f"(smallest possible {1 / (1 + int(self.settings.get('n_perm', 0))):.3g}); "
+                "null-rank: directions above the sign-flip null"
+            )
         return "\n".join(lines)
 
     def plot(self, *, title: Optional[str] = None):
@@ -389,8 +421,9 @@ class LayerSignal:
 
         ax = axes[1]
         ax.plot(x, self.cos_mean, "o-", color="tab:purple", ms=3, label="cos(pos, neg) mean ± std")
-        ax.fill_between(x, self.cos_mean - self.cos_std, self.cos_mean + self.cos_std,
-                        color="tab:purple", alpha=0.2, lw=0)
+        ax.fill_between(
+            x, self.cos_mean - self.cos_std, self.cos_mean + self.cos_std, color="tab:purple", alpha=0.2, lw=0
+        )
         tau = self.settings.get("fit", {}).get("tau")
         if tau is not None:
             ax.axhline(tau, color="tab:purple", ls=":", lw=1, label=f"tau = {tau}")
@@ -410,12 +443,24 @@ class LayerSignal:
         ax.plot(x, self.auroc_first, "o-", ms=3, color="tab:red", label="AUROC along θ1")
         ax.plot(x, self.auroc_probe, "s-", ms=3, color="tab:brown", label="AUROC probe")
         if len(self.splits) > 1:
-            ax.fill_between(x, self.auroc_probe - self.auroc_probe_sd, self.auroc_probe + self.auroc_probe_sd,
-                            color="tab:brown", alpha=0.15, lw=0)
+            ax.fill_between(
+                x,
+                self.auroc_probe - self.auroc_probe_sd,
+                self.auroc_probe + self.auroc_probe_sd,
+                color="tab:brown",
+                alpha=0.15,
+                lw=0,
+            )
         if with_p:  # layers whose probe AUROC beats the permutation null
             hit = np.isfinite(self.p_auroc_probe) & (self.p_auroc_probe <= 0.05)
-            ax.plot(x[hit], np.full(int(hit.sum()), 1.0), "*", ms=7, color="tab:green",
-                    label=f"p probe ≤ 0.05 ({self.settings.get('n_perm')} swaps)")
+            ax.plot(
+                x[hit],
+                np.full(int(hit.sum()), 1.0),
+                "*",
+                ms=7,
+                color="tab:green",
+                label=f"p probe ≤ 0.05 ({self.settings.get('n_perm')} swaps)",
+            )
         bar = self.settings.get("auroc_bar")
         if bar is not None:
             ax.axhline(bar, color="tab:green", ls="--", lw=1, label=f"bar {bar:.3f}")
@@ -441,8 +486,10 @@ class LayerSignal:
         axes[-1].set_xlabel("layer")
         if title is None:
             name = self.model.get("model_id", "activations") if self.model else "activations"
-            title = (f"Layer signal: {name}, {self.objective.get('name', 'custom')}, {self.site}; "
-                     f"{int(self.n_pairs[0])} pairs; shaded: recommended")
+            title = (
+                f"Layer signal: {name}, {self.objective.get('name', 'custom')}, {self.site}; "
+                f"{int(self.n_pairs[0])} pairs; shaded: recommended"
+            )
         fig.suptitle(title, fontsize=10)
         return fig
 
@@ -494,9 +541,9 @@ def _single_thread():
         torch.set_num_threads(before)
 
 
-
-def _held_out(theta: Tensor, pos: np.ndarray, neg: np.ndarray, train: np.ndarray,
-              test: np.ndarray) -> tuple[float, float, float]:
+def _held_out(
+    theta: Tensor, pos: np.ndarray, neg: np.ndarray, train: np.ndarray, test: np.ndarray
+) -> tuple[float, float, float]:
     """(AUROC along θ_1, probe AUROC, pair accuracy along θ_1) on the held-out pairs."""
     if theta.shape[0] == 0:
         return math.nan, math.nan, math.nan
@@ -539,8 +586,7 @@ def _auroc_rows(sp: np.ndarray, sn: np.ndarray) -> np.ndarray:
     return out
 
 
-def _fit_probe_batch(x: np.ndarray, y: np.ndarray, mask: np.ndarray, l2: float = PROBE_L2,
-                     iters: int = 100) -> tuple:
+def _fit_probe_batch(x: np.ndarray, y: np.ndarray, mask: np.ndarray, l2: float = PROBE_L2, iters: int = 100) -> tuple:
     """`_fit_probe` for B label vectors at once, by batched Newton steps.
 
     `x` `[m, k]` rows shared by every draw, `y` `[B, m]` labels, `mask` `[B, k]` the
@@ -568,8 +614,9 @@ def _fit_probe_batch(x: np.ndarray, y: np.ndarray, mask: np.ndarray, l2: float =
     return mean, std, beta[:, :-1], beta[:, -1]
 
 
-def _null_rule_ranks(z: Tensor, flips: Tensor, n_null: int, quantile: float, seed: int,
-                     numerical_rank: int) -> np.ndarray:
+def _null_rule_ranks(
+    z: Tensor, flips: Tensor, n_null: int, quantile: float, seed: int, numerical_rank: int
+) -> np.ndarray:
     """The rank `fit_layer(rank="null")` gives on each of B sign-flipped copies of D.
 
     `z` `[n, r]` are the coordinates `D Vᵀ` of the unflipped fit and `flips` `[B, n]` the
@@ -588,8 +635,16 @@ def _null_rule_ranks(z: Tensor, flips: Tensor, n_null: int, quantile: float, see
     return above.clamp(max=numerical_rank).numpy()
 
 
-def _held_out_perm(P: Tensor, N: Tensor, cos: np.ndarray, train: np.ndarray, test: np.ndarray,
-                   flips: np.ndarray, fit: dict[str, Any], theta: Optional[Tensor]) -> tuple[np.ndarray, np.ndarray]:
+def _held_out_perm(
+    P: Tensor,
+    N: Tensor,
+    cos: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    flips: np.ndarray,
+    fit: dict[str, Any],
+    theta: Optional[Tensor],
+) -> tuple[np.ndarray, np.ndarray]:
     """Held-out AUROC along θ_1 and of the probe for B relabelled copies of the pairs.
 
     In copy b, pos and neg swap places in pair k wherever `flips[b, k] = −1`, in the
@@ -614,8 +669,14 @@ def _held_out_perm(P: Tensor, N: Tensor, cos: np.ndarray, train: np.ndarray, tes
         z = u * sigma  # [n_keep, r] = diffs @ vh.T
         rank = fit["rank"]
         if rank == "null":
-            ranks = _null_rule_ranks(z, torch.from_numpy(flips[:, keep]), int(fit["n_null"]),
-                                     float(fit["null_quantile"]), int(fit["null_seed"]), numerical_rank)
+            ranks = _null_rule_ranks(
+                z,
+                torch.from_numpy(flips[:, keep]),
+                int(fit["n_null"]),
+                float(fit["null_quantile"]),
+                int(fit["null_seed"]),
+                numerical_rank,
+            )
         elif rank is not None:
             ranks = np.full(n_b, min(int(rank), numerical_rank))
         else:
@@ -678,33 +739,44 @@ def auroc_null_sd(n_pos: int, n_neg: int) -> float:
     return math.sqrt((n_pos + n_neg + 1) / (12.0 * n_pos * n_neg))
 
 
-def _recommend(sig: dict[str, np.ndarray], layers: list[int], n_pairs: int, n_train: int,
-               n_test: int, top_n: int, min_kept: float, refit: bool, repeats: int = 1) -> tuple[list[int], str, float]:
+def _recommend(
+    sig: dict[str, np.ndarray],
+    layers: list[int],
+    n_pairs: int,
+    n_train: int,
+    n_test: int,
+    top_n: int,
+    min_kept: float,
+    refit: bool,
+    repeats: int = 1,
+) -> tuple[list[int], str, float]:
     need = max(2, math.ceil(min_kept * n_pairs))
     bar = 0.5 + auroc_null_sd(n_test, n_test)
     probe, gap = sig["auroc_probe"], sig["gap_z"]
-    eligible = [i for i in range(len(layers))
-                if sig["n_kept"][i] >= need and sig["rank"][i] > 0
-                and math.isfinite(probe[i]) and probe[i] >= bar - 1e-12]
+    eligible = [
+        i
+        for i in range(len(layers))
+        if sig["n_kept"][i] >= need and sig["rank"][i] > 0 and math.isfinite(probe[i]) and probe[i] >= bar - 1e-12
+    ]
 
     def key(i: int) -> tuple:
         g = gap[i] if not math.isnan(gap[i]) else -math.inf
         return (-probe[i], -g, layers[i])
 
     chosen = sorted(layers[i] for i in sorted(eligible, key=key)[:top_n])
-    where = (f"the subspace refitted on the {n_train} training pairs" if refit
-             else "the subspace as given")
+    where = f"the subspace refitted on the {n_train} training pairs" if refit else "the subspace as given"
     if repeats > 1:
         where += f"; mean over {repeats} seeded splits"
-    rule = (f"the (up to) {top_n} layers with the highest held-out probe AUROC ({where}, scored "
-            f"on {n_test} held-out pairs), among layers where the subspace has at least one "
-            f"direction, at least {need} of {n_pairs} pairs pass the cosine filter (min_kept = "
-            f"{min_kept:g}), and the probe AUROC is at least {bar:.3f} (0.5 plus one standard "
-            f"deviation of chance for {n_test} + {n_test} held-out rows); ties broken by the "
-            f"larger gap_z, then the shallower layer")
+    rule = (
+        f"the (up to) {top_n} layers with the highest held-out probe AUROC ({where}, scored "
+        f"on {n_test} held-out pairs), among layers where the subspace has at least one "
+        f"direction, at least {need} of {n_pairs} pairs pass the cosine filter (min_kept = "
+        f"{min_kept:g}), and the probe AUROC is at least {bar:.3f} (0.5 plus one standard "
+        f"deviation of chance for {n_test} + {n_test} held-out rows); ties broken by the "
+        f"larger gap_z, then the shallower layer"
+    )
     if not chosen:
-        rule += (". No layer qualified, so nothing is recommended: keep per-query selection "
-                 "or use more pairs")
+        rule += ". No layer qualified, so nothing is recommended: keep per-query selection or use more pairs"
     elif len(chosen) < top_n:
         rule += f". {len(chosen)} layer(s) qualified"
     return chosen, rule, bar
@@ -786,8 +858,7 @@ def layer_signal(
         raise ValueError(f"seed must be >= 0 (numpy seeds are non-negative); got {seed}")
     kind, n = check_pair_data(prefs, subspace.layer_indices, d_model=subspace.d_model, caller="layer_signal")
     if n < 4:
-        raise ValueError(
-            f"a held-out split needs at least 4 pairs (at least 2 to train on and 1 held out); got {n}")
+        raise ValueError(f"a held-out split needs at least 4 pairs (at least 2 to train on and 1 held out); got {n}")
     if queries is not None:
         if isinstance(queries, str):
             raise TypeError("queries must be a list of strings, not a single string")
@@ -797,8 +868,10 @@ def layer_signal(
     needs_model = kind in ("prefs", "texts", "tokens") or queries is not None
     if needs_model:
         if model is None:
-            raise ValueError("a model is needed to run texts, tokens or queries; pass the model "
-                             "(or precomputed activations and no queries)")
+            raise ValueError(
+                "a model is needed to run texts, tokens or queries; pass the model "
+                "(or precomputed activations and no queries)"
+            )
         subspace.check_model(model, strict=False)
         if kind in ("prefs", "texts") or queries is not None:
             require_tokenizer(model, "layer_signal on text")
@@ -807,14 +880,20 @@ def layer_signal(
     fit_settings = {k: subspace.settings.get(k, v) for k, v in _FIT_DEFAULTS.items()}
     tau = float(fit_settings["tau"])
     try:
-        check_rank_args(fit_settings["rank"], fit_settings["max_rank"], fit_settings["n_null"],
-                        fit_settings["null_quantile"], fit_settings["null_seed"])
+        check_rank_args(
+            fit_settings["rank"],
+            fit_settings["max_rank"],
+            fit_settings["n_null"],
+            fit_settings["null_quantile"],
+            fit_settings["null_seed"],
+        )
     except (TypeError, ValueError) as exc:
         raise ValueError(f"the subspace's fit settings cannot be used for the refit: {exc}") from None
 
     t0 = time.perf_counter()
-    acts = embed_pairs(model, prefs, layers, subspace.site, batch_size=batch_size, chat=chat, verbose=verbose,
-                       caller="layer_signal")
+    acts = embed_pairs(
+        model, prefs, layers, subspace.site, batch_size=batch_size, chat=chat, verbose=verbose, caller="layer_signal"
+    )
     pos_t, neg_t = acts.pos.double(), acts.neg.double()
     n_batches = 0 if kind == "acts" else acts.n_batches
     if pos_t.shape[0] != n or not (torch.isfinite(pos_t).all() and torch.isfinite(neg_t).all()):
@@ -823,10 +902,23 @@ def layer_signal(
     train, test = splits[0]
 
     L = len(layers)
-    sig: dict[str, np.ndarray] = {name: np.full(L, np.nan) for name in (
-        "explained_variance", "cos_mean", "cos_std", "auroc_first", "auroc_probe",
-        "pair_acc_first", "gap_z", "auroc_first_sd", "auroc_probe_sd",
-        "p_auroc_first", "p_auroc_probe", "p_gap")}
+    sig: dict[str, np.ndarray] = {
+        name: np.full(L, np.nan)
+        for name in (
+            "explained_variance",
+            "cos_mean",
+            "cos_std",
+            "auroc_first",
+            "auroc_probe",
+            "pair_acc_first",
+            "gap_z",
+            "auroc_first_sd",
+            "auroc_probe_sd",
+            "p_auroc_first",
+            "p_auroc_probe",
+            "p_gap",
+        )
+    }
     flips = _perm_signs(n, n_perm, int(seed))
     for name in ("rank", "n_pairs", "n_kept", "eval_rank", "null_rank"):
         sig[name] = np.zeros(L, dtype=np.int64)
@@ -862,8 +954,9 @@ def layer_signal(
                     sig["eval_rank"][i] = int(theta.shape[0])
                 per_split.append(_held_out(theta, p_np, n_np, tr, te))
                 if n_perm:
-                    a_first, a_probe = _held_out_perm(P, N, cos, tr, te, flips, fit_settings,
-                                                      None if refit else sub.directions)
+                    a_first, a_probe = _held_out_perm(
+                        P, N, cos, tr, te, flips, fit_settings, None if refit else sub.directions
+                    )
                     null_first += a_first / len(splits)
                     null_probe += a_probe / len(splits)
             vals = np.array(per_split)  # [repeats, 3]
@@ -879,32 +972,42 @@ def layer_signal(
             if len(vals):
                 sig["auroc_first"][i], sig["auroc_probe"][i], sig["pair_acc_first"][i] = vals.mean(0)
                 sig["auroc_first_sd"][i], sig["auroc_probe_sd"][i] = vals[:, 0].std(), vals[:, 1].std()
-            null_fit = fit_layer(P, N, layer=layer, tau=tau, rank="null", n_null=int(fit_settings["n_null"]),
-                                 null_quantile=float(fit_settings["null_quantile"]),
-                                 null_seed=int(fit_settings["null_seed"]))
+            null_fit = fit_layer(
+                P,
+                N,
+                layer=layer,
+                tau=tau,
+                rank="null",
+                n_null=int(fit_settings["n_null"]),
+                null_quantile=float(fit_settings["null_quantile"]),
+                null_seed=int(fit_settings["null_seed"]),
+            )
             sig["null_rank"][i] = null_fit.rank
 
     query_scores = query_layers = freq = None
     n_query_batches = 0
     if queries is not None:
-        [selections] = Steerer(subspace, top_n=top_n).select(model, queries, chat=chat,
-                                                             batch_size=batch_size)
+        [selections] = Steerer(subspace, top_n=top_n).select(model, queries, chat=chat, batch_size=batch_size)
         n_query_batches = math.ceil(len(queries) / batch_size)
-        query_scores = np.array([[sel.scores.get(layer, math.nan) for layer in layers]
-                                 for sel in selections], dtype=np.float64)
+        query_scores = np.array(
+            [[sel.scores.get(layer, math.nan) for layer in layers] for sel in selections], dtype=np.float64
+        )
         query_layers = [list(sel.layers) for sel in selections]
         freq = np.array([np.mean([layer in sel.layers for sel in selections]) for layer in layers])
 
     pairs_match_fit = bool(all(matches))
     if refit:
-        evaluation = (f"refit: held-out numbers use a subspace refitted at each layer on the "
-                      f"{len(train)} training pairs only (tau/variance/rank/max_rank as the subspace)")
+        evaluation = (
+            f"refit: held-out numbers use a subspace refitted at each layer on the "
+            f"{len(train)} training pairs only (tau/variance/rank/max_rank as the subspace)"
+        )
     else:
-        evaluation = ("as given: held-out numbers use the subspace's own directions"
-                      + ("; it was fitted on these pairs, held-out ones included, so they are optimistic"
-                         if pairs_match_fit else ""))
-    recommended, rule, bar = _recommend(sig, layers, n, len(train), len(test), top_n, float(min_kept),
-                                   bool(refit), int(repeats))
+        evaluation = "as given: held-out numbers use the subspace's own directions" + (
+            "; it was fitted on these pairs, held-out ones included, so they are optimistic" if pairs_match_fit else ""
+        )
+    recommended, rule, bar = _recommend(
+        sig, layers, n, len(train), len(test), top_n, float(min_kept), bool(refit), int(repeats)
+    )
     settings = {
         "holdout": float(holdout),
         "seed": int(seed),
@@ -935,8 +1038,7 @@ def layer_signal(
         rule=rule,
         site=subspace.site,
         objective=dict(subspace.objective),
-        model=dict(subspace.model) if subspace.model else
-        (model_signature(model) if model is not None else {}),
+        model=dict(subspace.model) if subspace.model else (model_signature(model) if model is not None else {}),
         settings=settings,
         queries=queries,
         query_scores=query_scores,
@@ -945,6 +1047,10 @@ def layer_signal(
         **sig,
     )
     if verbose:
-        logger.info("%s\nlayer_signal: %.1fs, %d capture forward passes", result.summary(),
-                    time.perf_counter() - t0, n_batches + n_query_batches)
+        logger.info(
+            "%s\nlayer_signal: %.1fs, %d capture forward passes",
+            result.summary(),
+            time.perf_counter() - t0,
+            n_batches + n_query_batches,
+        )
     return result

@@ -70,10 +70,16 @@ def plot_spectrum(subspace: Any, max_components: int = 10) -> Any:
         grid[: len(ev), i] = ev
         ranks.append(sub.rank)
         kept.append(sub.kept_variance)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True,
-                                      gridspec_kw={"height_ratios": [2, 1]})
-    im = top.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1, origin="lower",
-                    extent=(min(layers) - 0.5, max(layers) + 0.5, 0.5, max_components + 0.5))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    im = top.imshow(
+        grid,
+        aspect="auto",
+        cmap="viridis",
+        vmin=0,
+        vmax=1,
+        origin="lower",
+        extent=(min(layers) - 0.5, max(layers) + 0.5, 0.5, max_components + 0.5),
+    )
     top.set_ylabel("component j")
     top.set_title("explained variance ratio σ_j² / Σσ² of the difference matrix, per layer")
     fig.colorbar(im, ax=top, fraction=0.03)
@@ -113,18 +119,24 @@ class Report:
             f"{len(sub.layers)} layers · generated {_e(time.strftime('%Y-%m-%d %H:%M'))}</p></header>",
             "<nav>" + "".join(f'<a href="#{s}">{s.replace("-", " ")}</a>' for s in SECTIONS) + "</nav>",
             "<main>",
-            self._section("spectrum", "Singular-value spectrum", _figure(plot_spectrum(sub)),
-                          "How much of the pos − neg difference variance each SVD component explains, "
-                          "and how many directions were kept per layer."),
+            self._section(
+                "spectrum",
+                "Singular-value spectrum",
+                _figure(plot_spectrum(sub)),
+                "How much of the pos − neg difference variance each SVD component explains, "
+                "and how many directions were kept per layer.",
+            ),
             self._section("layer-signal", "Layer signal", *self._result_parts(self.layer_signal, "recommended")),
             self._section("ablation", "Ablation of subspace components", *self._result_parts(self.ablation)),
             self._section("attribution", "Attribution of steered tokens", self._attribution_html(), ""),
             self._section("answers", "Base vs steered answers", self._answers_html(), ""),
         ]
         if self.meta:
-            parts.append("<section><h2>Provenance</h2><pre>"
-                         + _e(json.dumps(self.meta, indent=2, ensure_ascii=False, default=str))
-                         + "</pre></section>")
+            parts.append(
+                "<section><h2>Provenance</h2><pre>"
+                + _e(json.dumps(self.meta, indent=2, ensure_ascii=False, default=str))
+                + "</pre></section>"
+            )
         parts.append("</main></body></html>")
         return "\n".join(parts)
 
@@ -141,8 +153,9 @@ class Report:
         data = result.to_dict()
         if highlight and highlight in data:
             rule = data.get("rule", "")
-            body = (f"<p><b>{_e(highlight)}:</b> {_e(data[highlight])}"
-                    + (f" — {_e(rule)}" if rule else "") + "</p>" + body)
+            body = (
+                f"<p><b>{_e(highlight)}:</b> {_e(data[highlight])}" + (f" — {_e(rule)}" if rule else "") + "</p>" + body
+            )
         summary = json.dumps(data, indent=1, ensure_ascii=False, default=str)
         if len(summary) > 20000:
             summary = summary[:20000] + "\n... (truncated; see the JSON files)"

@@ -33,27 +33,41 @@ OUT = ROOT / "results" / "efficacy"
 def summary(root: Path) -> str:
     from alignez_tl.efficacy import MATCHED_KL, _fmt
 
-    lines = ["# Efficacy benchmark: matched-KL summary", "",
-             "Δ = score change vs the unsteered base; 'vs mirror' = score minus the mirror control's, paired "
-             "by prompt; 95% bootstrap intervals over prompts; interpolated in log KL between calibrated "
-             "strengths (n/a: outside the measured KL range). Per-run details: each folder's results.md.", ""]
+    lines = [
+        "# Efficacy benchmark: matched-KL summary",
+        "",
+        "Δ = score change vs the unsteered base; 'vs mirror' = score minus the mirror control's, paired "
+        "by prompt; 95% bootstrap intervals over prompts; interpolated in log KL between calibrated "
+        "strengths (n/a: outside the measured KL range). Per-run details: each folder's results.md.",
+        "",
+    ]
     for path in sorted(root.glob("*/*/results.json")):
         r = json.loads(path.read_text())
         cfg = r["config"]
         cal = r.get("judge_calibration")
         judge = ""
         if cal:
-            judge = (f" Judge {cfg['judge']}: calibration {100 * cal['accuracy']:.0f}% "
-                     f"({'passed' if cal['passed'] else 'FAILED: not evidence'}), "
-                     f"consistency {100 * cal['consistency']:.0f}%.")
-        lines += [f"## {cfg['task']} — {r.get('model')} (n = {r['n_prompts']}, score: {r['score_unit']})", "",
-                  f"Base score {_fmt(r['base']['score'])}.{judge} Wall time {r['wall_seconds'] / 60:.0f} min.", "",
-                  "| method | " + " | ".join(f"Δ @ KL {k}" for k in MATCHED_KL) + " | "
-                  + " | ".join(f"vs mirror @ KL {k}" for k in MATCHED_KL) + " |",
-                  "|---|" + "---|" * (2 * len(MATCHED_KL))]
+            judge = (
+                f" Judge {cfg['judge']}: calibration {100 * cal['accuracy']:.0f}% "
+                f"({'passed' if cal['passed'] else 'FAILED: not evidence'}), "
+                f"consistency {100 * cal['consistency']:.0f}%."
+            )
+        lines += [
+            f"## {cfg['task']} — {r.get('model')} (n = {r['n_prompts']}, score: {r['score_unit']})",
+            "",
+            f"Base score {_fmt(r['base']['score'])}.{judge} Wall time {r['wall_seconds'] / 60:.0f} min.",
+            "",
+            "| method | "
+            + " | ".join(f"Δ @ KL {k}" for k in MATCHED_KL)
+            + " | "
+            + " | ".join(f"vs mirror @ KL {k}" for k in MATCHED_KL)
+            + " |",
+            "|---|" + "---|" * (2 * len(MATCHED_KL)),
+        ]
         for method, m in r["matched_kl"].items():
-            cells = [_fmt(m["vs_base"].get(str(k))) for k in MATCHED_KL] + \
-                    [_fmt(m["vs_mirror"].get(str(k))) for k in MATCHED_KL]
+            cells = [_fmt(m["vs_base"].get(str(k))) for k in MATCHED_KL] + [
+                _fmt(m["vs_mirror"].get(str(k))) for k in MATCHED_KL
+            ]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         prompt = [c for c in r["conditions"] if c["method"] == "prompt"]
         if prompt:
@@ -96,12 +110,24 @@ def main(argv=None) -> int:
             if (dest / "results.json").is_file() and not args.force:
                 print(f"[efficacy] {spec}/{task}: done already (use --force to rerun)")
                 continue
-            settings = dict(task=task, kl_targets=tuple(float(v) for v in args.kl_targets.split(",")),
-                            judge=args.judge, rank=args.rank)
+            settings = dict(
+                task=task,
+                kl_targets=tuple(float(v) for v in args.kl_targets.split(",")),
+                judge=args.judge,
+                rank=args.rank,
+            )
             if args.quick:
-                settings.update(n_prompts=8, n_fit=4, kl_targets=(0.1,), n_characteristics=2, elicit_tokens=24,
-                                response_tokens=24, max_new_tokens=32 if task == "math" else 16,
-                                null_for=("alignez",), n_boot=500)
+                settings.update(
+                    n_prompts=8,
+                    n_fit=4,
+                    kl_targets=(0.1,),
+                    n_characteristics=2,
+                    elicit_tokens=24,
+                    response_tokens=24,
+                    max_new_tokens=32 if task == "math" else 16,
+                    null_for=("alignez",),
+                    n_boot=500,
+                )
             for key in ("n_prompts", "max_new_tokens", "n_fit"):
                 if getattr(args, key):
                     settings[key] = getattr(args, key)
@@ -118,8 +144,13 @@ def main(argv=None) -> int:
             work = dest.with_name(dest.name + ".partial")
             shutil.rmtree(work, ignore_errors=True)
             t0 = time.perf_counter()
-            run_sweep(model, config, work, judge_model=judge_model if task == "helpful" else None,
-                      say=lambda *a: print(*a, flush=True))
+            run_sweep(
+                model,
+                config,
+                work,
+                judge_model=judge_model if task == "helpful" else None,
+                say=lambda *a: print(*a, flush=True),
+            )
             for bulky in ("subspace.safetensors", "conditions"):
                 target = work / bulky
                 shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)

@@ -45,8 +45,9 @@ def build_tokenizer(folder: str):
     vocab.update({w: i + 4 for i, w in enumerate(WORDS)})
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<pad>", unk_token="<unk>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
     fast.save_pretrained(folder)
     return AutoTokenizer.from_pretrained(folder)  # reloaded: the bridge wants a name_or_path
 
@@ -55,12 +56,27 @@ def build_model(args, folder: str):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if args.tiny:
-        cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-                          num_key_value_heads=2, vocab_size=len(WORDS) + 4, max_position_embeddings=1024)
+        cfg = LlamaConfig(
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=len(WORDS) + 4,
+            max_position_embeddings=1024,
+        )
     else:  # Llama-3.2-1B's shape
-        cfg = LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                          num_key_value_heads=8, vocab_size=128256, max_position_embeddings=4096,
-                          rope_theta=500000.0, tie_word_embeddings=True)
+        cfg = LlamaConfig(
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            vocab_size=128256,
+            max_position_embeddings=4096,
+            rope_theta=500000.0,
+            tie_word_embeddings=True,
+        )
     cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = 1, 2, 0
     cfg.architectures = ["LlamaForCausalLM"]
     torch.manual_seed(0)
@@ -90,8 +106,7 @@ def timed(fn, device: str, repeats: int) -> float:
 
 def prompts(batch: int, length: int, seed: int) -> list[str]:
     g = torch.Generator().manual_seed(seed)
-    return [" ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (length,), generator=g))
-            for _ in range(batch)]
+    return [" ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (length,), generator=g)) for _ in range(batch)]
 
 
 def main() -> None:
@@ -120,13 +135,21 @@ def main() -> None:
     hf = build_model(args, folder)
     n_layers = hf.config.num_hidden_layers
     batches = [int(b) for b in args.batches.split(",")]
-    results: dict = {"machine": {
-        "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor(),
-        "torch": torch.__version__, "python": platform.python_version(), "dtype": args.dtype,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }, "settings": vars(args), "generation": {}, "capture": {}}
-    gen_kw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
-                  pad_token_id=0, eos_token_id=2)
+    results: dict = {
+        "machine": {
+            "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "dtype": args.dtype,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+        "settings": vars(args),
+        "generation": {},
+        "capture": {},
+    }
+    gen_kw = dict(
+        max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0, eos_token_id=2
+    )
 
     # 1. raw Hugging Face generate, before the bridge wraps the modules
     raw = {}
@@ -142,8 +165,9 @@ def main() -> None:
     g = torch.Generator().manual_seed(1)
     d = bridge.cfg.d_model
     pos = torch.randn(32, len(layers), d, generator=g)
-    sub = fit_subspace(bridge, (pos, pos + torch.randn(32, len(layers), d, generator=g)), layers=layers,
-                       tau=1.0, max_rank=8)
+    sub = fit_subspace(
+        bridge, (pos, pos + torch.randn(32, len(layers), d, generator=g)), layers=layers, tau=1.0, max_rank=8
+    )
     steerer = Steerer(sub, layers=layers, edit="paper", alpha=1.0)
 
     for b in batches:
@@ -151,13 +175,25 @@ def main() -> None:
         row = {"raw_hf_s": raw[b]}
         for backend in ("tl", "hf"):
             for steer in (False, True):
+
                 def run(backend=backend, steer=steer):
-                    hooks_for = (lambda s, e, batch: steerer.hooks(bridge, prompt_len=batch.input_ids.shape[1])) \
-                        if steer else (lambda s, e, batch: [])
+                    hooks_for = (
+                        (lambda s, e, batch: steerer.hooks(bridge, prompt_len=batch.input_ids.shape[1]))
+                        if steer
+                        else (lambda s, e, batch: [])
+                    )
                     # stop tokens never fire on random weights within budget often enough to matter;
                     # token counts are recorded below to be sure
-                    return generate_with_hooks(bridge, texts, hooks_for, chat=False, max_new_tokens=args.new_tokens,
-                                               batch_size=b, backend=backend)
+                    return generate_with_hooks(
+                        bridge,
+                        texts,
+                        hooks_for,
+                        chat=False,
+                        max_new_tokens=args.new_tokens,
+                        batch_size=b,
+                        backend=backend,
+                    )
+
                 seconds = timed(run, args.device, args.repeats)
                 n_tokens = [len(r) for r in run()]
                 key = f"{'fast' if backend == 'hf' else 'tl'}_{'steered' if steer else 'plain'}"
@@ -169,14 +205,19 @@ def main() -> None:
     # 3. capture at every layer vs run_with_cache of every resid_post
     batch = encode(bridge, prompts(batches[-1], args.prompt_tokens, 7), chat=False)
     batch.input_ids = batch.input_ids.to(args.device)
-    names = [f"blocks.{l}.hook_resid_post" for l in range(n_layers)]
+    names = [f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)]
     with torch.inference_mode():
         cap = timed(lambda: capture_tokens(bridge, batch, list(range(n_layers))), args.device, args.repeats)
-        full = timed(lambda: bridge.run_with_cache(batch.input_ids, names_filter=lambda n: n in names),
-                     args.device, args.repeats)
-    results["capture"] = {"batch": batches[-1], "capture_s": cap, "run_with_cache_s": full,
-                          "speedup": full / cap,
-                          "texts_per_s": batches[-1] / cap}
+        full = timed(
+            lambda: bridge.run_with_cache(batch.input_ids, names_filter=lambda n: n in names), args.device, args.repeats
+        )
+    results["capture"] = {
+        "batch": batches[-1],
+        "capture_s": cap,
+        "run_with_cache_s": full,
+        "speedup": full / cap,
+        "texts_per_s": batches[-1] / cap,
+    }
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out + ".tmp"

@@ -58,7 +58,8 @@ def _child(which: str, pairs: str, subspace: str, threads: int, tokens: int) -> 
 
     view = unwrapped_hf_model(model)
     handle = view.get_submodule("model.layers")[0].register_forward_pre_hook(
-        lambda m, a: counts.__setitem__("fast", counts["fast"] + 1))
+        lambda m, a: counts.__setitem__("fast", counts["fast"] + 1)
+    )
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     c0 = time.process_time()
@@ -108,14 +109,35 @@ def main() -> None:
         prefs = ez.generate_preferences(model, QUERIES, elicit_tokens=40, response_tokens=64, seed=0)
         args.pairs = str(prefs.save(work / "pairs.jsonl"))
         args.subspace = str(ez.fit_subspace(model, prefs).save(work / "subspace.safetensors"))
-    results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
-                           "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "loadavg": os.getloadavg()},
-               "inputs": {"pairs": args.pairs, "subspace": args.subspace}}
+    results = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "threads": args.threads,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "loadavg": os.getloadavg(),
+        },
+        "inputs": {"pairs": args.pairs, "subspace": args.subspace},
+    }
     for which in ("layer_signal", "attribution"):
         proc = subprocess.run(
-            [sys.executable, __file__, "--child", which, "--pairs", args.pairs, "--subspace", args.subspace,
-             "--threads", str(args.threads), "--attribution-tokens", str(args.attribution_tokens)],
-            capture_output=True, text=True, cwd=ROOT,
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                which,
+                "--pairs",
+                args.pairs,
+                "--subspace",
+                args.subspace,
+                "--threads",
+                str(args.threads),
+                "--attribution-tokens",
+                str(args.attribution_tokens),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
         )
         if proc.returncode != 0:
             results[which] = {"error": proc.stderr[-2000:]}

@@ -81,30 +81,46 @@ GEN_QUERIES = [
 ]
 
 FIT_PAIRS = [
-    ("How do I learn to cook?",
-     "Start with simple recipes such as eggs, rice and soups, learn basic knife skills, and cook a few times a week.",
-     "Just order takeout, cooking is not worth it."),
-    ("How can I sleep better?",
-     "Keep a regular schedule, avoid screens an hour before bed, and keep your bedroom dark and cool.",
-     "Sleep is overrated, stay up late."),
-    ("What is a good way to save money?",
-     "Track your spending, set a monthly budget, and move a fixed amount to savings on payday.",
-     "Spend it all, money comes and goes."),
-    ("How do I start running?",
-     "Begin with short run-walk intervals three times a week and increase the distance slowly to avoid injury.",
-     "Run a marathon tomorrow, no training needed."),
-    ("How can I learn a new language?",
-     "Practise a little every day, use spaced repetition for vocabulary, and talk with native speakers.",
-     "Languages cannot be learned after childhood."),
-    ("How do I write a good essay?",
-     "Plan an outline, state a clear thesis, support each point with evidence, and revise your draft.",
-     "Write whatever comes to mind and never revise."),
-    ("How should I prepare for a job interview?",
-     "Research the company, practise answers to common questions, and prepare questions of your own.",
-     "Do not prepare, interviews are luck."),
-    ("How do I keep houseplants alive?",
-     "Check the light each plant needs, water when the top soil is dry, and use pots with drainage.",
-     "Water them every hour and keep them in a closet."),
+    (
+        "How do I learn to cook?",
+        "Start with simple recipes such as eggs, rice and soups, learn basic knife skills, and cook a few times a week.",
+        "Just order takeout, cooking is not worth it.",
+    ),
+    (
+        "How can I sleep better?",
+        "Keep a regular schedule, avoid screens an hour before bed, and keep your bedroom dark and cool.",
+        "Sleep is overrated, stay up late.",
+    ),
+    (
+        "What is a good way to save money?",
+        "Track your spending, set a monthly budget, and move a fixed amount to savings on payday.",
+        "Spend it all, money comes and goes.",
+    ),
+    (
+        "How do I start running?",
+        "Begin with short run-walk intervals three times a week and increase the distance slowly to avoid injury.",
+        "Run a marathon tomorrow, no training needed.",
+    ),
+    (
+        "How can I learn a new language?",
+        "Practise a little every day, use spaced repetition for vocabulary, and talk with native speakers.",
+        "Languages cannot be learned after childhood.",
+    ),
+    (
+        "How do I write a good essay?",
+        "Plan an outline, state a clear thesis, support each point with evidence, and revise your draft.",
+        "Write whatever comes to mind and never revise.",
+    ),
+    (
+        "How should I prepare for a job interview?",
+        "Research the company, practise answers to common questions, and prepare questions of your own.",
+        "Do not prepare, interviews are luck.",
+    ),
+    (
+        "How do I keep houseplants alive?",
+        "Check the light each plant needs, water when the top soil is dry, and use pots with drainage.",
+        "Water them every hour and keep them in a closet.",
+    ),
 ]
 
 PREF_QUERIES = [
@@ -244,10 +260,13 @@ def steering_backend(model: Any, requested: str) -> tuple[dict[str, Any], Any]:
         except ImportError:
             view = None
     used = "hf" if view is not None else "tl"
-    return {"requested": requested, "used": used,
-            "note": "hf = Hugging Face generate on the un-wrapped view of the bridge's weights, with "
-                    "the hooks as native PyTorch hooks; tl = TransformerLens generate under "
-                    "model.hooks"}, view
+    return {
+        "requested": requested,
+        "used": used,
+        "note": "hf = Hugging Face generate on the un-wrapped view of the bridge's weights, with "
+        "the hooks as native PyTorch hooks; tl = TransformerLens generate under "
+        "model.hooks",
+    }, view
 
 
 @contextlib.contextmanager
@@ -287,10 +306,14 @@ def bench_steering(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
         "max_new_tokens": new,
         "decoding": "greedy",
         "backend": backend,
-        "subspace": {"n_pairs": len(pairs), "fit_s": round(fit_s, 3), "tau": 1.0,
-                     "tau_note": "synthetic pairs' last tokens are too similar for the paper's 0.8; "
-                                 "this benchmark measures cost, not steering quality",
-                     "ranks": {str(k): v for k, v in sub.ranks().items()}},
+        "subspace": {
+            "n_pairs": len(pairs),
+            "fit_s": round(fit_s, 3),
+            "tau": 1.0,
+            "tau_note": "synthetic pairs' last tokens are too similar for the paper's 0.8; "
+            "this benchmark measures cost, not steering quality",
+            "ranks": {str(k): v for k, v in sub.ranks().items()},
+        },
         "top_n": 5,
         "method": (
             "full_path: Steerer.generate(queries, steer=False) [A] vs steer=True [B]; the steered "
@@ -318,9 +341,15 @@ def bench_steering(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
         res["ratio_of_minima"] = res[f"ratio_{cpu}"]["of_minima"]
         res["ratio_wall"] = res[f"ratio_{wall}"]["ratio"]
         res["ratio_wall_of_minima"] = res[f"ratio_{wall}"]["of_minima"]
-        res["ratio_basis"] = ("process CPU time" if res["equal_lengths"] else "process CPU time per decoding step") + (
-            " (all runs made exactly max_new_tokens steps)" if res["equal_lengths"]
-            else " (some runs stopped early at EOS)") + "; ratio_wall: the same on wall time"
+        res["ratio_basis"] = (
+            ("process CPU time" if res["equal_lengths"] else "process CPU time per decoding step")
+            + (
+                " (all runs made exactly max_new_tokens steps)"
+                if res["equal_lengths"]
+                else " (some runs stopped early at EOS)"
+            )
+            + "; ratio_wall: the same on wall time"
+        )
         return res
 
     with min_new_tokens(view, new) as forced:
@@ -334,12 +363,20 @@ def bench_steering(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
 
             def full(steer: bool) -> dict:
                 with quiet():
-                    (ids, _), wall, cpu = timed2(lambda: steerer.generate(
-                        model, queries, max_new_tokens=new, steer=steer, batch_size=bs, return_tokens=True,
-                        **bkw))
+                    (ids, _), wall, cpu = timed2(
+                        lambda: steerer.generate(
+                            model, queries, max_new_tokens=new, steer=steer, batch_size=bs, return_tokens=True, **bkw
+                        )
+                    )
                 steps = steps_of(ids)
-                return {"wall_s": wall, "cpu_s": cpu, "steps": steps, "row_tokens": [len(r) for r in ids],
-                        "s_per_step": wall / steps, "cpu_s_per_step": cpu / steps}
+                return {
+                    "wall_s": wall,
+                    "cpu_s": cpu,
+                    "steps": steps,
+                    "row_tokens": [len(r) for r in ids],
+                    "s_per_step": wall / steps,
+                    "cpu_s_per_step": cpu / steps,
+                }
 
             log(f"steering: full path, batch {bs}, {repeats} repeats ({backend['used']} backend)")
             ra, rb = interleaved(repeats, lambda: full(False), lambda: full(True))
@@ -356,32 +393,53 @@ def bench_steering(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
                 n_hooks = []
                 c0, t0 = time.process_time(), time.perf_counter()
                 if shared_loop is not None:
+
                     def hooks_for(start: int, stop: int, batch: Any) -> list:
-                        h = [] if not steer else steerer.hooks(
-                            model, selections=[s_[start:stop] for s_ in sel],
-                            prompt_len=int(batch.input_ids.shape[1]))
+                        h = (
+                            []
+                            if not steer
+                            else steerer.hooks(
+                                model,
+                                selections=[s_[start:stop] for s_ in sel],
+                                prompt_len=int(batch.input_ids.shape[1]),
+                            )
+                        )
                         n_hooks.append(len(h))
                         return h
 
                     with quiet():
-                        rows = shared_loop(model, texts, hooks_for, max_new_tokens=max_new, batch_size=bs,
-                                           **bkw)
+                        rows = shared_loop(model, texts, hooks_for, max_new_tokens=max_new, batch_size=bs, **bkw)
                     steps = steps_of(rows) if max_new == new else max_new
                 else:
                     enc = ez.encode(model, texts)
-                    kwargs: dict[str, Any] = dict(max_new_tokens=max_new, do_sample=False, stop_at_eos=False,
-                                                  eos_token_id=stops, verbose=False, use_past_kv_cache=True)
+                    kwargs: dict[str, Any] = dict(
+                        max_new_tokens=max_new,
+                        do_sample=False,
+                        stop_at_eos=False,
+                        eos_token_id=stops,
+                        verbose=False,
+                        use_past_kv_cache=True,
+                    )
                     if enc.padded:
                         kwargs["attention_mask"] = enc.attention_mask
-                    hooks = [] if not steer else steerer.hooks(
-                        model, selections=sel, prompt_len=int(enc.input_ids.shape[1]))
+                    hooks = (
+                        []
+                        if not steer
+                        else steerer.hooks(model, selections=sel, prompt_len=int(enc.input_ids.shape[1]))
+                    )
                     n_hooks.append(len(hooks))
                     with quiet(), torch.inference_mode(), model.hooks(fwd_hooks=hooks):
                         o = model.generate(enc.input_ids, **kwargs)
                     steps = int(o.shape[1]) - int(enc.input_ids.shape[1])
                 wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-                return {"wall_s": wall, "cpu_s": cpu, "steps": steps, "s_per_step": wall / steps,
-                        "cpu_s_per_step": cpu / steps, "n_hooks": sum(n_hooks)}
+                return {
+                    "wall_s": wall,
+                    "cpu_s": cpu,
+                    "steps": steps,
+                    "s_per_step": wall / steps,
+                    "cpu_s_per_step": cpu / steps,
+                    "n_hooks": sum(n_hooks),
+                }
 
             with min_new_tokens(view, 2):
                 gen(False, 2), gen(True, 2)  # warm-up of the exact calls (untimed)
@@ -389,12 +447,15 @@ def bench_steering(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
             log(f"steering: generation only, batch {bs}, {repeats} repeats")
             ra, rb = interleaved(repeats, lambda: gen(False), lambda: gen(True))
             res_gen = finish(ra, rb)
-            res_gen["loop"] = ("steering.generate_with_hooks" if shared_loop is not None
-                               else "model.generate under model.hooks")
+            res_gen["loop"] = (
+                "steering.generate_with_hooks" if shared_loop is not None else "model.generate under model.hooks"
+            )
             res_gen["n_hooks"] = rb[0]["n_hooks"]
             res_gen["select_s_median"] = median(sel_times)
-            res_gen["select_s_note"] = ("steerer.select() for this batch, timed separately; it is part "
-                                        "of the full-path steered time, not of generation_only")
+            res_gen["select_s_note"] = (
+                "steerer.select() for this batch, timed separately; it is part "
+                "of the full-path steered time, not of generation_only"
+            )
             out[f"batch_{bs}"] = {"full_path": res_full, "generation_only": res_gen}
     return out
 
@@ -447,9 +508,16 @@ def bench_prefgen(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     def recording_generate_plain(m, batch, **kw):
         c0, t0 = time.process_time(), time.perf_counter()
         rows = real_generate_plain(m, batch, **kw)
-        calls.append({"input_ids": batch.input_ids.clone(), "attention_mask": batch.attention_mask.clone(),
-                      "kw": dict(kw), "rows": rows, "s": time.perf_counter() - t0,
-                      "cpu": time.process_time() - c0})
+        calls.append(
+            {
+                "input_ids": batch.input_ids.clone(),
+                "attention_mask": batch.attention_mask.clone(),
+                "kw": dict(kw),
+                "rows": rows,
+                "s": time.perf_counter() - t0,
+                "cpu": time.process_time() - c0,
+            }
+        )
         return rows
 
     def raw_generate(call: dict) -> list[list[int]]:
@@ -457,19 +525,30 @@ def bench_prefgen(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
         ids, mask = call["input_ids"], call["attention_mask"]
         torch.manual_seed(kw["seed"])
         with torch.inference_mode():
-            o = raw.generate(input_ids=ids, attention_mask=mask, max_new_tokens=kw["max_new_tokens"],  # noqa: F821 (bound in the enclosing scope)
-                             min_new_tokens=kw["max_new_tokens"] if hf is not None else None,
-                             do_sample=kw["do_sample"],
-                             temperature=kw["temperature"], top_p=kw["top_p"], top_k=kw["top_k"],
-                             pad_token_id=pad, eos_token_id=stops)
-        return [models.trim_generated(r.tolist(), stops) for r in o[:, ids.shape[1]:]]
+            o = raw.generate(  # noqa: F821 (deleted only after its last call)
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=kw["max_new_tokens"],
+                min_new_tokens=kw["max_new_tokens"] if hf is not None else None,
+                do_sample=kw["do_sample"],
+                temperature=kw["temperature"],
+                top_p=kw["top_p"],
+                top_k=kw["top_k"],
+                pad_token_id=pad,
+                eos_token_id=stops,
+            )
+        return [models.trim_generated(r.tolist(), stops) for r in o[:, ids.shape[1] :]]
 
     # generate_plain passes no min_new_tokens; the generation_config of the model it runs on
     # supplies it, so both sides make exactly `new` tokens per row (EOS is masked until then).
     engine = {
-        "generate_plain_runs_on": None if hf is None else (
-            "the bridge's wrapped HF model" if hf is getattr(model, "original_model", None)
-            else f"an un-wrapped {type(hf).__name__} view sharing the bridge's weights"),
+        "generate_plain_runs_on": None
+        if hf is None
+        else (
+            "the bridge's wrapped HF model"
+            if hf is getattr(model, "original_model", None)
+            else f"an un-wrapped {type(hf).__name__} view sharing the bridge's weights"
+        ),
         "attn_implementation_library": None if hf is None else getattr(hf.config, "_attn_implementation", None),
         "attn_implementation_raw": getattr(raw.config, "_attn_implementation", None),
     }
@@ -483,25 +562,49 @@ def bench_prefgen(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
             def run_a(max_new: int = new) -> dict:
                 calls.clear()
                 with quiet():
-                    prefs, wall, cpu = timed2(lambda: gp(model, PREF_QUERIES, "helpful", n_characteristics=1,
-                                                   elicit_tokens=max_new, response_tokens=max_new, seed=0,
-                                                   batch_size=bs, verbose=False, **sampling))
+                    prefs, wall, cpu = timed2(
+                        lambda: gp(
+                            model,
+                            PREF_QUERIES,
+                            "helpful",
+                            n_characteristics=1,
+                            elicit_tokens=max_new,
+                            response_tokens=max_new,
+                            seed=0,
+                            batch_size=bs,
+                            verbose=False,
+                            **sampling,
+                        )
+                    )
                 rows = [r for c in calls for r in c["rows"]]
-                return {"wall_s": wall, "cpu_s": cpu, "gen_s": sum(c["s"] for c in calls),
-                        "gen_cpu_s": sum(c["cpu"] for c in calls), "n_calls": len(calls),
-                        "batch_sizes": [len(c["rows"]) for c in calls],
-                        "tokens": sum(len(r) for r in rows), "n_pairs": len(prefs)}
+                return {
+                    "wall_s": wall,
+                    "cpu_s": cpu,
+                    "gen_s": sum(c["s"] for c in calls),
+                    "gen_cpu_s": sum(c["cpu"] for c in calls),
+                    "n_calls": len(calls),
+                    "batch_sizes": [len(c["rows"]) for c in calls],
+                    "tokens": sum(len(r) for r in rows),
+                    "n_pairs": len(prefs),
+                }
         else:
             subject = "generate_plain"
             enc = ez.encode(model, [ez.render(model, q) for q in GEN_QUERIES[:bs]])
 
             def run_a(max_new: int = new) -> dict:
                 calls.clear()
-                rows, wall, cpu = timed2(lambda: models.generate_plain(model, enc, max_new_tokens=max_new,
-                                                                 seed=1234, **sampling))
-                return {"wall_s": wall, "cpu_s": cpu, "gen_s": wall, "gen_cpu_s": cpu, "n_calls": 1,
-                        "batch_sizes": [len(rows)],
-                        "tokens": sum(len(r) for r in rows)}
+                rows, wall, cpu = timed2(
+                    lambda: models.generate_plain(model, enc, max_new_tokens=max_new, seed=1234, **sampling)
+                )
+                return {
+                    "wall_s": wall,
+                    "cpu_s": cpu,
+                    "gen_s": wall,
+                    "gen_cpu_s": cpu,
+                    "n_calls": 1,
+                    "batch_sizes": [len(rows)],
+                    "tokens": sum(len(r) for r in rows),
+                }
 
         log(f"prefgen: warm-up ({subject})")
         with min_new_tokens(hf, 2):
@@ -555,10 +658,12 @@ def bench_prefgen(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     gc.collect()
     return {
         "subject": subject,
-        "subject_note": gp_reason or (
+        "subject_note": gp_reason
+        or (
             f"generate_preferences({len(PREF_QUERIES)} queries, 'helpful', n_characteristics=1, "
             f"elicit_tokens={new}, response_tokens={new}, batch_size={bs}): one elicit batch and "
-            "one respond batch of 8 prompts each"),
+            "one respond batch of 8 prompts each"
+        ),
         "max_new_tokens": new,
         "batch_size": bs,
         "sampling": sampling,
@@ -603,7 +708,7 @@ def capture_inputs(model: Any, quick: bool):
     n_rep = 1 if quick else 2
     texts = []
     for i in range(8):
-        q = (f"Question {i}: please explain the main ideas of topic number {i} in science. " * n_rep)
+        q = f"Question {i}: please explain the main ideas of topic number {i} in science. " * n_rep
         a = "Sure, here is a short answer. " * (n_rep + i % 3)
         texts.append(ez.render(model, q, a))
     return ez.encode(model, texts)
@@ -693,20 +798,27 @@ def mem_worker(args: argparse.Namespace) -> None:
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         st_after = _status_kb()
         nbytes = tensor_bytes(result)
-    print(json.dumps({
-        "op": args._worker,
-        "peak_reset": reset,
-        "ru_maxrss_before_kb": before,
-        "ru_maxrss_after_kb": after,
-        "peak_rss_delta_bytes": (after - before) * 1024,
-        "vmhwm_delta_bytes": ((st_after["VmHWM"] - st_before["VmRSS"]) * 1024
-                              if "VmHWM" in st_after and "VmRSS" in st_before else None),
-        "vmrss_before_kb": st_before.get("VmRSS"),
-        "vmhwm_after_kb": st_after.get("VmHWM"),
-        "vmrss_after_kb": st_after.get("VmRSS"),
-        "returned_bytes": nbytes,
-        "wall_s_single_cold": wall,
-    }))
+    print(
+        json.dumps(
+            {
+                "op": args._worker,
+                "peak_reset": reset,
+                "ru_maxrss_before_kb": before,
+                "ru_maxrss_after_kb": after,
+                "peak_rss_delta_bytes": (after - before) * 1024,
+                "vmhwm_delta_bytes": (
+                    (st_after["VmHWM"] - st_before["VmRSS"]) * 1024
+                    if "VmHWM" in st_after and "VmRSS" in st_before
+                    else None
+                ),
+                "vmrss_before_kb": st_before.get("VmRSS"),
+                "vmhwm_after_kb": st_after.get("VmHWM"),
+                "vmrss_after_kb": st_after.get("VmRSS"),
+                "returned_bytes": nbytes,
+                "wall_s_single_cold": wall,
+            }
+        )
+    )
 
 
 def bench_capture(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -731,6 +843,7 @@ def bench_capture(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
                 r, wall, cpu = timed2(ops[name])
             del r
             return {"wall_s": wall, "cpu_s": cpu}
+
         return f
 
     log(f"capture: capture_tokens vs run_with_cache (inference mode), {repeats} repeats")
@@ -742,8 +855,16 @@ def bench_capture(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     mem = {}
     for name in ops:
         log(f"capture: peak-RSS worker for {name}")
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", name, "--model", cfg["model"],
-               "--threads", str(cfg["threads"])] + (["--quick"] if cfg["quick"] else [])
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--_worker",
+            name,
+            "--model",
+            cfg["model"],
+            "--threads",
+            str(cfg["threads"]),
+        ] + (["--quick"] if cfg["quick"] else [])
         env = {k: v for k, v in os.environ.items() if k != "ALIGNEZ_BENCH_REEXEC"}
         p = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT), timeout=600, env=env)
         line = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
@@ -768,21 +889,27 @@ def bench_capture(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
         "real_tokens_per_row": batch.attention_mask.sum(1).tolist(),
         "layers": int(model.cfg.n_layers),
         "site": "resid_post",
-        "method_time": ("paired ratios of process CPU time (speedup_*) and of wall time "
-                        "(speedup_*_wall), interleaved in one process after a warm-up; "
-                        "the same left-padded batch, attention_mask and position_ids on both sides. "
-                        "run_with_cache is timed as a user calls it (autograd on, as TransformerLens "
-                        "leaves it) and under torch.inference_mode() (the stricter baseline)."),
-        "method_memory_bytes": ("bytes of the storages of every tensor returned (logits + cache "
-                                "for run_with_cache, the [batch, layers, d_model] tensor for "
-                                "capture_tokens), measured in this process"),
-        "method_memory_rss": ("peak-RSS delta in a fresh subprocess per op: load model, warm up every "
-                              "path on a 1-token input, reset the peak via /proc/self/clear_refs, "
-                              "then ru_maxrss after the op minus ru_maxrss before (includes the "
-                              "kept result). The worker is started through a small intermediate "
-                              "process, because Linux folds the pre-exec memory's peak (a copy of "
-                              "this large process) into a new process's ru_maxrss. "
-                              "Cross-check: VmHWM after minus VmRSS before (/proc/self/status)."),
+        "method_time": (
+            "paired ratios of process CPU time (speedup_*) and of wall time "
+            "(speedup_*_wall), interleaved in one process after a warm-up; "
+            "the same left-padded batch, attention_mask and position_ids on both sides. "
+            "run_with_cache is timed as a user calls it (autograd on, as TransformerLens "
+            "leaves it) and under torch.inference_mode() (the stricter baseline)."
+        ),
+        "method_memory_bytes": (
+            "bytes of the storages of every tensor returned (logits + cache "
+            "for run_with_cache, the [batch, layers, d_model] tensor for "
+            "capture_tokens), measured in this process"
+        ),
+        "method_memory_rss": (
+            "peak-RSS delta in a fresh subprocess per op: load model, warm up every "
+            "path on a 1-token input, reset the peak via /proc/self/clear_refs, "
+            "then ru_maxrss after the op minus ru_maxrss before (includes the "
+            "kept result). The worker is started through a small intermediate "
+            "process, because Linux folds the pre-exec memory's peak (a copy of "
+            "this large process) into a new process's ru_maxrss. "
+            "Cross-check: VmHWM after minus VmRSS before (/proc/self/status)."
+        ),
         "capture_runs": {"vs_inference_mode": rb, "vs_default": rb2},
         "run_with_cache_inference_mode_runs": ra,
         "run_with_cache_default_runs": ra2,
@@ -798,17 +925,19 @@ def bench_capture(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
         "speedup_vs_inference_mode_wall_stats": sp_inf_wall,
         "speedup_vs_default_wall_stats": sp_def_wall,
         "returned_bytes": bytes_,
-        "memory_bytes_ratio_vs_inference_mode": ratio(bytes_["run_with_cache_inference_mode"],
-                                                      bytes_["capture_tokens"]),
+        "memory_bytes_ratio_vs_inference_mode": ratio(
+            bytes_["run_with_cache_inference_mode"], bytes_["capture_tokens"]
+        ),
         "memory_bytes_ratio_vs_default": ratio(bytes_["run_with_cache_default"], bytes_["capture_tokens"]),
         "rss_workers": mem,
-        "memory_rss_ratio_vs_inference_mode": ratio(rss("run_with_cache_inference_mode"),
-                                                    rss("capture_tokens")),
+        "memory_rss_ratio_vs_inference_mode": ratio(rss("run_with_cache_inference_mode"), rss("capture_tokens")),
         "memory_rss_ratio_vs_default": ratio(rss("run_with_cache_default"), rss("capture_tokens")),
-        "memory_vmhwm_ratio_vs_inference_mode": ratio(rss("run_with_cache_inference_mode", "vmhwm_delta_bytes"),
-                                                      rss("capture_tokens", "vmhwm_delta_bytes")),
-        "memory_vmhwm_ratio_vs_default": ratio(rss("run_with_cache_default", "vmhwm_delta_bytes"),
-                                               rss("capture_tokens", "vmhwm_delta_bytes")),
+        "memory_vmhwm_ratio_vs_inference_mode": ratio(
+            rss("run_with_cache_inference_mode", "vmhwm_delta_bytes"), rss("capture_tokens", "vmhwm_delta_bytes")
+        ),
+        "memory_vmhwm_ratio_vs_default": ratio(
+            rss("run_with_cache_default", "vmhwm_delta_bytes"), rss("capture_tokens", "vmhwm_delta_bytes")
+        ),
     }
 
 
@@ -824,29 +953,35 @@ def bench_demo(cfg: dict[str, Any]) -> dict[str, Any]:
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "alignez_tl.cli"]
     probe = subprocess.run(cmd + ["--help"], capture_output=True, text=True, cwd=str(ROOT), timeout=120)
     if "demo" not in probe.stdout + probe.stderr:
-        return {"wall_s": None, "reason": "the CLI has no `demo` subcommand yet",
-                "help_tail": (probe.stdout + probe.stderr)[-1000:]}
+        return {
+            "wall_s": None,
+            "reason": "the CLI has no `demo` subcommand yet",
+            "help_tail": (probe.stdout + probe.stderr)[-1000:],
+        }
     with tempfile.TemporaryDirectory(prefix="alignez-bench-demo-") as tmp:
         full = cmd + ["demo", "--quiet", "--out", tmp]
         log(f"demo: {' '.join(full)} (timeout {cfg['demo_timeout']} s)")
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         try:
-            p = subprocess.run(full, capture_output=True, text=True, cwd=str(ROOT),
-                               timeout=cfg["demo_timeout"])
+            p = subprocess.run(full, capture_output=True, text=True, cwd=str(ROOT), timeout=cfg["demo_timeout"])
         except subprocess.TimeoutExpired:
-            return {"wall_s": None, "reason": f"timed out after {cfg['demo_timeout']} s",
-                    "command": " ".join(full)}
+            return {"wall_s": None, "reason": f"timed out after {cfg['demo_timeout']} s", "command": " ".join(full)}
         wall = time.perf_counter() - t0
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
         outputs = sorted(str(p_.relative_to(tmp)) for p_ in Path(tmp).rglob("*") if p_.is_file())
-    res = {"wall_s": wall if p.returncode == 0 else None, "cpu_s": cpu, "returncode": p.returncode,
-           "command": " ".join(cmd[:1] + ["demo", "--quiet", "--out", "<tmpdir>"]),
-           "outputs": outputs, "n_runs": 1,
-           "note": "one run, model cache warm (the benchmark loaded the model before); cpu_s is the "
-                   "demo process's CPU time (all its threads: the CLI picks its own thread count)",
-           "loadavg_after": loadavg()}
+    res = {
+        "wall_s": wall if p.returncode == 0 else None,
+        "cpu_s": cpu,
+        "returncode": p.returncode,
+        "command": " ".join(cmd[:1] + ["demo", "--quiet", "--out", "<tmpdir>"]),
+        "outputs": outputs,
+        "n_runs": 1,
+        "note": "one run, model cache warm (the benchmark loaded the model before); cpu_s is the "
+        "demo process's CPU time (all its threads: the CLI picks its own thread count)",
+        "loadavg_after": loadavg(),
+    }
     if p.returncode != 0:
         res["reason"] = f"exit status {p.returncode}"
         res["wall_s_failed_run"] = wall
@@ -887,8 +1022,9 @@ def summary(res: dict[str, Any]) -> dict[str, Any]:
         b = st.get(f"batch_{bs}")
         if b:
             out[f"steering_full_path_b{bs}"] = check(f"steering_full_path_b{bs}", b["full_path"]["ratio"])
-            out[f"steering_generation_only_b{bs}"] = check(f"steering_generation_only_b{bs}",
-                                                           b["generation_only"]["ratio"])
+            out[f"steering_generation_only_b{bs}"] = check(
+                f"steering_generation_only_b{bs}", b["generation_only"]["ratio"]
+            )
     pg = res.get("preference_generation")
     if pg:
         out["prefgen_throughput"] = check("prefgen_throughput", pg["ratio"])
@@ -896,8 +1032,7 @@ def summary(res: dict[str, Any]) -> dict[str, Any]:
     if cp:
         out["capture_speedup"] = check("capture_speedup", cp["speedup_vs_inference_mode"])
         out["capture_memory_rss"] = check("capture_memory_rss", cp["memory_rss_ratio_vs_inference_mode"])
-        out["capture_memory_bytes"] = check("capture_memory_bytes",
-                                            cp["memory_bytes_ratio_vs_inference_mode"])
+        out["capture_memory_bytes"] = check("capture_memory_bytes", cp["memory_bytes_ratio_vs_inference_mode"])
     return out
 
 
@@ -922,54 +1057,91 @@ def print_table(res: dict[str, Any]) -> None:
         if not b:
             continue
         f, g = b["full_path"], b["generation_only"]
-        rows.append((f"steered/unsteered, full path, batch {bs} ({st['backend']['used']})",
-                     f"{fmt(f['ratio'])}x ({'' if f['equal_lengths'] else 'per step; '}of medians "
-                     f"{fmt(f['ratio_of_medians'])}, of minima {fmt(f['ratio_of_minima'])}; wall "
-                     f"{fmt(f['ratio_wall'])}); {fmt(f['A_cpu_s_median'], 2)} vs "
-                     f"{fmt(f['B_cpu_s_median'], 2)} CPU s", "<= 1.05"))
-        rows.append((f"steered/unsteered, generation only, batch {bs} ({st['backend']['used']})",
-                     f"{fmt(g['ratio'])}x ({'' if g['equal_lengths'] else 'per step; '}of medians "
-                     f"{fmt(g['ratio_of_medians'])}, of minima {fmt(g['ratio_of_minima'])}; wall "
-                     f"{fmt(g['ratio_wall'])}); {fmt(g['A_cpu_s_median'], 2)} vs "
-                     f"{fmt(g['B_cpu_s_median'], 2)} CPU s; select() {fmt(g['select_s_median'], 2)} s",
-                     "<= 1.05"))
+        rows.append(
+            (
+                f"steered/unsteered, full path, batch {bs} ({st['backend']['used']})",
+                f"{fmt(f['ratio'])}x ({'' if f['equal_lengths'] else 'per step; '}of medians "
+                f"{fmt(f['ratio_of_medians'])}, of minima {fmt(f['ratio_of_minima'])}; wall "
+                f"{fmt(f['ratio_wall'])}); {fmt(f['A_cpu_s_median'], 2)} vs "
+                f"{fmt(f['B_cpu_s_median'], 2)} CPU s",
+                "<= 1.05",
+            )
+        )
+        rows.append(
+            (
+                f"steered/unsteered, generation only, batch {bs} ({st['backend']['used']})",
+                f"{fmt(g['ratio'])}x ({'' if g['equal_lengths'] else 'per step; '}of medians "
+                f"{fmt(g['ratio_of_medians'])}, of minima {fmt(g['ratio_of_minima'])}; wall "
+                f"{fmt(g['ratio_wall'])}); {fmt(g['A_cpu_s_median'], 2)} vs "
+                f"{fmt(g['B_cpu_s_median'], 2)} CPU s; select() {fmt(g['select_s_median'], 2)} s",
+                "<= 1.05",
+            )
+        )
     pg = res.get("preference_generation")
     if pg:
-        rows.append((f"{pg['subject']} / raw HF tokens/s",
-                     f"{fmt(pg['ratio'])}x (of medians {fmt(pg['ratio_of_medians'])}, of best "
-                     f"{fmt(pg['ratio_of_minima'])}; wall {fmt(pg['ratio_wall'])}); "
-                     f"{fmt(pg['library_tokens_per_cpu_s_median'], 1)} vs "
-                     f"{fmt(pg['raw_hf_tokens_per_cpu_s_median'], 1)} tok/CPU s; generation only "
-                     f"{fmt(pg['ratio_generation_only'])}x; identical tokens: {pg['identical_tokens']}",
-                     ">= 0.9"))
+        rows.append(
+            (
+                f"{pg['subject']} / raw HF tokens/s",
+                f"{fmt(pg['ratio'])}x (of medians {fmt(pg['ratio_of_medians'])}, of best "
+                f"{fmt(pg['ratio_of_minima'])}; wall {fmt(pg['ratio_wall'])}); "
+                f"{fmt(pg['library_tokens_per_cpu_s_median'], 1)} vs "
+                f"{fmt(pg['raw_hf_tokens_per_cpu_s_median'], 1)} tok/CPU s; generation only "
+                f"{fmt(pg['ratio_generation_only'])}x; identical tokens: {pg['identical_tokens']}",
+                ">= 0.9",
+            )
+        )
     cp = res.get("capture")
     if cp:
-        rows.append(("capture speedup vs run_with_cache",
-                     f"{fmt(cp['speedup_vs_inference_mode'], 2)}x (inference mode), "
-                     f"{fmt(cp['speedup_vs_default'], 2)}x (default grad mode); wall "
-                     f"{fmt(cp['speedup_vs_inference_mode_wall'], 2)}x / {fmt(cp['speedup_vs_default_wall'], 2)}x; "
-                     f"{fmt(cp['capture_tokens_wall_s_median'], 2)} vs "
-                     f"{fmt(cp['run_with_cache_inference_mode_wall_s_median'], 2)} s", ">= 3"))
-        rows.append(("capture memory, returned bytes ratio",
-                     f"{fmt(cp['memory_bytes_ratio_vs_inference_mode'], 1)}x "
-                     f"({cp['returned_bytes']['run_with_cache_inference_mode']} vs "
-                     f"{cp['returned_bytes']['capture_tokens']} B)", ">= 10"))
-        rows.append(("capture memory, peak-RSS delta ratio",
-                     f"{fmt(cp['memory_rss_ratio_vs_inference_mode'], 1)}x (inference mode), "
-                     f"{fmt(cp['memory_rss_ratio_vs_default'], 1)}x (default grad mode); "
-                     f"{mib(cp, 'capture_tokens')} vs {mib(cp, 'run_with_cache_inference_mode')} vs "
-                     f"{mib(cp, 'run_with_cache_default')} MiB", ">= 10"))
+        rows.append(
+            (
+                "capture speedup vs run_with_cache",
+                f"{fmt(cp['speedup_vs_inference_mode'], 2)}x (inference mode), "
+                f"{fmt(cp['speedup_vs_default'], 2)}x (default grad mode); wall "
+                f"{fmt(cp['speedup_vs_inference_mode_wall'], 2)}x / {fmt(cp['speedup_vs_default_wall'], 2)}x; "
+                f"{fmt(cp['capture_tokens_wall_s_median'], 2)} vs "
+                f"{fmt(cp['run_with_cache_inference_mode_wall_s_median'], 2)} s",
+                ">= 3",
+            )
+        )
+        rows.append(
+            (
+                "capture memory, returned bytes ratio",
+                f"{fmt(cp['memory_bytes_ratio_vs_inference_mode'], 1)}x "
+                f"({cp['returned_bytes']['run_with_cache_inference_mode']} vs "
+                f"{cp['returned_bytes']['capture_tokens']} B)",
+                ">= 10",
+            )
+        )
+        rows.append(
+            (
+                "capture memory, peak-RSS delta ratio",
+                f"{fmt(cp['memory_rss_ratio_vs_inference_mode'], 1)}x (inference mode), "
+                f"{fmt(cp['memory_rss_ratio_vs_default'], 1)}x (default grad mode); "
+                f"{mib(cp, 'capture_tokens')} vs {mib(cp, 'run_with_cache_inference_mode')} vs "
+                f"{mib(cp, 'run_with_cache_default')} MiB",
+                ">= 10",
+            )
+        )
     dm = res.get("demo")
     if dm:
-        rows.append(("alignez demo wall time",
-                     f"{fmt(dm.get('wall_s'), 1)} s" + (f" ({dm['reason']})" if dm.get("reason") else ""), "-"))
+        rows.append(
+            (
+                "alignez demo wall time",
+                f"{fmt(dm.get('wall_s'), 1)} s" + (f" ({dm['reason']})" if dm.get("reason") else ""),
+                "-",
+            )
+        )
     w = max(len(r[0]) for r in rows) if rows else 10
     m = res["machine"]
-    print(f"\nalignez-tl core benchmark  {m['date']}  {m['platform']}  cpus={m['cpu_count']} "
-          f"threads={m['torch_threads']}  torch {m['torch']}  transformers {m['transformers']}  "
-          f"transformer-lens {m['transformer_lens']}  repeats={res['settings']['repeats']}")
-    print("ratios: median of per-repeat paired ratios of process CPU time (steering: steered/unsteered; "
-          "prefgen: library/raw tokens per CPU s; capture: run_with_cache/capture); wall-time ratios alongside")
+    print(
+        f"\nalignez-tl core benchmark  {m['date']}  {m['platform']}  cpus={m['cpu_count']} "
+        f"threads={m['torch_threads']}  torch {m['torch']}  transformers {m['transformers']}  "
+        f"transformer-lens {m['transformer_lens']}  repeats={res['settings']['repeats']}"
+    )
+    print(
+        "ratios: median of per-repeat paired ratios of process CPU time (steering: steered/unsteered; "
+        "prefgen: library/raw tokens per CPU s; capture: run_with_cache/capture); wall-time ratios alongside"
+    )
     print(f"{'measure'.ljust(w)}  {'target':8}  result")
     print(f"{'-' * w}  {'-' * 8}  {'-' * 40}")
     for name, val, target in rows:
@@ -983,19 +1155,29 @@ def print_table(res: dict[str, Any]) -> None:
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="smollm2-135m-instruct", help="model spec for load_model")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per side (median reported)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 repeat, tiny sizes, no demo")
-    p.add_argument("--out", default=None,
-                   help=f"result JSON (default {DEFAULT_OUT.relative_to(ROOT)}; "
-                        f"{QUICK_OUT.relative_to(ROOT)} with --quick)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help=f"result JSON (default {DEFAULT_OUT.relative_to(ROOT)}; {QUICK_OUT.relative_to(ROOT)} with --quick)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
-    p.add_argument("--only", default="steering,prefgen,capture,demo",
-                   help="comma-separated subset of: steering, prefgen, capture, demo")
-    p.add_argument("--backend", default="auto", choices=["auto", "hf", "tl"],
-                   help="steering generation engine passed to Steerer.generate, where it has one")
+    p.add_argument(
+        "--only",
+        default="steering,prefgen,capture,demo",
+        help="comma-separated subset of: steering, prefgen, capture, demo",
+    )
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "hf", "tl"],
+        help="steering generation engine passed to Steerer.generate, where it has one",
+    )
     p.add_argument("--skip-demo", action="store_true", help="do not run `alignez demo`")
     p.add_argument("--demo-timeout", type=int, default=600, help="seconds before the demo is abandoned")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
@@ -1026,23 +1208,40 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise SystemExit(f"unknown --only parts: {sorted(unknown)}")
     out_path = Path(args.out) if args.out else (QUICK_OUT if args.quick else DEFAULT_OUT)
     cfg = {
-        "model": args.model, "repeats": repeats, "quick": args.quick, "threads": args.threads,
-        "steer_tokens": 8 if args.quick else 64, "steer_batches": [1, 8],
-        "pref_tokens": 8 if args.quick else 48, "skip_demo": args.skip_demo or "demo" not in only,
-        "demo_timeout": args.demo_timeout, "backend": args.backend,
+        "model": args.model,
+        "repeats": repeats,
+        "quick": args.quick,
+        "threads": args.threads,
+        "steer_tokens": 8 if args.quick else 64,
+        "steer_batches": [1, 8],
+        "pref_tokens": 8 if args.quick else 48,
+        "skip_demo": args.skip_demo or "demo" not in only,
+        "demo_timeout": args.demo_timeout,
+        "backend": args.backend,
     }
     t_start = time.perf_counter()
-    res: dict[str, Any] = {"schema": "alignez-tl-bench-core/1", "machine": machine_info(args.threads),
-                           "settings": {k: v for k, v in cfg.items()}}
+    res: dict[str, Any] = {
+        "schema": "alignez-tl-bench-core/1",
+        "machine": machine_info(args.threads),
+        "settings": {k: v for k, v in cfg.items()},
+    }
     import alignez_tl as ez
 
     log(f"loading {args.model}")
     with quiet():
         model, load_s = timed(lambda: ez.load_model(args.model, verbose=False))
-    res["model"] = {"spec": args.model, "load_s": load_s, "n_layers": int(model.cfg.n_layers),
-                    "d_model": int(model.cfg.d_model), "class": type(model).__name__}
-    sections = [("steering", "steering", bench_steering), ("prefgen", "preference_generation", bench_prefgen),
-                ("capture", "capture", bench_capture)]
+    res["model"] = {
+        "spec": args.model,
+        "load_s": load_s,
+        "n_layers": int(model.cfg.n_layers),
+        "d_model": int(model.cfg.d_model),
+        "class": type(model).__name__,
+    }
+    sections = [
+        ("steering", "steering", bench_steering),
+        ("prefgen", "preference_generation", bench_prefgen),
+        ("capture", "capture", bench_capture),
+    ]
     for part, key, fn in sections:
         if part not in only:
             continue

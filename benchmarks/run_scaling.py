@@ -32,14 +32,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 QUERIES = [
-    "How can I get better at managing my time?", "Explain why the sky is blue.",
-    "What should I pack for a weekend hiking trip?", "How do I make a simple tomato pasta sauce?",
-    "How do I keep houseplants alive?", "What is a good way to learn a new language?",
-    "How do I write a polite complaint letter?", "Why do cats purr?",
-    "What makes a good night's sleep?", "How do vaccines work?",
-    "How can I save money on groceries?", "What is the difference between weather and climate?",
-    "How do I start running as a beginner?", "Explain compound interest simply.",
-    "How should I prepare for a job interview?", "What are the planets of the solar system?",
+    "How can I get better at managing my time?",
+    "Explain why the sky is blue.",
+    "What should I pack for a weekend hiking trip?",
+    "How do I make a simple tomato pasta sauce?",
+    "How do I keep houseplants alive?",
+    "What is a good way to learn a new language?",
+    "How do I write a polite complaint letter?",
+    "Why do cats purr?",
+    "What makes a good night's sleep?",
+    "How do vaccines work?",
+    "How can I save money on groceries?",
+    "What is the difference between weather and climate?",
+    "How do I start running as a beginner?",
+    "Explain compound interest simply.",
+    "How should I prepare for a job interview?",
+    "What are the planets of the solar system?",
 ]
 
 
@@ -70,21 +78,35 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     model = ez.load_model(verbose=False)
-    pairs = [(render(model, q, "Here is a clear, careful answer with steps."),
-              render(model, q, "No.")) for q in QUERIES[:8]]
+    pairs = [
+        (render(model, q, "Here is a clear, careful answer with steps."), render(model, q, "No.")) for q in QUERIES[:8]
+    ]
     steerer = ez.Steerer(ez.fit_subspace(model, pairs, tau=1.0, verbose=False), edit="paper", alpha=0.25)
-    res: dict = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
-                             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "loadavg_start": os.getloadavg()},
-                 "settings": vars(args), "generation": [], "preferences": [], "capture": []}
+    res: dict = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "threads": args.threads,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "loadavg_start": os.getloadavg(),
+        },
+        "settings": vars(args),
+        "generation": [],
+        "preferences": [],
+        "capture": [],
+    }
 
     grid = [(n, 8) for n in (1, 4, 16)] + [(16, b) for b in (1, 4, 16)]
     for n, batch in grid:
         queries = QUERIES[:n]
         row = {"queries": n, "batch_size": batch}
         for steer in (False, True):
-            seconds, (ids, _) = median_time(lambda: steerer.generate(
-                model, queries, max_new_tokens=args.tokens, batch_size=batch, steer=steer, return_tokens=True),
-                args.repeats)
+            seconds, (ids, _) = median_time(
+                lambda: steerer.generate(
+                    model, queries, max_new_tokens=args.tokens, batch_size=batch, steer=steer, return_tokens=True
+                ),
+                args.repeats,
+            )
             tokens = sum(len(r) for r in ids)
             key = "steered" if steer else "unsteered"
             row[f"{key}_s"] = seconds
@@ -98,14 +120,16 @@ def main() -> None:
         def plain():
             out = []
             for start in range(0, n, batch):
-                out += generate_plain(model, encode(model, prompts[start:start + batch]),
-                                      max_new_tokens=args.tokens, seed=start)
+                out += generate_plain(
+                    model, encode(model, prompts[start : start + batch]), max_new_tokens=args.tokens, seed=start
+                )
             return out
 
         seconds, ids = median_time(plain, args.repeats)
         tokens = sum(len(r) for r in ids)
-        res["preferences"].append({"queries": n, "batch_size": batch, "s": seconds, "tokens": tokens,
-                                   "tokens_per_s": tokens / seconds})
+        res["preferences"].append(
+            {"queries": n, "batch_size": batch, "s": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds}
+        )
     for n in (1, 4, 16):
         texts = [a for a, _ in pairs] * 2
         seconds, _ = median_time(lambda: capture(model, texts[:n], batch_size=16), args.repeats)
@@ -119,11 +143,29 @@ def main() -> None:
     if not args.skip_eval:
         out = Path(tempfile.mkdtemp(prefix="alignez-bench-eval-")) / "eval"
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "alignez_tl.cli", "eval", "--per-category", "1", "--quiet",
-                               "--out", str(out), "--threads", str(args.threads)],
-                              capture_output=True, text=True, cwd=ROOT)
-        res["eval"] = {"command": "alignez eval --per-category 1 --quiet", "wall_s": time.perf_counter() - t0,
-                       "returncode": proc.returncode}
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "alignez_tl.cli",
+                "eval",
+                "--per-category",
+                "1",
+                "--quiet",
+                "--out",
+                str(out),
+                "--threads",
+                str(args.threads),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        res["eval"] = {
+            "command": "alignez eval --per-category 1 --quiet",
+            "wall_s": time.perf_counter() - t0,
+            "returncode": proc.returncode,
+        }
     res["machine"]["loadavg_end"] = os.getloadavg()
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -31,8 +31,6 @@ def tiny(request, llama, gpt2):
     return {"llama": llama, "gpt2": gpt2}[request.param]
 
 
-
-
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """A tiny random Llama checkpoint on disk, loadable with --model <folder>."""

@@ -8,14 +8,13 @@ import sys
 
 import pytest
 import torch
+from test_steering import PAIRS, QUERIES  # the same fitting pairs and queries as the steering tests
 
 from alignez_tl.hooks import edit_delta
 from alignez_tl.models import encode, render
 from alignez_tl.steering import Steerer
 from alignez_tl.subspace import AlignmentSubspace, LayerSubspace, fit_subspace
 from analyses.ablation import Ablation, ablate_components, projection_hooks
-
-from test_steering import PAIRS, QUERIES  # the same fitting pairs and queries as the steering tests
 
 TRIPLES = [
     ("How do I bake bread?", "Mix flour, water and yeast, then knead.", "No."),
@@ -31,17 +30,22 @@ def fitted(llama):
     assert set(sub.ranks().values()) == {5}
     steerer = Steerer(sub, top_n=2, alpha=4.0)
     # components [0, 4] -> cumulative top:1..top:5, and top:5 is every direction
-    result = ablate_components(llama, steerer, QUERIES, [0, 4], pairs=TRIPLES,
-                               greedy_tokens=GREEDY, batch_size=4)
+    result = ablate_components(llama, steerer, QUERIES, [0, 4], pairs=TRIPLES, greedy_tokens=GREEDY, batch_size=4)
     return steerer, result
 
 
 def _layer(layer, dirs, rms):
     k = dirs.shape[0]
     return LayerSubspace(
-        layer=layer, directions=dirs.to(torch.float32), singular_values=torch.ones(k),
-        explained_variance=torch.full((k,), 1.0 / k), n_pairs=k, n_kept=k, pair_cos=torch.zeros(k),
-        proj_mean=torch.zeros(k), proj_rms=torch.tensor(rms, dtype=torch.float32),
+        layer=layer,
+        directions=dirs.to(torch.float32),
+        singular_values=torch.ones(k),
+        explained_variance=torch.full((k,), 1.0 / k),
+        n_pairs=k,
+        n_kept=k,
+        pair_cos=torch.zeros(k),
+        proj_mean=torch.zeros(k),
+        proj_rms=torch.tensor(rms, dtype=torch.float32),
         mean_diff_proj=torch.ones(k),
     )
 
@@ -56,7 +60,8 @@ def planted(gpt2):
     basis, _ = torch.linalg.qr(torch.randn(d, 5, generator=g, dtype=torch.float64))
     sub = AlignmentSubspace(
         layers={2: _layer(2, basis[:, :2].T, [1.0, 1e-6]), 1: _layer(1, basis[:, 2:].T, [1.0, 1.0, 1.0])},
-        site="resid_post", d_model=d,
+        site="resid_post",
+        d_model=d,
     )
     steerer = Steerer(sub, alpha=10.0, direction_filter="all", layers=[2])
     result = ablate_components(gpt2, steerer, QUERIES[:3], [0, 1, 2], pairs=TRIPLES, greedy_tokens=4)
@@ -70,10 +75,20 @@ def test_shapes_json_and_forward_count(fitted):
     steerer, r = fitted
     assert isinstance(r, Ablation)
     assert r.components == [0, 4] and r.top_k == [1, 2, 3, 4, 5]
-    names = ["base", "full", "drop:0", "drop:4", "only:0", "only:4"] + [f"top:{k}" for k in range(1, 6)] + ["projected_out"]
+    names = (
+        ["base", "full", "drop:0", "drop:4", "only:0", "only:4"] + [f"top:{k}" for k in range(1, 6)] + ["projected_out"]
+    )
     assert list(r.per_prompt) == names
-    for metric in ("kl_vs_full", "kl_vs_base", "margin", "delta_margin", "edit_norm", "edit_norm_change",
-                   "tokens_changed_vs_full", "tokens_changed_vs_base"):
+    for metric in (
+        "kl_vs_full",
+        "kl_vs_base",
+        "margin",
+        "delta_margin",
+        "edit_norm",
+        "edit_norm_change",
+        "tokens_changed_vs_full",
+        "tokens_changed_vs_base",
+    ):
         assert len(r.drop[metric]) == len(r.only[metric]) == 2
         assert len(r.cumulative[metric]) == 5
         for name in names:
@@ -103,8 +118,9 @@ def test_invariants(fitted):
         assert all(v >= 0 for v in m["kl_vs_full"] + m["kl_vs_base"]), name
         assert all(0 <= v <= GREEDY for v in m["tokens_changed_vs_full"] + m["tokens_changed_vs_base"])
     base, full = r.per_prompt["base"], r.per_prompt["full"]
-    assert all(v == 0 for v in base["kl_vs_base"] + base["delta_margin"] + base["edit_norm"]
-               + base["tokens_changed_vs_base"])
+    assert all(
+        v == 0 for v in base["kl_vs_base"] + base["delta_margin"] + base["edit_norm"] + base["tokens_changed_vs_base"]
+    )
     assert all(v == 0 for v in full["kl_vs_full"] + full["edit_norm_change"] + full["tokens_changed_vs_full"])
     # the steering does something, so the checks below are not vacuous
     assert r.full["kl_vs_base"] > 1e-3 and r.full["edit_norm"] > 0
@@ -127,8 +143,11 @@ def test_kl_tokens_and_only_every_component_by_hand(llama, fitted):
     for st in (None, steerer, steerer.only_components(range(5)), steerer.without_components([7])):
         hooks = [] if st is None else st.hooks(llama, selections=sels, prompt_len=batch.input_ids.shape[1])
         with torch.inference_mode(), llama.hooks(fwd_hooks=hooks):
-            logits.append(llama(batch.input_ids, attention_mask=batch.attention_mask,
-                                position_ids=batch.position_ids())[:, -1].float())
+            logits.append(
+                llama(batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids())[
+                    :, -1
+                ].float()
+            )
     base, full = logits[0], logits[1]
     assert torch.equal(full, logits[2]) and torch.equal(full, logits[3])
     lb, lf = torch.log_softmax(base, -1), torch.log_softmax(full, -1)
@@ -140,8 +159,9 @@ def test_kl_tokens_and_only_every_component_by_hand(llama, fitted):
     # greedy tokens: exactly Steerer.generate's, on both generation backends
     for steer, name in ((True, "full"), (False, "base")):
         for backend in ("hf", "tl"):
-            ids, _ = steerer.generate(llama, QUERIES, max_new_tokens=GREEDY, steer=steer, return_tokens=True,
-                                      backend=backend)
+            ids, _ = steerer.generate(
+                llama, QUERIES, max_new_tokens=GREEDY, steer=steer, return_tokens=True, backend=backend
+            )
             assert r.tokens[name] == ids
 
 
@@ -156,8 +176,10 @@ def test_batch_invariant_and_deterministic(llama, fitted):
             assert vals == pytest.approx(want, rel=1e-4, abs=1e-5), (name, metric)
         assert two.tokens[name] == r.tokens[name]
     kw = dict(greedy_tokens=2, batch_size=2)
-    assert (ablate_components(llama, steerer, QUERIES[:2], [1], **kw).to_dict()
-            == ablate_components(llama, steerer, QUERIES[:2], [1], **kw).to_dict())
+    assert (
+        ablate_components(llama, steerer, QUERIES[:2], [1], **kw).to_dict()
+        == ablate_components(llama, steerer, QUERIES[:2], [1], **kw).to_dict()
+    )
 
 
 # --------------------------------------------------------------------------- exactness
@@ -201,6 +223,7 @@ def test_edit_norm_is_the_hook_edit(llama, fitted, variant):
     def grab(layer):
         def fn(act, hook):
             inputs[layer] = act[:, -1].float().clone()
+
         return fn
 
     terms = st.edit_terms(sels)
@@ -258,11 +281,15 @@ def test_projection_removes_the_span(llama, fitted):
     def grab(store, layer):
         def fn(act, hook):
             store[layer] = act[:, -1].float().clone()
+
         return fn
 
     names = [f"blocks.{layer}.hook_resid_post" for layer in sub.layer_indices]
-    hooks = ([(n, grab(before, layer)) for n, layer in zip(names, sub.layer_indices)] + proj
-             + [(n, grab(after, layer)) for n, layer in zip(names, sub.layer_indices)])
+    hooks = (
+        [(n, grab(before, layer)) for n, layer in zip(names, sub.layer_indices)]
+        + proj
+        + [(n, grab(after, layer)) for n, layer in zip(names, sub.layer_indices)]
+    )
     with torch.inference_mode(), llama.hooks(fwd_hooks=hooks):
         llama(batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids())
     removed = torch.zeros(len(QUERIES))

@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_steering import PAIRS, QUERIES
+from tiny import make_model
 
 from alignez_tl.models import encode, render, stop_token_ids
 from alignez_tl.steering import Steerer
 from alignez_tl.subspace import fit_subspace
 from analyses.attribution import Attribution, attribute_steering
-from test_steering import PAIRS, QUERIES
-from tiny import make_model
 
 
 def _sub(model):
@@ -32,8 +32,11 @@ def affine_models():
     """
     out = {}
     gen = torch.Generator().manual_seed(1)
-    for key, arch, dtype, tol in (("gpt2", "gpt2", torch.float64, 1e-9), ("llama", "llama", torch.float32, 1e-4),
-                                  ("gpt2-compat", "gpt2", torch.float64, 1e-9)):
+    for key, arch, dtype, tol in (
+        ("gpt2", "gpt2", torch.float64, 1e-9),
+        ("llama", "llama", torch.float32, 1e-4),
+        ("gpt2-compat", "gpt2", torch.float64, 1e-9),
+    ):
         model = make_model(arch, dtype=dtype, seed=3)
         norm = model.ln_final.original_component
         with torch.no_grad():
@@ -110,7 +113,7 @@ def test_parts_sum_exactly_when_the_edit_is_at_the_final_layer(affine_models, ar
         res = attribute_steering(model, steerer, query, continuations=(base_ids, steered_ids))
         exact = _independent_frozen_change(model, steerer, query, base_ids, steered_ids)
         k = res.first_divergence
-        assert k is not None and res.same_prefix[: k + 1].all() and not res.same_prefix[k + 1:].any()
+        assert k is not None and res.same_prefix[: k + 1].all() and not res.same_prefix[k + 1 :].any()
         assert abs(exact[k]) > 1e-3  # the check is not 0 == 0
         parts = res.per_direction[: k + 1].sum(1) + res.cast_residual[: k + 1]
         np.testing.assert_allclose(parts, exact[: k + 1], rtol=tol, atol=tol)
@@ -173,8 +176,16 @@ def test_generation_shapes_flags_and_pass_count(subs, arch):
     assert res.n_positions == n
     assert res.layers == sorted(sel[0].layers)
     assert res.directions == sorted({(0, j) for layer in sel[0].layers for j in sel[0].kept[layer]})
-    for name in ("changed", "same_prefix", "logit_diff_steered", "logit_diff_base", "frozen_scale_change",
-                 "direct_total", "cast_residual", "scale_ratio"):
+    for name in (
+        "changed",
+        "same_prefix",
+        "logit_diff_steered",
+        "logit_diff_base",
+        "frozen_scale_change",
+        "direct_total",
+        "cast_residual",
+        "scale_ratio",
+    ):
         assert getattr(res, name).shape == (n,), name
     assert res.per_layer.shape == (n, len(res.layers))
     assert res.per_direction.shape == (n, len(res.directions))
@@ -228,7 +239,7 @@ def test_html_escapes_text_and_has_one_span_per_steered_token(result):
     evil = dataclasses.replace(
         result,
         prompt='<script>alert("p")</script>',
-        steered_strings=['<script>alert(1)</script>'] + result.steered_strings[1:],
+        steered_strings=["<script>alert(1)</script>"] + result.steered_strings[1:],
         base_strings=['"><img src=x onerror=alert(2)>'] + result.base_strings[1:],
     )
     page = evil.to_html()

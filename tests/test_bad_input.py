@@ -177,8 +177,9 @@ def test_b03_float_layers_refused(llama, sub_llama, capsys, no_model_load, tmp_p
         Steerer(sub_llama, layers=[1.0])
     prefs = tmp_path / "p.jsonl"
     PreferenceSet.from_pairs(["q"], ["a"], ["b"]).save(prefs)
-    code, _, err = run_cli(["fit", "--prefs", str(prefs), "--layers", "1.5", "--out", str(tmp_path / "s.safetensors")],
-                           capsys)
+    code, _, err = run_cli(
+        ["fit", "--prefs", str(prefs), "--layers", "1.5", "--out", str(tmp_path / "s.safetensors")], capsys
+    )
     assert code == 2 and "--layers takes comma-separated integers, got '1.5'" in err
     assert not (tmp_path / "s.safetensors").exists()
 
@@ -271,8 +272,12 @@ def test_b11_nan_subspace_construction_refused(sub_llama):
     with pytest.raises(ValueError, match="layer 0: directions holds NaN or inf"):
         LayerSubspace(layer=0, n_pairs=good.n_pairs, n_kept=good.n_kept, **{**fields, "directions": nan_dirs})
     with pytest.raises(ValueError, match="layer 0: proj_rms holds NaN or inf"):
-        LayerSubspace(layer=0, n_pairs=good.n_pairs, n_kept=good.n_kept,
-                      **{**fields, "proj_rms": torch.full_like(good.proj_rms, math.inf)})
+        LayerSubspace(
+            layer=0,
+            n_pairs=good.n_pairs,
+            n_kept=good.n_kept,
+            **{**fields, "proj_rms": torch.full_like(good.proj_rms, math.inf)},
+        )
     with pytest.raises(ValueError, match="proj_rms has shape"):
         LayerSubspace(layer=0, n_pairs=good.n_pairs, n_kept=good.n_kept, **{**fields, "proj_rms": torch.ones(99)})
     with pytest.raises(ValueError, match="directions are 64 wide, but d_model is 32"):
@@ -296,7 +301,9 @@ def test_b13_nan_activations_reaching_fit_refused(llama):
     pos = torch.randn(5, 1, 64)
     neg = torch.randn(5, 1, 64)
     pos[3, 0, 7] = float("nan")
-    with pytest.raises(ValueError, match=r"layer 2: the activations contain NaN or inf in 1 of 5 pairs \(first: pair 3\)"):
+    with pytest.raises(
+        ValueError, match=r"layer 2: the activations contain NaN or inf in 1 of 5 pairs \(first: pair 3\)"
+    ):
         fit_subspace(None, (pos, neg), layers=[2])
     # NaN coming out of the model itself (here planted by a hook at layer 1)
     poison = [(hook_name("resid_post", 1), lambda act, hook: act * float("nan"))]
@@ -316,8 +323,10 @@ def test_b14_layer_out_of_range_refused(llama, sub_llama, tmp_path, capsys, no_m
     with pytest.raises(ValueError, match=r"layer 9 is out of range"):
         Steerer(sub_llama, layers=[9])
     PreferenceSet.from_pairs(["q"], ["a"], ["b"]).save(tmp_path / "p.jsonl")
-    code, _, err = run_cli(["fit", "--prefs", str(tmp_path / "p.jsonl"), "--layers", "-1",
-                            "--out", str(tmp_path / "s.safetensors")], capsys)
+    code, _, err = run_cli(
+        ["fit", "--prefs", str(tmp_path / "p.jsonl"), "--layers", "-1", "--out", str(tmp_path / "s.safetensors")],
+        capsys,
+    )
     assert code == 2 and "--layers takes comma-separated layer indices >= 0, got '-1'" in err
 
 
@@ -345,8 +354,11 @@ def test_b16_d_model_mismatch_refused(llama, monkeypatch):
     monkeypatch.setattr("alignez_tl.steering.capture", lambda *a, **k: work.append("capture"))
     monkeypatch.setattr("alignez_tl.steering.generate_with_hooks", lambda *a, **k: work.append("generate"))
     steerer = Steerer(narrow, layers=[1])
-    for call in (lambda: steerer.generate(llama, ["hi"]), lambda: steerer.select(llama, ["hi"]),
-                 lambda: steerer.hooks(llama)):
+    for call in (
+        lambda: steerer.generate(llama, ["hi"]),
+        lambda: steerer.select(llama, ["hi"]),
+        lambda: steerer.hooks(llama),
+    ):
         with pytest.raises(SubspaceMismatchError, match=r"d_model 32 \(subspace\) vs 64 \(model\)"):
             call()
     assert work == []  # refused before any forward pass
@@ -390,8 +402,9 @@ def test_b20_truncated_subspace_file_refused(saved, tmp_path, capsys, no_model_l
         short.write_bytes(data[:cut])
         with pytest.raises(SubspaceFileError, match="is not a readable safetensors file"):
             AlignmentSubspace.load(short)
-    code, _, err = run_cli(["generate", "--subspace", str(short), "--query", "hi", "--out", str(tmp_path / "g.jsonl")],
-                           capsys)
+    code, _, err = run_cli(
+        ["generate", "--subspace", str(short), "--query", "hi", "--out", str(tmp_path / "g.jsonl")], capsys
+    )
     assert code == 2 and "not a readable safetensors file" in err and not (tmp_path / "g.jsonl").exists()
 
 
@@ -423,8 +436,12 @@ def test_b22_unknown_format_version_refused(saved, tmp_path):
     supported = ", ".join(map(str, SUPPORTED_VERSIONS))
     for version in (2, 0, "1", None):
         path = rewrite(tmp_path / "v.safetensors", tensors, {**meta, "version": version})
-        with pytest.raises(SubspaceFileError, match=re.escape(
-                f"format version {version!r} is not supported; this alignez-tl reads version(s) {supported}")):
+        with pytest.raises(
+            SubspaceFileError,
+            match=re.escape(
+                f"format version {version!r} is not supported; this alignez-tl reads version(s) {supported}"
+            ),
+        ):
             AlignmentSubspace.load(path)
 
 
@@ -445,8 +462,12 @@ def test_b23_shape_mismatch_in_file_refused(saved, tmp_path):
 def test_b24_dtype_mismatch_in_file_refused(saved, tmp_path):
     _, tensors, meta = saved
     for dtype in (torch.float64, torch.float16, torch.int64):
-        bad = rewrite(tmp_path / "dtype.safetensors", tensors, meta,
-                      **{"layer.0.directions": tensors["layer.0.directions"].to(dtype)})
+        bad = rewrite(
+            tmp_path / "dtype.safetensors",
+            tensors,
+            meta,
+            **{"layer.0.directions": tensors["layer.0.directions"].to(dtype)},
+        )
         name = str(dtype).replace("torch.", "")
         with pytest.raises(SubspaceFileError, match=f"'layer.0.directions' is {name}; the format stores float32"):
             AlignmentSubspace.load(bad)
@@ -477,6 +498,7 @@ def test_b25_pickle_file_refused_never_executed(saved, tmp_path, monkeypatch):
     with pytest.raises(PreferenceFileError, match=r"evil.jsonl:1: not UTF-8 text"):
         PreferenceSet.load(evil_prefs)
     assert not marker.exists()
+
     # Valid files load with every unpickling entry point disabled.
     def refuse(*args, **kwargs):
         raise AssertionError("a loader tried to unpickle")
@@ -541,8 +563,10 @@ def test_b28_preference_file_version_refused(prefs_file, tmp_path):
     header = json.loads(lines[0])
     future = tmp_path / "future.jsonl"
     future.write_text("\n".join([json.dumps({**header, "version": 7})] + lines[1:]) + "\n", encoding="utf-8")
-    with pytest.raises(PreferenceFileError, match=re.escape(
-            f"{future}:1: format version 7 is not supported (this alignez-tl reads version 1)")):
+    with pytest.raises(
+        PreferenceFileError,
+        match=re.escape(f"{future}:1: format version 7 is not supported (this alignez-tl reads version 1)"),
+    ):
         PreferenceSet.load(future)
     headless = tmp_path / "headless.jsonl"
     headless.write_text("\n".join(lines[1:]) + "\n", encoding="utf-8")
@@ -616,8 +640,10 @@ def test_b32_prompt_longer_than_context(gpt2, sub_gpt2):
         [text] = steerer.generate(gpt2, [long_query], max_new_tokens=4)
     assert isinstance(text, str)
     messages = [str(w.message) for w in caught]
-    assert "1 prompt(s) longer than 252 tokens were cut to their last 252 tokens, so that max_new_tokens=4 " \
-           "fit the model's context of 256 tokens" in messages
+    assert (
+        "1 prompt(s) longer than 252 tokens were cut to their last 252 tokens, so that max_new_tokens=4 "
+        "fit the model's context of 256 tokens" in messages
+    )
     assert any("were truncated" in m for m in messages)  # the layer choice used the last 256 tokens
     # The log-prob judge appends its verdict prefix after the prompt: it used to overflow too.
     with pytest.warns(UserWarning, match="were truncated to their last tokens"):
@@ -633,8 +659,11 @@ def test_b32_prompt_longer_than_context(gpt2, sub_gpt2):
 
 
 def test_b33_zero_pairs_after_filtering(llama):
-    with pytest.raises(EmptySubspaceError, match=r"all 3 pairs were dropped at every layer: cos\(pos, neg\) ranged "
-                                                 r"over \[.*\].*Use more distinct pairs or a higher tau"):
+    with pytest.raises(
+        EmptySubspaceError,
+        match=r"all 3 pairs were dropped at every layer: cos\(pos, neg\) ranged "
+        r"over \[.*\].*Use more distinct pairs or a higher tau",
+    ):
         fit_subspace(llama, PAIRS, tau=-0.99, verbose=False)
     blank = PreferenceSet.from_pairs(["q1", "q2"], ["", "fine"], ["no", "  "], "helpful")
     with pytest.raises(EmptySubspaceError, match="the preference set is empty"):
@@ -706,7 +735,9 @@ def test_b35_judge_unreachable(judge_server):
         port = s.getsockname()[1]
     judge = HTTPJudge(f"http://127.0.0.1:{port}/v1", "m", retries=1, backoff=0.01, timeout=2)
     start = time.monotonic()
-    with pytest.raises(JudgeError, match=r"failed after 2 attempt\(s\): connection refused \(is the server running\?\)"):
+    with pytest.raises(
+        JudgeError, match=r"failed after 2 attempt\(s\): connection refused \(is the server running\?\)"
+    ):
         judge.judge("q", "a", "b")
     assert time.monotonic() - start < 2.0
 
@@ -748,8 +779,17 @@ def test_b38_judge_api_key_never_leaks(judge_server, tmp_path, caplog):
     saved = tmp_path / "comparisons.jsonl"
     save_comparisons(saved, comps)
     assert load_comparisons(saved)[0].outcome == "error"
-    texts = [str(err.value), "".join(traceback.format_exception(err.value)), caplog.text, saved.read_text(),
-             repr(judge), str(judge), json.dumps(judge.config()), repr(vars(judge)), comps[0].error]
+    texts = [
+        str(err.value),
+        "".join(traceback.format_exception(err.value)),
+        caplog.text,
+        saved.read_text(),
+        repr(judge),
+        str(judge),
+        json.dumps(judge.config()),
+        repr(vars(judge)),
+        comps[0].error,
+    ]
     for text in texts:
         assert KEY not in text
     assert KEY.encode() not in pickle.dumps(judge)
@@ -760,7 +800,9 @@ def test_b39_http_judge_unconfigured_refused_before_work(tmp_path, capsys, monke
         monkeypatch.delenv(var, raising=False)
     out = tmp_path / "eval"
     code, _, err = run_cli(["eval", "--judge", "http", "--out", str(out)], capsys)
-    assert code == 2 and "--judge http: HTTPJudge needs a base URL: pass base_url=... or set ALIGNEZ_JUDGE_BASE_URL" in err
+    assert (
+        code == 2 and "--judge http: HTTPJudge needs a base URL: pass base_url=... or set ALIGNEZ_JUDGE_BASE_URL" in err
+    )
     assert not out.exists()
     monkeypatch.setenv("ALIGNEZ_JUDGE_BASE_URL", "ftp://judge.example")
     monkeypatch.setenv("ALIGNEZ_JUDGE_MODEL", "m")
@@ -773,17 +815,39 @@ def test_b39_http_judge_unconfigured_refused_before_work(tmp_path, capsys, monke
 
 def test_b40_ctrl_c_leaves_only_complete_files(tiny_dir, tmp_path):
     out = tmp_path / "run"
-    argv = ["demo", "--model", tiny_dir, "--out", str(out), "--no-report", "--n-queries", "2",
-            "--n-characteristics", "1", "--elicit-tokens", "8", "--response-tokens", "8",
-            "--max-new-tokens", "200", "--batch-size", "1", "--threads", "1"]  # steps 1-2: well under 1 s
+    argv = [
+        "demo",
+        "--model",
+        tiny_dir,
+        "--out",
+        str(out),
+        "--no-report",
+        "--n-queries",
+        "2",
+        "--n-characteristics",
+        "1",
+        "--elicit-tokens",
+        "8",
+        "--response-tokens",
+        "8",
+        "--max-new-tokens",
+        "200",
+        "--batch-size",
+        "1",
+        "--threads",
+        "1",
+    ]  # steps 1-2: well under 1 s
     # SIGINT as Python's default handler takes it, even when this test's own parent ignores it.
-    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-            f"from alignez_tl.cli import main; sys.exit(main({argv!r}))")
+    code = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        f"from alignez_tl.cli import main; sys.exit(main({argv!r}))"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     err_path = tmp_path / "stderr.txt"
     with open(err_path, "w") as err_file:
-        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=err_file,
-                                text=True, env=env, cwd=tmp_path)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=err_file, text=True, env=env, cwd=tmp_path
+        )
         try:
             seen = []
             for line in proc.stdout:  # wait until it is generating, after two files were written
@@ -801,8 +865,11 @@ def test_b40_ctrl_c_leaves_only_complete_files(tiny_dir, tmp_path):
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == "alignez demo: interrupted; files already written are complete"
     names = assert_complete(out)
-    assert {"pairs.jsonl", "subspace.safetensors"} <= set(names) <= {
-        "pairs.jsonl", "subspace.safetensors", "generations.jsonl", "summary.json"}
+    assert (
+        {"pairs.jsonl", "subspace.safetensors"}
+        <= set(names)
+        <= {"pairs.jsonl", "subspace.safetensors", "generations.jsonl", "summary.json"}
+    )
     assert "summary.json" not in names  # it was interrupted before the end
 
 
@@ -831,11 +898,15 @@ def test_b41_existing_output_needs_force(tiny_dir, prefs_file, tmp_path, capsys)
 
 def test_b42_bad_numeric_cli_options_refused(tmp_path, capsys, no_model_load):
     cases = [
-        (["generate", "--subspace", "s", "--query", "q", "--max-new-tokens", "0"],
-         "argument --max-new-tokens: expected a positive integer, got 0"),
+        (
+            ["generate", "--subspace", "s", "--query", "q", "--max-new-tokens", "0"],
+            "argument --max-new-tokens: expected a positive integer, got 0",
+        ),
         (["prefs", "--query", "q", "--batch-size", "-2"], "argument --batch-size: expected a positive integer, got -2"),
-        (["prefs", "--query", "q", "--n-characteristics", "three"],
-         "argument --n-characteristics: expected a positive integer, got 'three'"),
+        (
+            ["prefs", "--query", "q", "--n-characteristics", "three"],
+            "argument --n-characteristics: expected a positive integer, got 'three'",
+        ),
         (["prefs", "--query", "q", "--top-p", "1.5"], "argument --top-p: expected a number in (0, 1], got '1.5'"),
         (["fit", "--prefs", "p.jsonl", "--tau", "2"], "argument --tau: expected a number in (-1, 1], got '2'"),
         (["eval", "--coef", "inf"], "argument --coef: expected a finite number, got 'inf'"),
@@ -852,8 +923,10 @@ def test_b43_bad_model_spec_refused_before_work(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("alignez_tl.preferences.generate_preferences", lambda *a, **k: called.append(1))
     a_file = tmp_path / "weights.bin"
     a_file.write_bytes(b"\x00")
-    for spec, message in ((str(a_file), "is a file; pass the folder that holds config.json"),
-                          ("no-such-model", "unknown model 'no-such-model'")):
+    for spec, message in (
+        (str(a_file), "is a file; pass the folder that holds config.json"),
+        ("no-such-model", "unknown model 'no-such-model'"),
+    ):
         out = tmp_path / "p.jsonl"
         code, _, err = run_cli(["prefs", "--model", spec, "--query", "hi", "--out", str(out)], capsys)
         assert code == 2 and message in err and not out.exists()
@@ -868,13 +941,43 @@ def test_b44_eval_layer_out_of_range_refused(tiny_dir, tmp_path, capsys, monkeyp
     called = []
     monkeypatch.setattr("alignez_tl.preferences.generate_preferences", lambda *a, **k: called.append(1))
     out = tmp_path / "eval"
-    code, _, err = run_cli(["eval", "--model", tiny_dir, "--quiet", "--per-category", "1", "--judge", "profanity",
-                            "--layer", "4", "--out", str(out)], capsys)
+    code, _, err = run_cli(
+        [
+            "eval",
+            "--model",
+            tiny_dir,
+            "--quiet",
+            "--per-category",
+            "1",
+            "--judge",
+            "profanity",
+            "--layer",
+            "4",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 2 and "--layer 4 is out of range: the model has layers 0..3" in err
     assert not called and not out.exists()  # nothing written, and the folder it made is gone
     out.mkdir()  # a folder that was there before stays
-    code, _, err = run_cli(["eval", "--model", tiny_dir, "--quiet", "--per-category", "1", "--judge", "profanity",
-                            "--layer", "4", "--out", str(out)], capsys)
+    code, _, err = run_cli(
+        [
+            "eval",
+            "--model",
+            tiny_dir,
+            "--quiet",
+            "--per-category",
+            "1",
+            "--judge",
+            "profanity",
+            "--layer",
+            "4",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 2 and out.is_dir() and list(out.iterdir()) == []
 
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from alignez_tl import steering as steering_mod
 from alignez_tl import pairs as pairs_mod
+from alignez_tl import steering as steering_mod
 from alignez_tl.activations import capture
 from alignez_tl.baselines import (
     DiffMeanSteerer,
@@ -108,7 +108,7 @@ def test_fit_embeds_the_same_texts_as_the_subspace(llama, prefs):
     """From a PreferenceSet, the activations are the subspace's: last token of PreferenceSet.texts."""
     pos_texts, neg_texts = prefs.texts(llama)
     acts = capture(llama, pos_texts + neg_texts, [LAYER])[:, 0]
-    pos, neg = acts[: len(prefs)], acts[len(prefs):]
+    pos, neg = acts[: len(prefs)], acts[len(prefs) :]
     dm = DiffMeanSteerer.fit(llama, prefs, layer=LAYER)
     assert torch.allclose(dm.vector, diffmean_vector(pos, neg), atol=1e-6)
     assert dm.objective["name"] == "helpful" and dm.info["n_pairs"] == len(prefs)
@@ -158,8 +158,14 @@ def test_generated_positions_in_a_real_generation(llama, prefs, cache):
     record = []
     with steerer.apply(llama, q, record=record) as hooks:
         assert [name for name, _ in hooks] == [f"blocks.{LAYER}.hook_resid_post"]
-        llama.generate(prompt.input_ids, max_new_tokens=4, do_sample=False, stop_at_eos=False,
-                       verbose=False, use_past_kv_cache=cache)
+        llama.generate(
+            prompt.input_ids,
+            max_new_tokens=4,
+            do_sample=False,
+            stop_at_eos=False,
+            verbose=False,
+            use_past_kv_cache=cache,
+        )
     calls = [(s, span) for _, s, span in record]
     if cache:
         assert calls == [(p, (p - 1, p)), (1, (0, 1)), (1, (0, 1)), (1, (0, 1))]
@@ -177,6 +183,7 @@ def test_the_model_sees_x_plus_coef_v(tiny_model, prefs, positions):
     def grab(key):
         def fn(act, hook):
             seen[key] = act.detach().clone()
+
         return fn
 
     name = steerer.hook_name
@@ -238,7 +245,7 @@ def test_prompt_only_renders_the_keyword_and_generates_from_that_prompt(llama, g
     tokens = encode(llama, [text]).input_ids
     out = llama.generate(tokens, max_new_tokens=6, do_sample=False, stop_at_eos=False, verbose=False)
     want = steerer.generate(llama, [QUERIES[0]], max_new_tokens=6, return_tokens=True)[0][0]
-    assert out[0, tokens.shape[1]:].tolist()[: len(want)] == want
+    assert out[0, tokens.shape[1] :].tolist()[: len(want)] == want
     # steer=False is the plain path, identical to NoSteerer
     plain = steerer.generate(llama, QUERIES, max_new_tokens=6, steer=False, return_tokens=True)[0]
     assert plain == NoSteerer().generate(llama, QUERIES, max_new_tokens=6, return_tokens=True)[0]
@@ -260,15 +267,19 @@ def test_system_prompt_replaces_a_default_one_and_templates_are_respected(llama,
     text = steerer.render(llama, QUERIES[0])
     assert "DEFAULT PROMPT" not in text and steerer.system in text
     # a template that ignores system turns would silently make prompt-only a no-op
-    monkeypatch.setattr(llama.tokenizer, "chat_template",
-                        "{{ messages[-1]['content'] }}{% if add_generation_prompt %} A:{% endif %}")
+    monkeypatch.setattr(
+        llama.tokenizer, "chat_template", "{{ messages[-1]['content'] }}{% if add_generation_prompt %} A:{% endif %}"
+    )
     with pytest.raises(ValueError, match="dropped the system prompt"):
         steerer.generate(llama, QUERIES[:1], max_new_tokens=2)
     # a template that does not start with BOS: the prompt is still tokenised as chat text,
     # exactly as an unsteered prompt (no BOS added in front)
-    monkeypatch.setattr(llama.tokenizer, "chat_template",
-                        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                        "{% if add_generation_prompt %}assistant: {% endif %}")
+    monkeypatch.setattr(
+        llama.tokenizer,
+        "chat_template",
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}",
+    )
     encoded = []
     real_encode = steering_mod.encode
 
@@ -314,17 +325,18 @@ def _steerers(model, prefs):
 
 
 def test_batched_generation_equals_one_query_at_a_time(tiny_model, prefs):
-    plain = NoSteerer().generate(tiny_model, QUERIES, max_new_tokens=8, batch_size=len(QUERIES),
-                                 return_tokens=True)[0]
+    plain = NoSteerer().generate(tiny_model, QUERIES, max_new_tokens=8, batch_size=len(QUERIES), return_tokens=True)[0]
     for kind, steerer in _steerers(tiny_model, prefs).items():
-        batched = steerer.generate(tiny_model, QUERIES, max_new_tokens=8, batch_size=len(QUERIES),
-                                   return_tokens=True)[0]
+        batched = steerer.generate(tiny_model, QUERIES, max_new_tokens=8, batch_size=len(QUERIES), return_tokens=True)[
+            0
+        ]
         alone = [steerer.generate(tiny_model, [q], max_new_tokens=8, return_tokens=True)[0][0] for q in QUERIES]
         assert batched == alone, kind
         if kind != "none":
             assert batched != plain, kind  # the baseline changed something
-        unsteered = steerer.generate(tiny_model, QUERIES, max_new_tokens=8, steer=False,
-                                     batch_size=len(QUERIES), return_tokens=True)[0]
+        unsteered = steerer.generate(
+            tiny_model, QUERIES, max_new_tokens=8, steer=False, batch_size=len(QUERIES), return_tokens=True
+        )[0]
         assert unsteered == plain, kind
 
 
@@ -332,13 +344,14 @@ def test_batched_generation_equals_one_query_at_a_time(tiny_model, prefs):
 def test_kv_cache_matches_no_cache(tiny_model, prefs, kind):
     steerer = _steerers(tiny_model, prefs)[kind]
     with_cache = steerer.generate(tiny_model, QUERIES, max_new_tokens=8, return_tokens=True)[0]
-    without = steerer.generate(tiny_model, QUERIES, max_new_tokens=8, use_past_kv_cache=False,
-                               return_tokens=True)[0]
+    without = steerer.generate(tiny_model, QUERIES, max_new_tokens=8, use_past_kv_cache=False, return_tokens=True)[0]
     assert with_cache == without
     all_pos = steerer.with_coef(1.0)
     all_pos.positions = "all"
-    assert all_pos.generate(tiny_model, QUERIES[:2], max_new_tokens=6, return_tokens=True)[0] == \
-        all_pos.generate(tiny_model, QUERIES[:2], max_new_tokens=6, use_past_kv_cache=False, return_tokens=True)[0]
+    assert (
+        all_pos.generate(tiny_model, QUERIES[:2], max_new_tokens=6, return_tokens=True)[0]
+        == all_pos.generate(tiny_model, QUERIES[:2], max_new_tokens=6, use_past_kv_cache=False, return_tokens=True)[0]
+    )
 
 
 def test_with_coef_and_describe(llama, prefs):
@@ -444,8 +457,15 @@ def test_diffmean_matches_steering_vectors(arch, layers, llama, gpt2, prefs):
 
     handle = hf.register_forward_pre_hook(record_ids, with_kwargs=True)
     try:
-        vec = sv.train_steering_vector(hf, model.tokenizer, list(zip(pos_texts, neg_texts)), layers=layers,
-                                       aggregator=sv.mean_aggregator(), read_token_index=-1, batch_size=1)
+        vec = sv.train_steering_vector(
+            hf,
+            model.tokenizer,
+            list(zip(pos_texts, neg_texts)),
+            layers=layers,
+            aggregator=sv.mean_aggregator(),
+            read_token_index=-1,
+            batch_size=1,
+        )
     finally:
         handle.remove()
     assert len(seen) == 2 * len(prefs) and all(ids.shape[0] == 1 for ids in seen)  # unpadded, one per text

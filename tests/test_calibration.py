@@ -1,13 +1,12 @@
 """Strength calibration: the strength that reaches a target KL on neutral text."""
 
 import pytest
+from test_steering import PAIRS, subspace_for
 
 from alignez_tl.baselines import DiffMeanSteerer
 from alignez_tl.calibration import calibrate_strength, neutral_kl
 from alignez_tl.eval import neutral_base, side_effects
 from alignez_tl.steering import Steerer
-
-from test_steering import PAIRS, subspace_for
 
 NEUTRAL = [
     "The library opens at nine and closes at six, except on Sundays.",

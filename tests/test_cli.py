@@ -28,7 +28,9 @@ def run(args, capsys):
 def test_unknown_model_key_fails_before_any_work(tmp_path, capsys, monkeypatch):
     called = []
     monkeypatch.setattr("alignez_tl.preferences.generate_preferences", lambda *a, **k: called.append(1))
-    code, _, err = run(["prefs", "--model", "no-such-model", "--query", "hi", "--out", str(tmp_path / "p.jsonl")], capsys)
+    code, _, err = run(
+        ["prefs", "--model", "no-such-model", "--query", "hi", "--out", str(tmp_path / "p.jsonl")], capsys
+    )
     assert code == 2 and "unknown model 'no-such-model'" in err
     assert not called and not (tmp_path / "p.jsonl").exists()
 
@@ -69,7 +71,9 @@ def test_malformed_queries_file_names_the_line(tmp_path, capsys):
 def test_corrupt_subspace_file_is_refused(tmp_path, capsys):
     bad = tmp_path / "s.safetensors"
     bad.write_bytes(b"not a safetensors file")
-    code, _, err = run(["generate", "--subspace", str(bad), "--query", "hi", "--out", str(tmp_path / "g.jsonl")], capsys)
+    code, _, err = run(
+        ["generate", "--subspace", str(bad), "--query", "hi", "--out", str(tmp_path / "g.jsonl")], capsys
+    )
     assert code == 2 and "not a readable safetensors file" in err
 
 
@@ -78,15 +82,45 @@ def test_prefs_fit_generate_end_to_end_on_a_tiny_model(tiny_dir, tmp_path, capsy
     sub = tmp_path / "sub.safetensors"
     gens = tmp_path / "gens.jsonl"
     common = ["--model", tiny_dir, "--quiet", "--seed", "1"]
-    code, out, err = run(["prefs", *common, "--query", "How do I bake bread?", "--query", "Hi",
-                          "--elicit-tokens", "8", "--response-tokens", "12", "--out", str(prefs)], capsys)
+    code, out, err = run(
+        [
+            "prefs",
+            *common,
+            "--query",
+            "How do I bake bread?",
+            "--query",
+            "Hi",
+            "--elicit-tokens",
+            "8",
+            "--response-tokens",
+            "12",
+            "--out",
+            str(prefs),
+        ],
+        capsys,
+    )
     assert code == 0, err
     lines = prefs.read_text(encoding="utf-8").splitlines()
     assert json.loads(lines[0])["type"] == "header" and len(lines) >= 3
     code, out, err = run(["fit", *common, "--prefs", str(prefs), "--tau", "1.0", "--out", str(sub)], capsys)
     assert code == 0, err
-    code, out, err = run(["generate", *common, "--subspace", str(sub), "--query", "How do I bake bread?",
-                          "--alpha", "4", "--max-new-tokens", "6", "--out", str(gens)], capsys)
+    code, out, err = run(
+        [
+            "generate",
+            *common,
+            "--subspace",
+            str(sub),
+            "--query",
+            "How do I bake bread?",
+            "--alpha",
+            "4",
+            "--max-new-tokens",
+            "6",
+            "--out",
+            str(gens),
+        ],
+        capsys,
+    )
     assert code == 0, err
     [row] = [json.loads(line) for line in gens.read_text(encoding="utf-8").splitlines()]
     assert set(row) >= {"query", "base", "steered", "changed", "layers"}
@@ -104,7 +138,9 @@ def demo_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "alignez_tl.cli", "demo", "--out", str(out), "--quiet"],
-        capture_output=True, text=True, timeout=2400,
+        capture_output=True,
+        text=True,
+        timeout=2400,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"report: {out / 'report.html'}" in proc.stdout
@@ -115,8 +151,15 @@ def demo_out(tmp_path_factory):
 def test_demo_on_the_embedded_model(demo_out):
     out = demo_out
     assert sorted(p.name for p in out.iterdir()) == [
-        "ablation.json", "attribution.json", "generations.jsonl", "layer_signal.json", "pairs.jsonl",
-        "report.html", "subspace.safetensors", "summary.json"]
+        "ablation.json",
+        "attribution.json",
+        "generations.jsonl",
+        "layer_signal.json",
+        "pairs.jsonl",
+        "report.html",
+        "subspace.safetensors",
+        "summary.json",
+    ]
     rows = [json.loads(line) for line in (out / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 4
     assert any(r["steered"] != r["base"] for r in rows)
@@ -138,14 +181,39 @@ def test_analyze_on_the_embedded_model(demo_out, tmp_path):
     prompts.write_text("How do I keep houseplants alive?\nExplain why the sky is blue.\n", encoding="utf-8")
     out = tmp_path / "analysis"
     proc = subprocess.run(
-        [sys.executable, "-m", "alignez_tl.cli", "analyze", "--subspace", str(demo_out / "subspace.safetensors"),
-         "--prefs", str(demo_out / "pairs.jsonl"), "--prompts", str(prompts), "--out", str(out), "--quiet",
-         "--n-attributions", "1", "--max-components", "2", "--max-new-tokens", "16"],
-        capture_output=True, text=True, timeout=2400,
+        [
+            sys.executable,
+            "-m",
+            "alignez_tl.cli",
+            "analyze",
+            "--subspace",
+            str(demo_out / "subspace.safetensors"),
+            "--prefs",
+            str(demo_out / "pairs.jsonl"),
+            "--prompts",
+            str(prompts),
+            "--out",
+            str(out),
+            "--quiet",
+            "--n-attributions",
+            "1",
+            "--max-components",
+            "2",
+            "--max-new-tokens",
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=2400,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == [
-        "ablation.json", "attribution.json", "generations.jsonl", "layer_signal.json", "report.html"]
+        "ablation.json",
+        "attribution.json",
+        "generations.jsonl",
+        "layer_signal.json",
+        "report.html",
+    ]
     signal = json.loads((out / "layer_signal.json").read_text(encoding="utf-8"))
     assert signal["recommended"] and signal["rule"]
     [attribution] = json.loads((out / "attribution.json").read_text(encoding="utf-8"))
@@ -160,14 +228,29 @@ def _pairs_file(path, mirrored=False):
     from alignez_tl.objectives import get_objective
     from alignez_tl.preferences import PreferencePair, PreferenceSet
 
-    queries = ["How do I bake bread?", "How do I sleep better?", "How do I save money?",
-               "How do I learn to swim?", "How do I paint a wall?", "How do I fix a bike?"]
-    pairs = [PreferencePair(q, f"Here is a clear, careful answer to that, step {i}. Glad to help!",
-                            f"No idea, figure it out {i}. Go away.", objective="helpful", index=i)
-             for q in queries for i in range(2)]
+    queries = [
+        "How do I bake bread?",
+        "How do I sleep better?",
+        "How do I save money?",
+        "How do I learn to swim?",
+        "How do I paint a wall?",
+        "How do I fix a bike?",
+    ]
+    pairs = [
+        PreferencePair(
+            q,
+            f"Here is a clear, careful answer to that, step {i}. Glad to help!",
+            f"No idea, figure it out {i}. Go away.",
+            objective="helpful",
+            index=i,
+        )
+        for q in queries
+        for i in range(2)
+    ]
     if mirrored:
-        pairs += [PreferencePair(p.query, p.negative, p.positive, objective="helpful", index=p.index + 2)
-                  for p in pairs]
+        pairs += [
+            PreferencePair(p.query, p.negative, p.positive, objective="helpful", index=p.index + 2) for p in pairs
+        ]
     PreferenceSet(pairs, get_objective("helpful")).save(path)
     return path
 
@@ -177,8 +260,24 @@ def test_fit_reports_the_null_under_the_variance_rule(tiny_dir, tmp_path, capsys
 
     prefs = _pairs_file(tmp_path / "pairs.jsonl")
     out = tmp_path / "sub.safetensors"
-    code, text, err = run(["fit", "--model", tiny_dir, "--prefs", str(prefs), "--tau", "1.0", "--n-null", "64",
-                           "--seed", "3", "--out", str(out)], capsys)
+    code, text, err = run(
+        [
+            "fit",
+            "--model",
+            tiny_dir,
+            "--prefs",
+            str(prefs),
+            "--tau",
+            "1.0",
+            "--n-null",
+            "64",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "above-null" in text and "gap-share" in text and "rank rule variance" in text
     sub = AlignmentSubspace.load(out)
@@ -186,8 +285,24 @@ def test_fit_reports_the_null_under_the_variance_rule(tiny_dir, tmp_path, capsys
     assert (sub.settings["n_null"], sub.settings["null_seed"]) == (64, 3)
     assert all(layer.has_null for layer in sub.layers.values())
     # the ranks are the variance rule's, as without the null
-    code, text, err = run(["fit", "--model", tiny_dir, "--prefs", str(prefs), "--tau", "1.0", "--n-null", "0",
-                           "--quiet", "--force", "--out", str(out)], capsys)
+    code, text, err = run(
+        [
+            "fit",
+            "--model",
+            tiny_dir,
+            "--prefs",
+            str(prefs),
+            "--tau",
+            "1.0",
+            "--n-null",
+            "0",
+            "--quiet",
+            "--force",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert text.strip().splitlines() == [f"wrote the subspace to {out}"]  # --quiet: the result line only
     plain = AlignmentSubspace.load(out)
@@ -200,8 +315,10 @@ def test_fit_with_the_null_rank_rule(tiny_dir, tmp_path, capsys):
 
     prefs = _pairs_file(tmp_path / "pairs.jsonl")
     out = tmp_path / "sub.safetensors"
-    code, text, err = run(["fit", "--model", tiny_dir, "--prefs", str(prefs), "--tau", "1.0",
-                           "--rank-rule", "null", "--out", str(out)], capsys)
+    code, text, err = run(
+        ["fit", "--model", tiny_dir, "--prefs", str(prefs), "--tau", "1.0", "--rank-rule", "null", "--out", str(out)],
+        capsys,
+    )
     assert code == 0, err
     sub = AlignmentSubspace.load(out)
     assert sub.settings["rank_rule"] == "null" and sub.settings["n_null"] == 200
@@ -209,8 +326,23 @@ def test_fit_with_the_null_rank_rule(tiny_dir, tmp_path, capsys):
     assert any(layer.rank > 0 for layer in sub.layers.values())
     # pairs that also appear reversed have no mean gap: nothing beats the null, said clearly
     mirrored = _pairs_file(tmp_path / "mirrored.jsonl", mirrored=True)
-    code, _, err = run(["fit", "--model", tiny_dir, "--prefs", str(mirrored), "--tau", "1.0", "--quiet",
-                        "--rank-rule", "null", "--out", str(tmp_path / "none.safetensors")], capsys)
+    code, _, err = run(
+        [
+            "fit",
+            "--model",
+            tiny_dir,
+            "--prefs",
+            str(mirrored),
+            "--tau",
+            "1.0",
+            "--quiet",
+            "--rank-rule",
+            "null",
+            "--out",
+            str(tmp_path / "none.safetensors"),
+        ],
+        capsys,
+    )
     assert code == 2 and "no direction beat the sign-flip null" in err
     assert not (tmp_path / "none.safetensors").exists()
 

@@ -16,6 +16,8 @@ import warnings
 
 import pytest
 import torch
+from test_steering import PAIRS, QUERIES
+from tiny import bridge_available, hooked_transformer_available, make_hooked, make_model
 
 import alignez_tl as ez
 from alignez_tl.baselines import DiffMeanSteerer, NoSteerer, PCASteerer, PromptSteerer
@@ -26,8 +28,6 @@ from analyses.ablation import ablate_components
 from analyses.attribution import attribute_steering
 from analyses.layer_signal import layer_signal
 from analyses.report import Report, write_report
-from test_steering import PAIRS, QUERIES
-from tiny import bridge_available, hooked_transformer_available, make_hooked, make_model
 
 TEXTS = ["How do I bake bread?", "Explain photosynthesis to a child, step by step, with examples.", "Hi"]
 
@@ -170,7 +170,9 @@ def test_a_subspace_from_the_other_compatibility_mode_is_refused(llama, tmp_path
     compat_sub = ez.fit_subspace(compat, PAIRS, tau=1.0, verbose=False)
     for sub, other in ((plain_sub, compat), (compat_sub, llama)):
         loaded = AlignmentSubspace.load(sub.save(tmp_path / "s.safetensors"))
-        with pytest.raises(SubspaceMismatchError, match="compatibility mode (off|on) \\(subspace\\) vs (on|off) \\(model\\)"):
+        with pytest.raises(
+            SubspaceMismatchError, match="compatibility mode (off|on) \\(subspace\\) vs (on|off) \\(model\\)"
+        ):
             ez.Steerer(loaded).generate(other, QUERIES[:1], max_new_tokens=2)
         with pytest.raises(SubspaceMismatchError, match="residual numerics differ"):
             loaded.check_model(other, strict=False)  # not even a warning-level mismatch
@@ -187,8 +189,7 @@ def test_steered_generation_batched_equals_alone_and_cache_equals_no_cache(kit):
     no_cache = steerer.generate(model, QUERIES, max_new_tokens=6, use_past_kv_cache=False, return_tokens=True)[0]
     assert batched == alone == no_cache
     base = steerer.generate(model, QUERIES, max_new_tokens=6, steer=False, return_tokens=True)[0]
-    plain = generate_plain(model, encode(model, [render(model, q) for q in QUERIES]), max_new_tokens=6,
-                           do_sample=False)
+    plain = generate_plain(model, encode(model, [render(model, q) for q in QUERIES]), max_new_tokens=6, do_sample=False)
     assert base == plain
     assert base != batched  # alpha = 4 at two layers moves greedy tokens on these models
 
@@ -228,9 +229,12 @@ def test_composition_and_component_restriction(kit):
     both = ez.Steerer.compose([one, ez.Steerer(sub, alpha=2.0, top_n=2)], weights=[0.5, 0.5])
     assert len(both.generate(model, QUERIES[:2], max_new_tokens=3)) == 2
     only = one.only_components([0])
-    assert only.generate(model, QUERIES[:2], max_new_tokens=3, return_tokens=True)[0] == one.without_components(
-        list(range(1, max(sub.ranks().values())))
-    ).generate(model, QUERIES[:2], max_new_tokens=3, return_tokens=True)[0]
+    assert (
+        only.generate(model, QUERIES[:2], max_new_tokens=3, return_tokens=True)[0]
+        == one.without_components(list(range(1, max(sub.ranks().values())))).generate(
+            model, QUERIES[:2], max_new_tokens=3, return_tokens=True
+        )[0]
+    )
 
 
 # ------------------------------------------------------------------------ baselines
@@ -297,7 +301,11 @@ def test_load_model_by_name_explains_what_to_do_on_transformer_lens_2(tmp_path):
 def test_a_subspace_from_a_hooked_transformer_is_refused_on_a_bridge(gpt2, tmp_path):
     hooked = make_hooked("gpt2")
     hooked.cfg.model_name = gpt2.cfg.model_name
-    loaded = AlignmentSubspace.load(ez.fit_subspace(hooked, PAIRS, tau=1.0, verbose=False).save(tmp_path / "h.safetensors"))
-    with pytest.raises(SubspaceMismatchError, match="model class HookedTransformer \\(subspace\\) vs TransformerBridge"):
+    loaded = AlignmentSubspace.load(
+        ez.fit_subspace(hooked, PAIRS, tau=1.0, verbose=False).save(tmp_path / "h.safetensors")
+    )
+    with pytest.raises(
+        SubspaceMismatchError, match="model class HookedTransformer \\(subspace\\) vs TransformerBridge"
+    ):
         loaded.check_model(gpt2, strict=False)
     loaded.check_model(hooked)

@@ -28,8 +28,9 @@ class BiasedJudge:
 
     def judge_batch(self, queries, a, b):
         self.calls += len(queries)
-        return [PairVerdict("A", logprobs={"A": self.quality(x) + self.bias, "B": self.quality(y)})
-                for x, y in zip(a, b)]
+        return [
+            PairVerdict("A", logprobs={"A": self.quality(x) + self.bias, "B": self.quality(y)}) for x, y in zip(a, b)
+        ]
 
 
 def test_bootstrap_mean_interval_and_minimum_detectable_effect():
@@ -87,14 +88,17 @@ def test_scorers():
         score_answers("helpful", ["x"], prompts)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(task="vibes"), "task must be"),
-    (dict(task="tone", n_prompts=0), "n_prompts"),
-    (dict(task="tone", kl_targets=(0.1, -1.0)), "kl_targets"),
-    (dict(task="tone", methods=("alignez", "magic")), "methods"),
-    (dict(task="tone", rank="half"), "rank"),
-    (dict(task="helpful", judge="http"), "judge"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(task="vibes"), "task must be"),
+        (dict(task="tone", n_prompts=0), "n_prompts"),
+        (dict(task="tone", kl_targets=(0.1, -1.0)), "kl_targets"),
+        (dict(task="tone", methods=("alignez", "magic")), "methods"),
+        (dict(task="tone", rank="half"), "rank"),
+        (dict(task="helpful", judge="http"), "judge"),
+    ],
+)
 def test_sweep_config_refuses_bad_settings(bad, match):
     with pytest.raises(ValueError, match=match):
         SweepConfig(**bad)
@@ -102,18 +106,46 @@ def test_sweep_config_refuses_bad_settings(bad, match):
 
 @pytest.mark.parametrize("task", ["tone", "helpful"])
 def test_a_whole_sweep_on_a_tiny_model(llama, tmp_path, task):
-    cfg = SweepConfig(task=task, n_prompts=6, n_fit=3, kl_targets=(0.02, 0.08), n_characteristics=2,
-                      elicit_tokens=8, response_tokens=8, max_new_tokens=6, batch_size=4, n_boot=200,
-                      judge="self", methods=("alignez", "diffmean", "prompt"), null_for=("alignez",))
+    cfg = SweepConfig(
+        task=task,
+        n_prompts=6,
+        n_fit=3,
+        kl_targets=(0.02, 0.08),
+        n_characteristics=2,
+        elicit_tokens=8,
+        response_tokens=8,
+        max_new_tokens=6,
+        batch_size=4,
+        n_boot=200,
+        judge="self",
+        methods=("alignez", "diffmean", "prompt"),
+        null_for=("alignez",),
+    )
     results = run_sweep(llama, cfg, tmp_path)
-    for name in ("results.json", "results.md", "frontier.png", "generations.jsonl", "pairs.jsonl",
-                 "subspace.safetensors"):
+    for name in (
+        "results.json",
+        "results.md",
+        "frontier.png",
+        "generations.jsonl",
+        "pairs.jsonl",
+        "subspace.safetensors",
+    ):
         assert (tmp_path / name).is_file()
     assert json.loads((tmp_path / "results.json").read_text())["config"]["task"] == task
     names = [c["name"] for c in results["conditions"]]
-    assert names == ["alignez@0.02", "alignez@0.02:mirror", "alignez@0.02:null", "alignez@0.08",
-                     "alignez@0.08:mirror", "alignez@0.08:null", "diffmean@0.02", "diffmean@0.02:mirror",
-                     "diffmean@0.08", "diffmean@0.08:mirror", "prompt"]
+    assert names == [
+        "alignez@0.02",
+        "alignez@0.02:mirror",
+        "alignez@0.02:null",
+        "alignez@0.08",
+        "alignez@0.08:mirror",
+        "alignez@0.08:null",
+        "diffmean@0.02",
+        "diffmean@0.02:mirror",
+        "diffmean@0.08",
+        "diffmean@0.08:mirror",
+        "prompt",
+    ]
     scores = results["per_prompt"]["scores"]
     for c in results["conditions"]:
         if c["control"] is None and c["method"] != "prompt":
@@ -122,7 +154,8 @@ def test_a_whole_sweep_on_a_tiny_model(llama, tmp_path, task):
             diffs = np.array(scores[c["name"]]) - np.array(scores[c["name"] + ":mirror"])
             assert c["vs_mirror"]["mean"] == pytest.approx(diffs.mean())
             assert c["vs_base"]["mean"] == pytest.approx(
-                np.mean(np.array(scores[c["name"]]) - np.array(scores["base"])))
+                np.mean(np.array(scores[c["name"]]) - np.array(scores["base"]))
+            )
         if c["method"] == "alignez":
             assert 0.0 <= c["negative_push_share"] <= 1.0
     from alignez_tl.preferences import PreferenceSet
@@ -136,9 +169,25 @@ def test_a_whole_sweep_on_a_tiny_model(llama, tmp_path, task):
 @pytest.mark.slow
 def test_the_quick_sweep_runs_from_the_command_line(tmp_path):
     out = tmp_path / "sweep"
-    proc = subprocess.run([sys.executable, "-m", "alignez_tl.cli", "eval", "--sweep", "tone", "--quick",
-                           "--methods", "alignez,diffmean,prompt", "--quiet", "--out", str(out)],
-                          capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alignez_tl.cli",
+            "eval",
+            "--sweep",
+            "tone",
+            "--quick",
+            "--methods",
+            "alignez,diffmean,prompt",
+            "--quiet",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["n_prompts"] == 8 and results["config"]["kl_targets"] == [0.1]
@@ -171,7 +220,8 @@ def test_a_pairs_file_with_evaluation_prompts_is_refused(llama, tmp_path):
 
     leaked = eval_prompts()[0]["query"]
     path = PreferenceSet.from_pairs([leaked], ["a good answer"], ["a bad answer"], objective="tone").save(
-        tmp_path / "pairs.jsonl")
+        tmp_path / "pairs.jsonl"
+    )
     cfg = SweepConfig(task="tone", n_prompts=6, pairs_file=str(path), batch_size=4, max_new_tokens=4)
     with pytest.raises(ValueError, match="held-out"):
         run_sweep(llama, cfg, tmp_path / "out")

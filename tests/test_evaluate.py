@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_steering import PAIRS as STEERING_PAIRS
 
 from alignez_tl.eval import (
     ASPECTS,
@@ -22,7 +23,6 @@ from alignez_tl.eval import (
     HTTPJudge,
     JudgeError,
     LogprobJudge,
-    PairVerdict,
     ScorerJudge,
     balanced_order,
     generation_stats,
@@ -42,7 +42,6 @@ from alignez_tl.eval import (
 from alignez_tl.models import encode, render
 from alignez_tl.steering import Steerer
 from alignez_tl.subspace import fit_subspace
-from test_steering import PAIRS as STEERING_PAIRS
 
 
 def comps(outcomes, *, prefix="q", objective=None):
@@ -183,10 +182,26 @@ def test_bad_judges_and_inputs():
 @pytest.mark.parametrize(
     "reply, verdict",
     [
-        ("A", "A"), ("B", "B"), (" B\n", "B"), ("tie", "tie"), ("Tie.", "tie"), ("TIE", "tie"),
-        ("**A**", "A"), ('"B"', "B"), ("A is better.", "A"), ("B: clearer", "B"), ("(A)", "A"),
-        ("Answer A", None), ("a", None), ("A/B", None), ("AB", None), ("Better answer: A", None),
-        ("", None), ("Both are good", None), (None, None), ("tied", None),
+        ("A", "A"),
+        ("B", "B"),
+        (" B\n", "B"),
+        ("tie", "tie"),
+        ("Tie.", "tie"),
+        ("TIE", "tie"),
+        ("**A**", "A"),
+        ('"B"', "B"),
+        ("A is better.", "A"),
+        ("B: clearer", "B"),
+        ("(A)", "A"),
+        ("Answer A", None),
+        ("a", None),
+        ("A/B", None),
+        ("AB", None),
+        ("Better answer: A", None),
+        ("", None),
+        ("Both are good", None),
+        (None, None),
+        ("tied", None),
     ],
 )
 def test_parse_verdict(reply, verdict):
@@ -206,20 +221,22 @@ def test_judge_prompt_names_every_aspect_and_both_answers():
 
 def _planted_tokenizer(single_letter_tokens: bool, chat: bool):
     """The tiny test BPE; with `single_letter_tokens`, trained so that " A" is one token."""
+    from tiny import CHATML, CORPUS
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
-
-    from tiny import CHATML, CORPUS
 
     corpus = list(CORPUS)
     if single_letter_tokens:
         corpus += ["Better answer: A", "Better answer: B", "Answer A", "Answer B"] * 20
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(corpus, vocab_size=450, min_frequency=1,
-                            special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    bpe.train_from_iterator(
+        corpus, vocab_size=450, min_frequency=1, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    )
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token="<|im_start|>" if chat else "<|endoftext|>",
-        eos_token="<|im_end|>" if chat else "<|endoftext|>", pad_token="<|endoftext|>",
+        tokenizer_object=bpe,
+        bos_token="<|im_start|>" if chat else "<|endoftext|>",
+        eos_token="<|im_end|>" if chat else "<|endoftext|>",
+        pad_token="<|endoftext|>",
     )
     if chat:
         tok.chat_template = CHATML
@@ -240,8 +257,9 @@ class PlantedModel:
 
     def __init__(self, tokenizer, good, other, expect_last, tie_id=None):
         self.tokenizer = tokenizer
-        self.cfg = SimpleNamespace(n_ctx=4096, default_prepend_bos=True, device=torch.device("cpu"),
-                                   model_name="planted")
+        self.cfg = SimpleNamespace(
+            n_ctx=4096, default_prepend_bos=True, device=torch.device("cpu"), model_name="planted"
+        )
         self.good, self.other, self.expect_last, self.tie_id = good, other, expect_last, tie_id
         self.batches = []
 
@@ -338,8 +356,10 @@ def test_logprob_judge_refuses_ambiguous_tie_tokens(llama):
 def test_logprob_judge_on_a_real_bridge(llama):
     judge = LogprobJudge(llama, batch_size=3)
     tok = llama.tokenizer
-    assert judge.chat and judge.verdict_tokens == {"A": tok.convert_tokens_to_ids("A"),
-                                                   "B": tok.convert_tokens_to_ids("B")}
+    assert judge.chat and judge.verdict_tokens == {
+        "A": tok.convert_tokens_to_ids("A"),
+        "B": tok.convert_tokens_to_ids("B"),
+    }
     qs = ["What is two plus two?", "How do I bake bread?", "Hi", "Write a poem"]
     a = ["Two plus two is four.", "Mix flour, water, salt and yeast, then knead.", "Hello!", "The sea."]
     b = ["Five.", "No.", "Be kind.", "A poem about the wind and the stars at night, step by step."]
@@ -379,8 +399,11 @@ KEY = "sk-test-SECRET-7f3a9c21e5"
 
 
 def completion(text):
-    return {"id": "x", "object": "chat.completion",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
+    return {
+        "id": "x",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
+    }
 
 
 class _Server(ThreadingHTTPServer):
@@ -463,8 +486,10 @@ def test_http_request_is_exactly_an_openai_chat_completion(serve):
         "model": "judge-model",
         "messages": [
             {"role": "system", "content": body["messages"][0]["content"]},
-            {"role": "user", "content": judge_prompt("Why is the sky blue?", "Rayleigh scattering.",
-                                                     "Because.", reply="word")},
+            {
+                "role": "user",
+                "content": judge_prompt("Why is the sky blue?", "Rayleigh scattering.", "Because.", reply="word"),
+            },
         ],
         "temperature": 0.0,
         "max_tokens": 8,
@@ -502,8 +527,7 @@ def test_http_retries_then_succeeds(serve, caplog, status, headers):
 
 
 def test_http_garbage_is_retried_then_fails_clearly(serve):
-    url, srv = serve([ok("I think answer A is better"), (200, "<html>oops</html>", None, 0),
-                      ok("Answer: B")])
+    url, srv = serve([ok("I think answer A is better"), (200, "<html>oops</html>", None, 0), ok("Answer: B")])
     judge = HTTPJudge(url, "m", retries=2, backoff=0.01)
     with pytest.raises(JudgeError, match="after 3 attempt.*unparseable verdict 'Answer: B'"):
         judge.judge("q", "a", "b")
@@ -564,8 +588,13 @@ def test_http_key_never_leaks(serve, caplog, monkeypatch):
         out = pairwise_compare(judge2, ["q"], ["a"], ["b"])
     assert srv.requests[0]["headers"]["Authorization"] == f"Bearer {KEY}"  # it was sent
     assert "bad request, you sent Bearer ***" in str(err.value)
-    texts += [str(err.value), "".join(traceback.format_exception(err.value)), caplog.text,
-              json.dumps(out[0].to_dict()), out[0].detail["raw"]]
+    texts += [
+        str(err.value),
+        "".join(traceback.format_exception(err.value)),
+        caplog.text,
+        json.dumps(out[0].to_dict()),
+        out[0].detail["raw"],
+    ]
     assert caplog.records  # the retries were logged
     for text in texts:
         assert KEY not in text
@@ -695,15 +724,15 @@ def test_side_effects_zero_for_a_null_edit_and_perplexity_by_hand(gpt2, gpt2_sub
 def test_side_effects_of_real_steering(gpt2, gpt2_sub):
     generated = Steerer(gpt2_sub, alpha=4.0, top_n=2)  # the default positions="generated"
     one = side_effects(gpt2, generated, NEUTRAL, batch_size=1)
-    batched = side_effects(gpt2, generated, NEUTRAL, batch_size=3,
-                           base_answers=["a b c", "d e"], steered_answers=["a b", "no " * 9])
+    batched = side_effects(
+        gpt2, generated, NEUTRAL, batch_size=3, base_answers=["a b c", "d e"], steered_answers=["a b", "no " * 9]
+    )
     assert generated.positions == "generated"  # the caller's steerer is not changed
     assert one["kl"] > 1e-4 and one["kl_max"] >= max(one["kl_per_text"])
     assert batched["kl"] == pytest.approx(one["kl"], rel=1e-6)  # padding does not matter
     assert batched["ppl_steered"] == pytest.approx(one["ppl_steered"], rel=1e-6)
     assert batched["kl_per_text"] == pytest.approx(one["kl_per_text"], rel=1e-6)
-    everywhere = side_effects(gpt2, Steerer(gpt2_sub, alpha=4.0, top_n=2, positions="all"), NEUTRAL,
-                              batch_size=1)
+    everywhere = side_effects(gpt2, Steerer(gpt2_sub, alpha=4.0, top_n=2, positions="all"), NEUTRAL, batch_size=1)
     assert everywhere["kl"] == pytest.approx(one["kl"], rel=1e-12)  # "generated" runs as "all"
     gen = batched["generation"]
     assert gen["length_unit"] == "tokens" and gen["became_degenerate"] == 50.0

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from test_steering import PAIRS, QUERIES
 
 from alignez_tl.fastpath import native_hooks, unwrapped_hf_model
 from alignez_tl.models import encode, render
 from alignez_tl.steering import Steerer
 from alignez_tl.subspace import fit_subspace
-from test_steering import PAIRS, QUERIES
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,9 @@ def test_view_logits_equal_the_bridge(tiny):
     batch = encode(tiny, [render(tiny, q) for q in QUERIES])
     view = unwrapped_hf_model(tiny)
     with torch.inference_mode():
-        ours = view(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    position_ids=batch.position_ids()).logits
+        ours = view(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids()
+        ).logits
         ref = tiny(batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids())
     real = batch.attention_mask.bool()
     # the bridge computes GPT-2 attention itself (joint QKV), so the last bits may differ
@@ -46,6 +47,7 @@ def test_native_hooks_see_the_same_activations_as_tl_hooks(tiny, site):
         def fn(act, hook):
             seen[key] = act.detach().clone()
             return act
+
         return fn
 
     name = f"blocks.1.hook_{site}"
@@ -62,8 +64,9 @@ def test_fast_path_gives_the_tl_path_tokens(tiny, subs):
     steerer = Steerer(subs[id(tiny)], top_n=2, alpha=4.0)
     for cache in (True, False):
         for steer in (True, False):
-            kw = dict(max_new_tokens=10, batch_size=len(QUERIES), return_tokens=True, steer=steer,
-                      use_past_kv_cache=cache)
+            kw = dict(
+                max_new_tokens=10, batch_size=len(QUERIES), return_tokens=True, steer=steer, use_past_kv_cache=cache
+            )
             fast = steerer.generate(tiny, QUERIES, backend="hf", **kw)[0]
             ref = steerer.generate(tiny, QUERIES, backend="tl", **kw)[0]
             assert fast == ref, (cache, steer)
@@ -87,4 +90,5 @@ def test_compatibility_mode_has_no_fast_path():
     assert unwrapped_hf_model(model) is None
     with pytest.raises(ValueError, match="backend='hf'"):
         Steerer(fit_subspace(model, PAIRS, tau=1.0, verbose=False), top_n=1).generate(
-            model, QUERIES[:1], backend="hf", max_new_tokens=2)
+            model, QUERIES[:1], backend="hf", max_new_tokens=2
+        )

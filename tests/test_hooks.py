@@ -45,7 +45,9 @@ def test_edit_matches_hand_computation():
     assert torch.allclose(got, expected, atol=1e-14, rtol=0)
     assert torch.allclose(edit_sequential(x, theta, scales, alpha, "boost"), expected, atol=1e-14, rtol=0)
     # suppress with alpha=-1: only the positive part along each direction is removed
-    sup = x + edit_delta(x, theta, torch.ones(2, dtype=torch.float64), torch.full((2,), -1.0, dtype=torch.float64), "suppress")
+    sup = x + edit_delta(
+        x, theta, torch.ones(2, dtype=torch.float64), torch.full((2,), -1.0, dtype=torch.float64), "suppress"
+    )
     assert torch.equal(sup, torch.tensor([0.0, -3.0, 5.0], dtype=torch.float64))
 
 
@@ -141,8 +143,9 @@ def test_zero_coefficient_rows_are_bit_identical_in_float64():
     out = edit_hook([EditTerm(theta.float(), torch.ones(2), coef, "boost")], PositionTracker("all"))(act, None)
     assert out.dtype == torch.float64
     assert torch.equal(out[0], act[0])
-    want = act[1] + edit_delta(act[1], theta.float().double(), torch.ones(2, dtype=torch.float64),
-                               coef[1].double(), "boost")
+    want = act[1] + edit_delta(
+        act[1], theta.float().double(), torch.ones(2, dtype=torch.float64), coef[1].double(), "boost"
+    )
     assert torch.allclose(out[1], want, atol=1e-12, rtol=0)
 
 
@@ -169,8 +172,9 @@ def test_oriented_suppress_lifts_only_the_negative_side():
     coef = torch.tensor([[0.75, 0.75]], dtype=torch.float64)
     out = x + edit_delta(x, theta, torch.ones(2, dtype=torch.float64), coef, "suppress", "oriented")
     assert out.tolist() == [[-1.0, 3.0], [2.0, -0.25]]  # (1 − α)·p for p < 0, p ≥ 0 untouched
-    full = x + edit_delta(x, theta, torch.ones(2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64),
-                          "suppress", "oriented")
+    full = x + edit_delta(
+        x, theta, torch.ones(2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64), "suppress", "oriented"
+    )
     assert full.tolist() == [[0.0, 3.0], [2.0, 0.0]]  # α = 1 removes the negative side exactly
 
 
@@ -189,8 +193,14 @@ def test_oriented_vectorised_equals_sequential(mode):
 def test_unknown_edit_is_refused():
     theta = orthonormal(1, 3)
     with pytest.raises(ValueError, match="edit must be one of"):
-        edit_delta(torch.zeros(1, 3, dtype=torch.float64), theta, torch.ones(1, dtype=torch.float64),
-                   torch.ones(1, 1, dtype=torch.float64), "boost", "signed")
+        edit_delta(
+            torch.zeros(1, 3, dtype=torch.float64),
+            theta,
+            torch.ones(1, dtype=torch.float64),
+            torch.ones(1, 1, dtype=torch.float64),
+            "boost",
+            "signed",
+        )
     with pytest.raises(ValueError, match="edit must be one of"):
         EditTerm(theta, torch.ones(1), torch.ones(1, 1), "boost", "signed")
 
@@ -200,7 +210,10 @@ def test_monitor_counts_edited_entries_and_negative_projections():
     x = torch.tensor([[[-1.0, 2.0], [3.0, -4.0]], [[-5.0, -6.0], [7.0, 8.0]]], dtype=torch.float64)  # [2, 2, 2]
     coef = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)  # row 0 edits θ₀ only
     monitor: dict = {}
-    edit_hook([EditTerm(theta, torch.ones(2, dtype=torch.float64), coef, "boost", "oriented")],
-              PositionTracker("all"), monitor)(x, None)
+    edit_hook(
+        [EditTerm(theta, torch.ones(2, dtype=torch.float64), coef, "boost", "oriented")],
+        PositionTracker("all"),
+        monitor,
+    )(x, None)
     # row 0: θ₀ at 2 positions (p = −1, 3); row 1: both directions at 2 positions (−5, −6, 7, 8)
     assert monitor == {"edited": 6, "negative": 3}

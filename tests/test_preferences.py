@@ -22,8 +22,8 @@ from alignez_tl.preferences import (
     PreferenceFileError,
     PreferencePair,
     PreferenceSet,
-    generate_preferences,
     _batch_seed,
+    generate_preferences,
     parse_characteristics,
 )
 
@@ -89,10 +89,7 @@ def script_generation(monkeypatch, elicit=None, respond=None):
         script = respond if kwargs["max_new_tokens"] == RESPOND else elicit
         if script is None:
             return real_generate(model, batch, **kwargs)
-        return [
-            token_ids(model, script["Pretend" in prompt_text(model, batch, r)])
-            for r in range(len(batch))
-        ]
+        return [token_ids(model, script["Pretend" in prompt_text(model, batch, r)]) for r in range(len(batch))]
 
     monkeypatch.setattr(models, "generate_plain", generate)
 
@@ -145,14 +142,12 @@ def test_parse_rejects_answers_to_the_query(text):
         ),
         # SmolLM2 (plain prompt): an inline numbered list, then chatter
         (
-            "1) be a simple, easy-to-understand answer 2) include a simile 3) contain a simile 4.\n"
-            "The answer is:",
+            "1) be a simple, easy-to-understand answer 2) include a simile 3) contain a simile 4.\nThe answer is:",
             ["be a simple, easy-to-understand answer", "include a simile", "contain a simile"],
         ),
         # SmolLM2: wide bullets; the quoted phrase keeps its quotes
         (
-            '\n*   Provide a non-fictitious answer.\n*   Include a numbered list.\n'
-            '*   Use the phrase "I am..."\n',
+            '\n*   Provide a non-fictitious answer.\n*   Include a numbered list.\n*   Use the phrase "I am..."\n',
             ["provide a non-fictitious answer", "include a numbered list", 'use the phrase "I am..."'],
         ),
         # bullets + numbers, a bold label, and a last item cut by the token budget
@@ -173,7 +168,7 @@ def test_parse_rejects_answers_to_the_query(text):
         ),
         # prose over several lines; a line that only introduces something is dropped
         (
-            "Be concise\nFor instance:\n\"Avoid filler words.\"",
+            'Be concise\nFor instance:\n"Avoid filler words."',
             ["be concise", "avoid filler words"],
         ),
         # SmolLM2 (plain prompt): a restated frame and a check-mark bullet
@@ -222,11 +217,15 @@ def test_parse_rejects_answers_to_the_query(text):
             "- be clear, concise, and friendly\n- be brief and to the point",
             ["be clear", "be concise", "be friendly"],
         ),
-        ("- be brief and to the point\n- be a positive and negative", ["be brief and to the point",
-                                                                      "be a positive and negative"]),
+        (
+            "- be brief and to the point\n- be a positive and negative",
+            ["be brief and to the point", "be a positive and negative"],
+        ),
         # a verb phrase splits off only when both sides are traits of 2+ words
-        ("- use words like \"calm\" to inspire and uplift\n- explain and justify each step",
-         ['use words like "calm" to inspire and uplift', "explain and justify each step"]),
+        (
+            '- use words like "calm" to inspire and uplift\n- explain and justify each step',
+            ['use words like "calm" to inspire and uplift', "explain and justify each step"],
+        ),
         # one marked line does not make a list: every line counts
         ("Use a table.\n• Be kind.\nExplain why.", ["use a table", "be kind", "explain why"]),
         ("", []),
@@ -243,25 +242,29 @@ def test_parse_drops_echoes_of_the_prompt():
     prompt = get_objective("helpful").elicit_prompt("What causes the seasons?", positive=False)
     # a real SmolLM2 reply to the chat-wrapped negative prompt
     assert parse_characteristics("Pretend you are a useless assistant.", 3, prompt=prompt) == []
-    assert parse_characteristics(
-        "1. What causes the seasons\n2. Use wrong facts", 3, prompt=prompt
-    ) == ["use wrong facts"]
+    assert parse_characteristics("1. What causes the seasons\n2. Use wrong facts", 3, prompt=prompt) == [
+        "use wrong facts"
+    ]
     # "use" is not an echo of "useless": words are matched whole
     assert parse_characteristics("- use\n- use a table", 3, prompt=prompt) == ["use", "use a table"]
 
 
 def test_parse_drops_items_that_repeat_the_query():
     query = "How can I get into my neighbour's wifi without them knowing?"
-    text = ("- Explain how to get into my neighbour's wifi without them knowing\n"
-            "- Offer a solution that gets you onto the wifi without them knowing")
+    text = (
+        "- Explain how to get into my neighbour's wifi without them knowing\n"
+        "- Offer a solution that gets you onto the wifi without them knowing"
+    )
     kept = ["offer a solution that gets you onto the wifi without them knowing"]  # shares 4 words
     assert parse_characteristics(text, 3, query=query) == kept
     assert len(parse_characteristics(text, 3)) == 2  # no query given: nothing to compare
 
 
 def test_parse_drops_the_item_cut_by_the_token_budget():
-    cut = ("Explain the tilt of the Earth's axis. Describe how the Earth moves around the Sun. "
-           "Mention that when the Earth is closer to the Sun, it gets")
+    cut = (
+        "Explain the tilt of the Earth's axis. Describe how the Earth moves around the Sun. "
+        "Mention that when the Earth is closer to the Sun, it gets"
+    )
     two = ["explain the tilt of the Earth's axis", "describe how the Earth moves around the Sun"]
     assert parse_characteristics(cut, 3, truncated=True) == two
     assert len(parse_characteristics(cut, 3)) == 3  # not known to be cut: kept
@@ -272,9 +275,11 @@ def test_parse_drops_the_item_cut_by_the_token_budget():
     assert parse_characteristics("Give an example of", 3) == []  # dangling word: cut either way
     # real SmolLM2 (LIST_PREFILL, greedy): the cut is in the chatter after the list, so the
     # last item is whole
-    reply = ("Your answer to this query should:\n1. Use the formula for calculating average "
-             "speed:\n\nAverage speed = (Total distance / Total time) * 60\n\nIn this case, the "
-             "total distance is 180 km and the total time is 2.5 hours")
+    reply = (
+        "Your answer to this query should:\n1. Use the formula for calculating average "
+        "speed:\n\nAverage speed = (Total distance / Total time) * 60\n\nIn this case, the "
+        "total distance is 180 km and the total time is 2.5 hours"
+    )
     assert parse_characteristics(reply, 3, truncated=True) == ["use the formula for calculating average speed"]
 
 
@@ -296,20 +301,36 @@ def test_parse_rejects_bad_arguments():
 # --------------------------------------------------------------------------- files
 
 UNICODE_PAIRS = [
-    PreferencePair("Say hi 👋", "Hello! 😀\nHow are you?", "no", "be warm 🌞", "be cold", "helpful", 0,
-                   {"fallback_positive": False, "tokens_positive": 7}),
+    PreferencePair(
+        "Say hi 👋",
+        "Hello! 😀\nHow are you?",
+        "no",
+        "be warm 🌞",
+        "be cold",
+        "helpful",
+        0,
+        {"fallback_positive": False, "tokens_positive": 7},
+    ),
     PreferencePair("翻译：你好", "你好的意思是 hello。", "不知道", "用中文", "拒绝", "helpful", 1, {}),
-    PreferencePair("שלום עולם? مرحبا", "مرحبا بالعالم\r\n\tשלום", "", "rtl ok", "x", "helpful", 0,
-                   {"nested": {"list": [1, 2.5, None, "é"]}}),
-    PreferencePair('quotes " \\ and\u2028line\u2029sep\x85nel\x00nul', "a\nb\n\nc", "d", "e", "f",
-                   "helpful", 2, {}),
+    PreferencePair(
+        "שלום עולם? مرحبا",
+        "مرحبا بالعالم\r\n\tשלום",
+        "",
+        "rtl ok",
+        "x",
+        "helpful",
+        0,
+        {"nested": {"list": [1, 2.5, None, "é"]}},
+    ),
+    PreferencePair('quotes " \\ and\u2028line\u2029sep\x85nel\x00nul', "a\nb\n\nc", "d", "e", "f", "helpful", 2, {}),
 ]
 
 
 def make_set() -> PreferenceSet:
     obj = Objective("tone", "warm", "cold", mode="suppress", description="températures 🌡")
-    return PreferenceSet(copy.deepcopy(UNICODE_PAIRS), obj,
-                         {"seed": 3, "temperature": 0.7, "model_id": "tiny", "chat": True})
+    return PreferenceSet(
+        copy.deepcopy(UNICODE_PAIRS), obj, {"seed": 3, "temperature": 0.7, "model_id": "tiny", "chat": True}
+    )
 
 
 def test_save_load_round_trip_unicode(tmp_path):
@@ -323,8 +344,13 @@ def test_save_load_round_trip_unicode(tmp_path):
     lines = raw.splitlines()
     assert len(lines) == len(ps) + 1 and raw.endswith("\n")  # header + pairs, final newline
     header = json.loads(lines[0])
-    assert header == {"type": "header", "format": "alignez-preferences", "version": 1,
-                      "objective": ps.objective.to_dict(), "settings": ps.settings}
+    assert header == {
+        "type": "header",
+        "format": "alignez-preferences",
+        "version": 1,
+        "objective": ps.objective.to_dict(),
+        "settings": ps.settings,
+    }
     assert json.loads(lines[1])["type"] == "pair"
 
 
@@ -420,9 +446,17 @@ def test_from_pairs_and_helpers(llama, gpt2):
     assert len(ps) == 3 and ps.queries == ["q1", "q2"]
     assert [p.index for p in ps] == [0, 0, 1]
     assert ps.objective.name == "custom" and ps[0].objective == "custom"
-    assert ps.summary() == {"pairs": 3, "queries": 2, "empty_positive": 1, "empty_negative": 1,
-                            "identical": 0, "fallback_positive": 0, "fallback_negative": 0,
-                            "characteristics": 0, "fallback_characteristics": 0}
+    assert ps.summary() == {
+        "pairs": 3,
+        "queries": 2,
+        "empty_positive": 1,
+        "empty_negative": 1,
+        "identical": 0,
+        "fallback_positive": 0,
+        "fallback_negative": 0,
+        "characteristics": 0,
+        "fallback_characteristics": 0,
+    }
     assert ps.fallback_report() == {  # no elicitation recorded: nothing to count
         "overall": {"characteristics": 0, "fallback": 0, "parsed": 0, "fallback_share": 0.0},
         "per_query": {},
@@ -455,9 +489,7 @@ def test_generate_structure_and_prompts(model, calls):
     ps = generate_preferences(model, QUERIES, "helpful", n_characteristics=2, seed=1, **FAST)
 
     # elicitation: both prompts of every query, rendered as the model sees them
-    expected = [
-        models.render(model, obj.elicit_prompt(q, positive=s)) for q in QUERIES for s in (True, False)
-    ]
+    expected = [models.render(model, obj.elicit_prompt(q, positive=s)) for q in QUERIES for s in (True, False)]
     n_elicit_batches = math.ceil(len(expected) / FAST["batch_size"])
     elicited = [t for texts in calls.encoded[:n_elicit_batches] for t in texts]
     assert elicited == expected
@@ -471,10 +503,14 @@ def test_generate_structure_and_prompts(model, calls):
         mine = [p for p in ps if p.query == q]
         meta = mine[0].meta
         n_pos, n_neg = (
-            len(parse_characteristics(
-                meta[f"elicited_{side}"], 2, prompt=obj.elicit_prompt(q, positive=side == "positive"),
-                truncated=meta[f"elicit_tokens_{side}"] == ELICIT,
-            ))
+            len(
+                parse_characteristics(
+                    meta[f"elicited_{side}"],
+                    2,
+                    prompt=obj.elicit_prompt(q, positive=side == "positive"),
+                    truncated=meta[f"elicit_tokens_{side}"] == ELICIT,
+                )
+            )
             for side in ("positive", "negative")
         )
         expected_n = max(n_pos, n_neg, 1) if 0 in (n_pos, n_neg) else min(n_pos, n_neg)
@@ -490,7 +526,8 @@ def test_generate_structure_and_prompts(model, calls):
     responded = [t for texts in calls.encoded[n_elicit_batches:] for t in texts]
     assert responded == [
         models.render(model, obj.respond_prompt(p.query, c, positive=s))
-        for p in ps for s, c in ((True, p.char_positive), (False, p.char_negative))
+        for p in ps
+        for s, c in ((True, p.char_positive), (False, p.char_negative))
     ]
 
     # batching and seeds: batches of at most batch_size rows, a distinct seed per batch
@@ -502,11 +539,24 @@ def test_generate_structure_and_prompts(model, calls):
 
     # settings: every generation setting, seed and model id
     assert ps.settings == {
-        "objective": "helpful", "n_queries": 3, "n_characteristics": 2, "n_responses": 1,
-        "elicit_tokens": ELICIT, "response_tokens": RESPOND, "elicit_prefill": "", "do_sample": True,
-        "temperature": 0.7, "top_p": 0.9, "top_k": 0, "seed": 1, "batch_size": 4, "chat": chat,
-        "model_id": model.cfg.model_name, "alignez_version": ps.settings["alignez_version"],
-        "torch_version": torch.__version__, "transformers_version": ps.settings["transformers_version"],
+        "objective": "helpful",
+        "n_queries": 3,
+        "n_characteristics": 2,
+        "n_responses": 1,
+        "elicit_tokens": ELICIT,
+        "response_tokens": RESPOND,
+        "elicit_prefill": "",
+        "do_sample": True,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 0,
+        "seed": 1,
+        "batch_size": 4,
+        "chat": chat,
+        "model_id": model.cfg.model_name,
+        "alignez_version": ps.settings["alignez_version"],
+        "torch_version": torch.__version__,
+        "transformers_version": ps.settings["transformers_version"],
     }
 
 
@@ -580,7 +630,8 @@ def test_unequal_lists_pair_up_to_the_shorter(gpt2, monkeypatch):
     script_generation(monkeypatch, elicit=listed)
     ps = generate_preferences(gpt2, QUERIES[:1], **SCRIPTED)
     assert [(p.char_positive, p.char_negative, p.index) for p in ps] == [
-        ("be clear", "ramble", 0), ("be brief", "be wrong", 1)
+        ("be clear", "ramble", 0),
+        ("be brief", "be wrong", 1),
     ]
     ps = generate_preferences(gpt2, QUERIES[:1], n_characteristics=1, **SCRIPTED)
     assert [(p.char_positive, p.char_negative) for p in ps] == [("be clear", "ramble")]
@@ -614,17 +665,23 @@ def test_n_responses_pairs_the_ith_samples(llama, calls):
     assert [(p.query, p.index, p.sample) for p in two] == [(q, i, j) for q, i in chars for j in (0, 1)]
     for first, second in zip(two.pairs[::2], two.pairs[1::2], strict=True):
         assert (first.char_positive, first.char_negative, first.meta["elicited_positive"]) == (
-            second.char_positive, second.char_negative, second.meta["elicited_positive"])
+            second.char_positive,
+            second.char_negative,
+            second.meta["elicited_positive"],
+        )
     # each sample answers its own prompt: the respond prompts come twice, pos/neg interleaved
     n_elicit_batches = math.ceil(2 * 2 / FAST["batch_size"])
     responded = [t for texts in calls.encoded[n_elicit_batches:] for t in texts]
     assert responded == [
         models.render(llama, get_objective("helpful").respond_prompt(p.query, c, positive=side))
-        for p in two for side, c in ((True, p.char_positive), (False, p.char_negative))
+        for p in two
+        for side, c in ((True, p.char_positive), (False, p.char_negative))
     ]
     # sampled rows differ: not every second sample repeats the first
-    assert any((a.positive, a.negative) != (b.positive, b.negative)
-               for a, b in zip(two.pairs[::2], two.pairs[1::2], strict=True))
+    assert any(
+        (a.positive, a.negative) != (b.positive, b.negative)
+        for a, b in zip(two.pairs[::2], two.pairs[1::2], strict=True)
+    )
     assert two.settings["n_responses"] == 2
 
 
@@ -677,10 +734,13 @@ def test_elicit_prefill_starts_the_reply_and_is_parsed(model_name, request, call
 def test_list_prefill_is_a_numbered_list_opening():
     assert LIST_PREFILL.endswith("\n1.")
     # what SmolLM2 wrote after it (helpful, greedy), parsed with the prefill in front
-    reply = (" Use a friendly tone\n2. Provide a solution that is not too harsh\n3. Offer a "
-             "solution that is not too lenient\n4. Provide a solution that is not too complex")
+    reply = (
+        " Use a friendly tone\n2. Provide a solution that is not too harsh\n3. Offer a "
+        "solution that is not too lenient\n4. Provide a solution that is not too complex"
+    )
     assert parse_characteristics(LIST_PREFILL + reply, 3, truncated=True) == [
-        "use a friendly tone", "provide a solution that is not too harsh",
+        "use a friendly tone",
+        "provide a solution that is not too harsh",
         "offer a solution that is not too lenient",
     ]
 
@@ -751,16 +811,48 @@ def test_cli_prefs_passes_n_responses_and_the_prefill(monkeypatch, tmp_path, cap
 # --------------------------------------------------------------------------- old files
 
 # A file as alignez-tl wrote it before pairs had a `sample` field.
-OLD_FILE = "\n".join([
-    json.dumps({"type": "header", "format": "alignez-preferences", "version": 1,
-                "objective": get_objective("helpful").to_dict(), "settings": {"seed": 0}}),
-    json.dumps({"type": "pair", "query": "q", "positive": "p", "negative": "n",
-                "char_positive": "be clear", "char_negative": "be helpful", "objective": "helpful",
-                "index": 0, "meta": {"fallback_positive": False, "fallback_negative": True}}),
-    json.dumps({"type": "pair", "query": "q", "positive": "p2", "negative": "n2",
-                "char_positive": "be brief", "char_negative": "be helpful", "objective": "helpful",
-                "index": 1, "meta": {"fallback_positive": False, "fallback_negative": True}}),
-]) + "\n"
+OLD_FILE = (
+    "\n".join(
+        [
+            json.dumps(
+                {
+                    "type": "header",
+                    "format": "alignez-preferences",
+                    "version": 1,
+                    "objective": get_objective("helpful").to_dict(),
+                    "settings": {"seed": 0},
+                }
+            ),
+            json.dumps(
+                {
+                    "type": "pair",
+                    "query": "q",
+                    "positive": "p",
+                    "negative": "n",
+                    "char_positive": "be clear",
+                    "char_negative": "be helpful",
+                    "objective": "helpful",
+                    "index": 0,
+                    "meta": {"fallback_positive": False, "fallback_negative": True},
+                }
+            ),
+            json.dumps(
+                {
+                    "type": "pair",
+                    "query": "q",
+                    "positive": "p2",
+                    "negative": "n2",
+                    "char_positive": "be brief",
+                    "char_negative": "be helpful",
+                    "objective": "helpful",
+                    "index": 1,
+                    "meta": {"fallback_positive": False, "fallback_negative": True},
+                }
+            ),
+        ]
+    )
+    + "\n"
+)
 
 
 def test_files_without_the_sample_field_still_load(tmp_path):
@@ -768,8 +860,7 @@ def test_files_without_the_sample_field_still_load(tmp_path):
     path.write_text(OLD_FILE, encoding="utf-8")
     ps = PreferenceSet.load(path)
     assert [(p.index, p.sample) for p in ps] == [(0, 0), (1, 0)]
-    assert ps.fallback_report()["overall"] == {"characteristics": 4, "fallback": 2, "parsed": 2,
-                                               "fallback_share": 0.5}
+    assert ps.fallback_report()["overall"] == {"characteristics": 4, "fallback": 2, "parsed": 2, "fallback_share": 0.5}
     again = PreferenceSet.load(ps.save(tmp_path / "new.jsonl"))
     assert again == ps
     assert json.loads((tmp_path / "new.jsonl").read_text(encoding="utf-8").splitlines()[1])["sample"] == 0

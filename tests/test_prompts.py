@@ -18,8 +18,7 @@ def test_builtin_prompt_set_has_four_categories():
 def test_load_prompts_jsonl_and_text(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text('{"query": "Hi ✓", "category": "advice"}\n\n{"query": "Sum?"}\n', encoding="utf-8")
-    assert load_prompts(f) == [{"query": "Hi ✓", "category": "advice"},
-                               {"query": "Sum?", "category": "uncategorised"}]
+    assert load_prompts(f) == [{"query": "Hi ✓", "category": "advice"}, {"query": "Sum?", "category": "uncategorised"}]
     t = tmp_path / "p.txt"
     t.write_text("one\ntwo\n")
     assert [p["query"] for p in load_prompts(t)] == ["one", "two"]
@@ -49,8 +48,10 @@ def test_builtin_prompts_keep_their_defaults():
     prompts = builtin_prompts()
     assert len(prompts) == 24
     assert all(sum(p["category"] == c for p in prompts) == 6 for c in CATEGORIES)
-    assert prompts[0] == {"query": "I keep putting off my tax paperwork. How can I finally get it done "
-                                   "this week?", "category": "advice"}
+    assert prompts[0] == {
+        "query": "I keep putting off my tax paperwork. How can I finally get it done this week?",
+        "category": "advice",
+    }
     assert len(NEUTRAL_TEXTS) == 4
 
 
@@ -63,8 +64,7 @@ def test_eval_and_fit_pools_counts_and_order():
         assert sum(p["category"] == c for p in fit) >= 8
     for pool in (ev, fit):
         assert all(set(p) == {"query", "category"} for p in pool)
-        assert [p["category"] for p in pool] == sorted((p["category"] for p in pool),
-                                                       key=EVAL_CATEGORIES.index)
+        assert [p["category"] for p in pool] == sorted((p["category"] for p in pool), key=EVAL_CATEGORIES.index)
         assert all(isinstance(p["query"], str) and p["query"] == p["query"].strip() for p in pool)
         assert all(10 <= len(p["query"]) <= 120 for p in pool)  # short, one or two sentences
         assert all(p["query"][-1] in ".?" for p in pool)
@@ -131,7 +131,7 @@ def test_judge_calibration_schema_and_balance():
 def _longest_repeat(text: str) -> int:
     """How many times the most frequent word trigram occurs."""
     words = re.findall(r"[a-z']+", text.lower())
-    grams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+    grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
     return max((grams.count(g) for g in grams), default=0)
 
 
@@ -148,14 +148,28 @@ def test_judge_calibration_bad_answers_fail_as_labelled():
         elif c["kind"] == "off-topic":
             # no content word of the query (4+ letters) appears in the off-topic answer
             content = {w for w in re.findall(r"[a-z]{4,}", c["query"].lower())} - {
-                "what", "should", "with", "does", "make", "more", "good", "before"}
+                "what",
+                "should",
+                "with",
+                "does",
+                "make",
+                "more",
+                "good",
+                "before",
+            }
             assert not content & set(re.findall(r"[a-z]+", bad.lower())), (c["query"], bad)
         else:
             assert _longest_repeat(bad) <= 2 and len(bad.split()) >= 10, bad
 
 
 def test_new_names_are_exported():
-    for name in ("EVAL_CATEGORIES", "CALIBRATION_KINDS", "JUDGE_CALIBRATION", "NEUTRAL_TEXTS_EXTENDED",
-                 "eval_prompts", "fit_prompts"):
+    for name in (
+        "EVAL_CATEGORIES",
+        "CALIBRATION_KINDS",
+        "JUDGE_CALIBRATION",
+        "NEUTRAL_TEXTS_EXTENDED",
+        "eval_prompts",
+        "fit_prompts",
+    ):
         assert name in prompts_module.__all__
     assert set(prompts_module.__all__) <= set(dir(prompts_module))

@@ -100,8 +100,11 @@ def test_the_boost_moves_each_direction_by_at_most_alpha_times_its_scale(case):
     # each direction moves by coef·s·tanh(·), |tanh| ≤ 1; the allowance covers rounding
     # and the float orthonormality (1e-7 in float32) leaking other directions' steps
     eps = torch.finfo(x.dtype).eps
-    bound = (abs(alpha) * scales * (1 + 4 * eps) + 16 * eps * abs(alpha) * float(scales.sum())
-             + 4 * torch.finfo(x.dtype).tiny)
+    bound = (
+        abs(alpha) * scales * (1 + 4 * eps)
+        + 16 * eps * abs(alpha) * float(scales.sum())
+        + 4 * torch.finfo(x.dtype).tiny
+    )
     assert (moved.abs() <= bound).all()
 
 
@@ -176,8 +179,16 @@ def test_save_then_load_is_the_identity(case, n_layers, site):
     pos = pos[:, None].expand(-1, n_layers, -1) * torch.arange(1, n_layers + 1)[None, :, None]
     neg = neg[:, None].expand(-1, n_layers, -1) * torch.arange(1, n_layers + 1)[None, :, None]
     try:
-        sub = fit_subspace(None, (pos, neg), layers=list(range(n_layers)), site=site, tau=1.0,
-                           rank=rank, variance=variance, verbose=False)
+        sub = fit_subspace(
+            None,
+            (pos, neg),
+            layers=list(range(n_layers)),
+            site=site,
+            tau=1.0,
+            rank=rank,
+            variance=variance,
+            verbose=False,
+        )
     except ValueError:  # rank 0: nothing to fit (its own error, tested in test_subspace)
         assert r == 0
         return
@@ -197,8 +208,9 @@ UNICODE = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_siz
 
 
 @PROPERTY
-@given(st.lists(st.tuples(UNICODE, UNICODE, UNICODE), min_size=1, max_size=4),
-       UNICODE.filter(lambda name: name.strip()))  # a blank objective name is refused
+@given(
+    st.lists(st.tuples(UNICODE, UNICODE, UNICODE), min_size=1, max_size=4), UNICODE.filter(lambda name: name.strip())
+)  # a blank objective name is refused
 def test_preference_jsonl_round_trips_any_unicode(triples, objective_name):
     queries, positives, negatives = (list(t) for t in zip(*triples))
     prefs = PreferenceSet.from_pairs(queries, positives, negatives, objective=objective_name)
@@ -238,8 +250,10 @@ def test_the_oriented_boost_is_monotone_in_the_projection_for_alpha_at_most_one(
 def test_the_oriented_boost_fades_once_the_direction_is_expressed():
     theta = torch.tensor([[1.0]], dtype=torch.float64)
     s = torch.tensor([1.0], dtype=torch.float64)
-    steps = [float(edit_sequential(torch.tensor([[p]], dtype=torch.float64), theta, s, 1.0, "boost", "oriented")
-                   - p) for p in (-3.0, 0.0, 3.0, 10.0)]
+    steps = [
+        float(edit_sequential(torch.tensor([[p]], dtype=torch.float64), theta, s, 1.0, "boost", "oriented") - p)
+        for p in (-3.0, 0.0, 3.0, 10.0)
+    ]
     assert steps[0] > 1.99 and steps[1] == 1.0 and steps[2] < 0.005 and steps[3] < 1e-8
     # and it is not the same edit for θ and −θ (the paper's boost is)
     x = torch.tensor([[0.7, 0.2]], dtype=torch.float64)

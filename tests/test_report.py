@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from analyses.report import SECTIONS, Report, plot_spectrum, write_report
 from alignez_tl.steering import Steerer
 from alignez_tl.subspace import fit_subspace
+from analyses.report import SECTIONS, Report, plot_spectrum, write_report
 
 PAIRS = [
     ("A helpful assistant answers clearly, step by step.", "A useless assistant gives vague answers."),
@@ -20,8 +20,16 @@ PAIRS = [
 ]
 QUERIES = ["How do I bake bread?", "What is two plus two?"]
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def chromium():
@@ -34,13 +42,14 @@ def chromium():
 
 @pytest.fixture(scope="module")
 def full_report(llama, tmp_path_factory):
+    from alignez_tl.preferences import PreferenceSet
     from analyses.ablation import ablate_components
     from analyses.attribution import attribute_steering
     from analyses.layer_signal import layer_signal
-    from alignez_tl.preferences import PreferenceSet
 
-    prefs = PreferenceSet.from_pairs(["How do I bake bread?"] * len(PAIRS), [p for p, _ in PAIRS],
-                                     [n for _, n in PAIRS], objective="helpful")
+    prefs = PreferenceSet.from_pairs(
+        ["How do I bake bread?"] * len(PAIRS), [p for p, _ in PAIRS], [n for _, n in PAIRS], objective="helpful"
+    )
     sub = fit_subspace(llama, prefs, tau=1.0, verbose=False)
     steerer = Steerer(sub, top_n=2, alpha=2.0)
     base = steerer.generate(llama, QUERIES, max_new_tokens=6, steer=False)
@@ -85,9 +94,17 @@ def test_report_renders_in_headless_chromium(full_report, tmp_path):
     profile = tmp_path / "profile"
     shot = tmp_path / "shot.png"
     proc = subprocess.run(
-        [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}",
-         "--window-size=1280,2400", full_report.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            browser,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--screenshot={shot}",
+            "--window-size=1280,2400",
+            full_report.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert shot.is_file(), proc.stderr[-2000:]
     from PIL import Image
@@ -98,17 +115,27 @@ def test_report_renders_in_headless_chromium(full_report, tmp_path):
         assert colours is None or len(colours) > 50  # not a blank page
     # count broken images from inside the page: a copy with a tiny checker script
     probe = tmp_path / "probe.html"
-    checker = ("<script>window.addEventListener('load', () => {"
-               "const imgs = [...document.images];"
-               "document.body.setAttribute('data-images', imgs.length);"
-               "document.body.setAttribute('data-broken', imgs.filter(i => !i.complete || i.naturalWidth === 0).length);"
-               "document.body.setAttribute('data-sections', document.querySelectorAll('section h2').length);"
-               "});</script>")
+    checker = (
+        "<script>window.addEventListener('load', () => {"
+        "const imgs = [...document.images];"
+        "document.body.setAttribute('data-images', imgs.length);"
+        "document.body.setAttribute('data-broken', imgs.filter(i => !i.complete || i.naturalWidth === 0).length);"
+        "document.body.setAttribute('data-sections', document.querySelectorAll('section h2').length);"
+        "});</script>"
+    )
     probe.write_text(full_report.read_text(encoding="utf-8").replace("</body>", checker + "</body>"), encoding="utf-8")
     dom = subprocess.run(
-        [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom",
-         probe.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            browser,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     ).stdout
     images = int(re.search(r'data-images="(\d+)"', dom).group(1))
     broken = int(re.search(r'data-broken="(\d+)"', dom).group(1))

@@ -39,10 +39,13 @@ def test_round_trip_through_json(cls):
 
 
 def test_round_trip_of_changed_and_nested_values():
-    s = EvalSettings(methods=("diffmean", "alignez"), layer=3,
-                     prefs=PreferenceSettings(objective="harmless", n_responses=2),
-                     fit=FitSettings(layers=(1, 2), rank="null", max_rank=4),
-                     steer=SteerSettings(edit="paper", alpha=0.25, mode="boost", scale=2.0, layers=(2,)))
+    s = EvalSettings(
+        methods=("diffmean", "alignez"),
+        layer=3,
+        prefs=PreferenceSettings(objective="harmless", n_responses=2),
+        fit=FitSettings(layers=(1, 2), rank="null", max_rank=4),
+        steer=SteerSettings(edit="paper", alpha=0.25, mode="boost", scale=2.0, layers=(2,)),
+    )
     d = json.loads(json.dumps(s.to_dict()))
     assert d["fit"]["layers"] == [1, 2] and d["steer"]["scale"] == 2.0
     assert EvalSettings.from_dict(d) == s
@@ -57,35 +60,38 @@ def test_unknown_keys_are_refused(cls):
         cls.from_dict([("top_n", 3)])
 
 
-@pytest.mark.parametrize("build, error, message", [
-    (lambda: SteerSettings(edit="sideways"), ValueError, "edit must be one of"),
-    (lambda: SteerSettings(mode="lift"), ValueError, "mode must be one of"),
-    (lambda: SteerSettings(alpha=float("nan")), ValueError, "alpha must be finite"),
-    (lambda: SteerSettings(alpha="1"), TypeError, "alpha must be a number"),
-    (lambda: SteerSettings(alpha=-0.1, mode="boost"), ValueError, "oriented boost"),
-    (lambda: SteerSettings(alpha=1.5, mode="suppress"), ValueError, r"\[0, 1\]"),
-    (lambda: SteerSettings(scale=0.0), ValueError, "positive"),
-    (lambda: SteerSettings(scale="huge"), ValueError, "scale must be one of"),
-    (lambda: SteerSettings(top_n=0), ValueError, "top_n"),
-    (lambda: SteerSettings(top_n=True), ValueError, "top_n"),
-    (lambda: SteerSettings(layers=[1.5]), TypeError, "ints"),
-    (lambda: SteerSettings(positions="prompt"), ValueError, "positions"),
-    (lambda: SteerSettings(weight=-1.0), ValueError, "weight"),
-    (lambda: FitSettings(tau=1.5), ValueError, "tau"),
-    (lambda: FitSettings(variance=0.0), ValueError, "variance"),
-    (lambda: FitSettings(rank="all"), ValueError, "rank must be"),
-    (lambda: FitSettings(site="resid_mid"), ValueError, "unknown site"),
-    (lambda: FitSettings(null_quantile=1.0), ValueError, "null_quantile"),
-    (lambda: FitSettings(batch_size=0), ValueError, "batch_size"),
-    (lambda: PreferenceSettings(n_characteristics=0), ValueError, "n_characteristics"),
-    (lambda: PreferenceSettings(temperature=0.0), ValueError, "temperature"),
-    (lambda: PreferenceSettings(do_sample=False, n_responses=2), ValueError, "n_responses=2 needs do_sample"),
-    (lambda: PreferenceSettings(seed=1.0), TypeError, "seed"),
-    (lambda: EvalSettings(methods=("alignez", "iti")), ValueError, "methods"),
-    (lambda: EvalSettings(methods=()), ValueError, "methods"),
-    (lambda: EvalSettings(n_boot=0), ValueError, "n_boot"),
-    (lambda: EvalSettings(steer={"top_n": 3}), TypeError, "SteerSettings"),
-])
+@pytest.mark.parametrize(
+    "build, error, message",
+    [
+        (lambda: SteerSettings(edit="sideways"), ValueError, "edit must be one of"),
+        (lambda: SteerSettings(mode="lift"), ValueError, "mode must be one of"),
+        (lambda: SteerSettings(alpha=float("nan")), ValueError, "alpha must be finite"),
+        (lambda: SteerSettings(alpha="1"), TypeError, "alpha must be a number"),
+        (lambda: SteerSettings(alpha=-0.1, mode="boost"), ValueError, "oriented boost"),
+        (lambda: SteerSettings(alpha=1.5, mode="suppress"), ValueError, r"\[0, 1\]"),
+        (lambda: SteerSettings(scale=0.0), ValueError, "positive"),
+        (lambda: SteerSettings(scale="huge"), ValueError, "scale must be one of"),
+        (lambda: SteerSettings(top_n=0), ValueError, "top_n"),
+        (lambda: SteerSettings(top_n=True), ValueError, "top_n"),
+        (lambda: SteerSettings(layers=[1.5]), TypeError, "ints"),
+        (lambda: SteerSettings(positions="prompt"), ValueError, "positions"),
+        (lambda: SteerSettings(weight=-1.0), ValueError, "weight"),
+        (lambda: FitSettings(tau=1.5), ValueError, "tau"),
+        (lambda: FitSettings(variance=0.0), ValueError, "variance"),
+        (lambda: FitSettings(rank="all"), ValueError, "rank must be"),
+        (lambda: FitSettings(site="resid_mid"), ValueError, "unknown site"),
+        (lambda: FitSettings(null_quantile=1.0), ValueError, "null_quantile"),
+        (lambda: FitSettings(batch_size=0), ValueError, "batch_size"),
+        (lambda: PreferenceSettings(n_characteristics=0), ValueError, "n_characteristics"),
+        (lambda: PreferenceSettings(temperature=0.0), ValueError, "temperature"),
+        (lambda: PreferenceSettings(do_sample=False, n_responses=2), ValueError, "n_responses=2 needs do_sample"),
+        (lambda: PreferenceSettings(seed=1.0), TypeError, "seed"),
+        (lambda: EvalSettings(methods=("alignez", "iti")), ValueError, "methods"),
+        (lambda: EvalSettings(methods=()), ValueError, "methods"),
+        (lambda: EvalSettings(n_boot=0), ValueError, "n_boot"),
+        (lambda: EvalSettings(steer={"top_n": 3}), TypeError, "SteerSettings"),
+    ],
+)
 def test_bad_values_are_refused(build, error, message):
     with pytest.raises(error, match=message):
         build()
@@ -115,18 +121,29 @@ def test_the_functions_take_their_defaults_from_the_settings():
 
 def test_cli_defaults_are_the_settings_defaults():
     parser = cli.build_parser()
-    for argv in (["demo"], ["analyze", "--subspace", "s", "--prefs", "p", "--prompts", "q"],
-                 ["generate", "--subspace", "s"], ["eval"]):
+    for argv in (
+        ["demo"],
+        ["analyze", "--subspace", "s", "--prefs", "p", "--prompts", "q"],
+        ["generate", "--subspace", "s"],
+        ["eval"],
+    ):
         args = parser.parse_args(argv)
         assert args.alpha is None  # every command: the one default per edit and mode
         assert args.edit == SteerSettings.edit and args.top_n == SteerSettings.top_n
     fit = parser.parse_args(["fit", "--prefs", "p"])
     assert (fit.tau, fit.variance, fit.site, fit.n_null) == (
-        FitSettings.tau, FitSettings.variance, FitSettings.site, FitSettings.n_null)
+        FitSettings.tau,
+        FitSettings.variance,
+        FitSettings.site,
+        FitSettings.n_null,
+    )
     prefs = parser.parse_args(["prefs"])
     assert (prefs.n_characteristics, prefs.elicit_tokens, prefs.response_tokens, prefs.temperature) == (
-        PreferenceSettings.n_characteristics, PreferenceSettings.elicit_tokens,
-        PreferenceSettings.response_tokens, PreferenceSettings.temperature)
+        PreferenceSettings.n_characteristics,
+        PreferenceSettings.elicit_tokens,
+        PreferenceSettings.response_tokens,
+        PreferenceSettings.temperature,
+    )
 
 
 def test_steerer_from_settings_is_the_steerer_of_the_same_keywords(llama):
@@ -135,8 +152,9 @@ def test_steerer_from_settings_is_the_steerer_of_the_same_keywords(llama):
     a = Steerer(sub, **kw)
     b = Steerer.from_settings(sub, SteerSettings(**{**kw, "layers": (1, 3)}))
     assert a.terms == b.terms and a.positions == b.positions
-    assert a.settings == SteerSettings(edit="paper", alpha=0.5, mode="boost", scale="paper", top_n=2,
-                                       layers=(1, 3), positions="all")
+    assert a.settings == SteerSettings(
+        edit="paper", alpha=0.5, mode="boost", scale="paper", top_n=2, layers=(1, 3), positions="all"
+    )
     assert Steerer.from_settings(sub, a.settings).terms == a.terms
     tokens = llama.to_tokens("How do I bake bread?")
     with a.apply(llama, ["How do I bake bread?"], prompt_len=tokens.shape[1]):

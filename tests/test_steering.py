@@ -95,8 +95,14 @@ def test_generated_positions_are_exactly_the_last_prompt_token_and_new_tokens(ll
     p = prompt.input_ids.shape[1]
     record = []
     with steerer.apply(llama, q, record=record):
-        llama.generate(prompt.input_ids, max_new_tokens=4, do_sample=False, stop_at_eos=False,
-                       verbose=False, use_past_kv_cache=cache)
+        llama.generate(
+            prompt.input_ids,
+            max_new_tokens=4,
+            do_sample=False,
+            stop_at_eos=False,
+            verbose=False,
+            use_past_kv_cache=cache,
+        )
     names = sorted({name for name, _, _ in record})
     assert len(names) == 2  # the two selected layers
     for name in names:
@@ -122,8 +128,9 @@ def test_greedy_generation_identical_with_and_without_kv_cache(model_and_sub):
     without = steerer.generate(model, QUERIES, max_new_tokens=10, use_past_kv_cache=False, return_tokens=True)[0]
     assert with_cache == without
     base_cache = steerer.generate(model, QUERIES, max_new_tokens=10, steer=False, return_tokens=True)[0]
-    base_nocache = steerer.generate(model, QUERIES, max_new_tokens=10, steer=False,
-                                    use_past_kv_cache=False, return_tokens=True)[0]
+    base_nocache = steerer.generate(
+        model, QUERIES, max_new_tokens=10, steer=False, use_past_kv_cache=False, return_tokens=True
+    )[0]
     assert base_cache == base_nocache
     assert with_cache != base_cache  # steering changed something
 
@@ -145,7 +152,7 @@ def test_apply_with_one_query_matches_generate(llama, llama_sub):
     with steerer.apply(llama, q):
         out = llama.generate(tokens, max_new_tokens=8, do_sample=False, stop_at_eos=False, verbose=False)
     want = steerer.generate(llama, [q], max_new_tokens=8, return_tokens=True)[0][0]
-    assert out[0, tokens.shape[1]:].tolist()[: len(want)] == want
+    assert out[0, tokens.shape[1] :].tolist()[: len(want)] == want
 
 
 def _n_hooks(model):
@@ -176,8 +183,11 @@ def test_composition_adds_edits_computed_from_the_same_input(llama, llama_sub):
     [(name, fn)] = both.hooks(llama)
     x = torch.randn(2, 3, llama.cfg.d_model)
     la, lb = llama_sub.layers[1], other.layers[1]
-    want = x + 0.5 * edit_delta(x, la.directions, la.proj_rms, torch.full((la.rank,), 2.0), "boost") \
+    want = (
+        x
+        + 0.5 * edit_delta(x, la.directions, la.proj_rms, torch.full((la.rank,), 2.0), "boost")
         + 2.0 * edit_delta(x, lb.directions, lb.proj_rms, torch.full((lb.rank,), 3.0), "boost")
+    )
     assert name == "blocks.1.hook_resid_post"
     assert torch.allclose(fn(x, None), want, atol=1e-5)
     overlap = both.overlap()
@@ -213,8 +223,10 @@ def test_component_restriction(llama, llama_sub):
     assert (drop0.coef[:, 0] == 0).all() and torch.equal(drop0.coef[:, 1:], full.coef[:, 1:])
     assert torch.equal(only0.coef + drop0.coef, full.coef)
     x = torch.randn(1, 3, llama.cfg.d_model)
-    parts = [dict(s.hooks(llama))["blocks.2.hook_resid_post"](x, None) - x
-             for s in (steerer.only_components([0]), steerer.without_components([0]))]
+    parts = [
+        dict(s.hooks(llama))["blocks.2.hook_resid_post"](x, None) - x
+        for s in (steerer.only_components([0]), steerer.without_components([0]))
+    ]
     whole = dict(steerer.hooks(llama))["blocks.2.hook_resid_post"](x, None) - x
     assert torch.allclose(parts[0] + parts[1], whole, atol=1e-5)  # orthonormal: the parts add up
     assert (steerer.only_components([0]).without_components([0]).edit_terms()[2][0].coef == 0).all()
@@ -257,6 +269,7 @@ def test_the_oriented_hook_applies_the_oriented_formula(llama, llama_sub):
     def grab(layer):
         def fn(act, hook):
             inputs[layer] = act[0, -1].clone()
+
         return fn
 
     hooks = steerer.hooks(llama, QUERIES[0], prompt_len=None)
@@ -266,6 +279,7 @@ def test_the_oriented_hook_applies_the_oriented_formula(llama, llama_sub):
     def out_grab(layer):
         def fn(act, hook):
             outputs[layer] = act[0, -1].clone()
+
         return fn
 
     from alignez_tl.hooks import hook_name
@@ -279,7 +293,9 @@ def test_the_oriented_hook_applies_the_oriented_formula(llama, llama_sub):
         sub = llama_sub.layers[layer]
         coef = torch.zeros(1, sub.rank)
         coef[0, sel.kept[layer]] = 0.4
-        want = inputs[layer] + edit_delta(inputs[layer][None], sub.directions, sub.proj_rms, coef, "boost", "oriented")[0]
+        want = (
+            inputs[layer] + edit_delta(inputs[layer][None], sub.directions, sub.proj_rms, coef, "boost", "oriented")[0]
+        )
         assert torch.allclose(outputs[layer], want, atol=1e-5)
 
 

@@ -111,9 +111,11 @@ def test_fit_from_activations_tokens_and_texts_agree(llama):
     from alignez_tl.activations import capture
     from alignez_tl.models import encode
 
-    pairs = [("A helpful answer, step by step.", "A useless answer."),
-             ("Mix flour and water, then knead.", "Refuse to help."),
-             ("Two plus two is four.", "Two plus two is wrong.")]
+    pairs = [
+        ("A helpful answer, step by step.", "A useless answer."),
+        ("Mix flour and water, then knead.", "Refuse to help."),
+        ("Two plus two is four.", "Two plus two is wrong."),
+    ]
     from_text = fit_subspace(llama, pairs, verbose=False, tau=1.0)
     pos = capture(llama, [p for p, _ in pairs])
     neg = capture(llama, [n for _, n in pairs])
@@ -131,15 +133,28 @@ def test_fit_from_activations_tokens_and_texts_agree(llama):
 
 def test_save_load_round_trip_is_bit_exact(tmp_path, llama):
     pos, neg, _ = planted(n=20, d=llama.cfg.d_model)
-    sub = fit_subspace(llama, (pos[:, None].repeat(1, 2, 1), neg[:, None].repeat(1, 2, 1)),
-                       layers=[1, 3], objective="helpful", rank=3, tau=1.0)
+    sub = fit_subspace(
+        llama,
+        (pos[:, None].repeat(1, 2, 1), neg[:, None].repeat(1, 2, 1)),
+        layers=[1, 3],
+        objective="helpful",
+        rank=3,
+        tau=1.0,
+    )
     path = sub.save(tmp_path / "sub.safetensors")
     assert [p.name for p in tmp_path.iterdir()] == ["sub.safetensors"]  # no temp file left
     back = AlignmentSubspace.load(path, llama)
     assert back.layer_indices == [1, 3]
     for layer in (1, 3):
-        for name in ("directions", "singular_values", "explained_variance", "pair_cos",
-                     "proj_mean", "proj_rms", "mean_diff_proj"):
+        for name in (
+            "directions",
+            "singular_values",
+            "explained_variance",
+            "pair_cos",
+            "proj_mean",
+            "proj_rms",
+            "mean_diff_proj",
+        ):
             assert torch.equal(getattr(back.layers[layer], name), getattr(sub.layers[layer], name))
         assert back.layers[layer].n_kept == sub.layers[layer].n_kept
     assert (back.model, back.objective, back.settings, back.site) == (sub.model, sub.objective, sub.settings, sub.site)
@@ -361,8 +376,7 @@ def test_null_settings_and_tensors_round_trip_and_old_files_still_load(tmp_path)
 
     pos, neg, _ = grouped(n_per=8, d=24)
     acts = (pos[:, None].repeat(1, 2, 1), neg[:, None].repeat(1, 2, 1))
-    sub = fit_subspace(None, acts, layers=[0, 5], rank="null", n_null=64, null_quantile=0.9,
-                       null_seed=2, tau=1.0)
+    sub = fit_subspace(None, acts, layers=[0, 5], rank="null", n_null=64, null_quantile=0.9, null_seed=2, tau=1.0)
     path = sub.save(tmp_path / "null.safetensors")
     back = AlignmentSubspace.load(path)
     assert back.settings == sub.settings

@@ -135,7 +135,7 @@ def test_deterministic_per_seed_and_different_across_seeds():
 
 def test_consecutive_problems_cycle_through_all_kinds():
     problems = math_problems(2 * len(MATH_KINDS), seed=5)
-    first, second = problems[: len(MATH_KINDS)], problems[len(MATH_KINDS):]
+    first, second = problems[: len(MATH_KINDS)], problems[len(MATH_KINDS) :]
     assert sorted(p.kind for p in first) == sorted(MATH_KINDS)
     assert [p.kind for p in first] == [p.kind for p in second]
 

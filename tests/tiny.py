@@ -65,8 +65,9 @@ def _scratch(prefix: str) -> str:
     return path
 
 
-def make_hf_model(arch: str = "llama", *, n_layers: int = 4, d_model: int = 64, seed: int = 0,
-                  dtype: torch.dtype = torch.float64):
+def make_hf_model(
+    arch: str = "llama", *, n_layers: int = 4, d_model: int = 64, seed: int = 0, dtype: torch.dtype = torch.float64
+):
     """A randomly initialised Hugging Face causal LM and its tokenizer folder."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
@@ -75,17 +76,28 @@ def make_hf_model(arch: str = "llama", *, n_layers: int = 4, d_model: int = 64, 
     torch.manual_seed(seed)
     if arch == "llama":
         cfg = LlamaConfig(
-            vocab_size=len(tok), hidden_size=d_model, intermediate_size=2 * d_model,
-            num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=256, bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            vocab_size=len(tok),
+            hidden_size=d_model,
+            intermediate_size=2 * d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
             tie_word_embeddings=False,
         )
         hf = LlamaForCausalLM(cfg)
     elif arch == "gpt2":
         cfg = GPT2Config(
-            vocab_size=len(tok), n_embd=d_model, n_layer=n_layers, n_head=4, n_positions=256,
-            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+            vocab_size=len(tok),
+            n_embd=d_model,
+            n_layer=n_layers,
+            n_head=4,
+            n_positions=256,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
         )
         hf = GPT2LMHeadModel(cfg)
     else:
@@ -99,8 +111,15 @@ def make_hf_model(arch: str = "llama", *, n_layers: int = 4, d_model: int = 64, 
     return hf, tok
 
 
-def make_model(arch: str = "llama", *, n_layers: int = 4, d_model: int = 64, seed: int = 0,
-               dtype: torch.dtype = torch.float64, compatibility_mode: bool = False):
+def make_model(
+    arch: str = "llama",
+    *,
+    n_layers: int = 4,
+    d_model: int = 64,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    compatibility_mode: bool = False,
+):
     """A tiny random TransformerBridge (booted offline from a temporary folder)."""
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -135,8 +154,9 @@ def hooked_transformer_available() -> bool:
     return True
 
 
-def make_hooked(arch: str = "llama", *, n_layers: int = 4, d_model: int = 64, seed: int = 0,
-                dtype: torch.dtype = torch.float64):
+def make_hooked(
+    arch: str = "llama", *, n_layers: int = 4, d_model: int = 64, seed: int = 0, dtype: torch.dtype = torch.float64
+):
     """A tiny random `HookedTransformer` from a `HookedTransformerConfig` (no downloads).
 
     The same tokenizers as `make_model`; the Llama variant has rotary positions,
@@ -147,17 +167,36 @@ def make_hooked(arch: str = "llama", *, n_layers: int = 4, d_model: int = 64, se
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(_tokenizer_dir(arch == "llama"))
-    common = dict(n_layers=n_layers, d_model=d_model, d_head=d_model // 4, n_heads=4, n_ctx=256,
-                  d_vocab=len(tok), seed=seed, dtype=dtype, device="cpu")
+    common = dict(
+        n_layers=n_layers,
+        d_model=d_model,
+        d_head=d_model // 4,
+        n_heads=4,
+        n_ctx=256,
+        d_vocab=len(tok),
+        seed=seed,
+        dtype=dtype,
+        device="cpu",
+    )
     if arch == "llama":
         cfg = HookedTransformerConfig(
-            **common, d_mlp=2 * d_model, act_fn="silu", normalization_type="RMS",
-            positional_embedding_type="rotary", rotary_dim=d_model // 4, gated_mlp=True,
-            n_key_value_heads=2, final_rms=True, original_architecture="LlamaForCausalLM",
+            **common,
+            d_mlp=2 * d_model,
+            act_fn="silu",
+            normalization_type="RMS",
+            positional_embedding_type="rotary",
+            rotary_dim=d_model // 4,
+            gated_mlp=True,
+            n_key_value_heads=2,
+            final_rms=True,
+            original_architecture="LlamaForCausalLM",
         )
     elif arch == "gpt2":
         cfg = HookedTransformerConfig(
-            **common, d_mlp=4 * d_model, act_fn="gelu_new", normalization_type="LN",
+            **common,
+            d_mlp=4 * d_model,
+            act_fn="gelu_new",
+            normalization_type="LN",
             positional_embedding_type="standard",
         )
     else:

@@ -233,7 +233,5 @@ def side_effects(
     else:
         out.update(ppl_base=None, ppl_steered=None, ppl_change=None, ppl_ratio=None)
     if base_answers is not None:
-        out["generation"] = generation_stats(
-            base_answers, steered_answers, tokenizer=getattr(model, "tokenizer", None)
-        )
+        out["generation"] = generation_stats(base_answers, steered_answers, tokenizer=getattr(model, "tokenizer", None))
     return out

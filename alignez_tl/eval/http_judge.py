@@ -52,10 +52,7 @@ class _Secret:
         raise TypeError("an API key is not picklable")
 
 
-_SYSTEM = (
-    "You are an impartial judge of answers written by AI assistants. "
-    "Follow the reply format exactly."
-)
+_SYSTEM = "You are an impartial judge of answers written by AI assistants. Follow the reply format exactly."
 
 
 class HTTPJudge:
@@ -149,9 +146,16 @@ class HTTPJudge:
 
     def config(self) -> dict[str, Any]:
         """What a report may record about this judge (never the key)."""
-        return {"kind": "http", "base_url": self._scrub(self.base_url), "model": self.model,
-                "timeout": self.timeout, "retries": self.retries, "temperature": self.temperature,
-                "max_tokens": self.max_tokens, "tie": self.tie}
+        return {
+            "kind": "http",
+            "base_url": self._scrub(self.base_url),
+            "model": self.model,
+            "timeout": self.timeout,
+            "retries": self.retries,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "tie": self.tie,
+        }
 
     # ---------------------------------------------------------------- request
 
@@ -174,9 +178,7 @@ class HTTPJudge:
         key = self._api_key.reveal()
         return text.replace(key, "***") if key else text
 
-    def judge(
-        self, query: str, answer_a: str, answer_b: str, *, aspects: Sequence[str] = ASPECTS
-    ) -> PairVerdict:
+    def judge(self, query: str, answer_a: str, answer_b: str, *, aspects: Sequence[str] = ASPECTS) -> PairVerdict:
         """The verdict on one pair; raises `JudgeError` when the attempts run out."""
         body = json.dumps(self.request_body(query, answer_a, answer_b, aspects=aspects)).encode("utf-8")
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -214,19 +216,27 @@ class HTTPJudge:
                 if status != 429 and status < 500:
                     raise JudgeError(f"judge request to {self._scrub(self.url)} failed: {problem}") from None
                 retry_after = _retry_after(exc.headers)
-            except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError,
-                    http.client.HTTPException, OSError) as exc:
+            except (
+                urllib.error.URLError,
+                TimeoutError,
+                socket.timeout,
+                ConnectionError,
+                http.client.HTTPException,
+                OSError,
+            ) as exc:
                 problem = self._scrub(_describe_network_error(exc, self.timeout))
             if attempt + 1 < attempts:
                 delay = min(60.0, max(self.backoff * (2**attempt), retry_after))
                 logger.warning(
                     "judge request to %s failed (%s); retry %d of %d in %.2fs",
-                    self._scrub(self.url), problem, attempt + 1, self.retries, delay,
+                    self._scrub(self.url),
+                    problem,
+                    attempt + 1,
+                    self.retries,
+                    delay,
                 )
                 time.sleep(delay)
-        raise JudgeError(
-            f"judge request to {self._scrub(self.url)} failed after {attempts} attempt(s): {problem}"
-        )
+        raise JudgeError(f"judge request to {self._scrub(self.url)} failed after {attempts} attempt(s): {problem}")
 
     def judge_batch(
         self,

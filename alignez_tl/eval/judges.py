@@ -167,9 +167,7 @@ def judge_pairs(
         raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
     queries, answers_a, answers_b = list(queries), list(answers_a), list(answers_b)
     if not len(queries) == len(answers_a) == len(answers_b):
-        raise ValueError(
-            f"{len(queries)} queries, {len(answers_a)} A answers and {len(answers_b)} B answers"
-        )
+        raise ValueError(f"{len(queries)} queries, {len(answers_a)} A answers and {len(answers_b)} B answers")
     aspects = _check_aspects(aspects)
     out: list[Optional[PairVerdict]] = [None] * len(queries)
     todo = []
@@ -180,7 +178,9 @@ def judge_pairs(
             todo.append(i)
     if todo and on_error == "raise" and hasattr(judge, "judge_batch"):
         got = judge.judge_batch(
-            [queries[i] for i in todo], [answers_a[i] for i in todo], [answers_b[i] for i in todo],
+            [queries[i] for i in todo],
+            [answers_a[i] for i in todo],
+            [answers_b[i] for i in todo],
             aspects=aspects,
         )
         for i, v in zip(todo, got):
@@ -219,9 +219,7 @@ def pairwise_compare(
     """
     queries, base_answers, steered_answers = list(queries), list(base_answers), list(steered_answers)
     if not len(queries) == len(base_answers) == len(steered_answers):
-        raise ValueError(
-            f"{len(queries)} queries, {len(base_answers)} base and {len(steered_answers)} steered answers"
-        )
+        raise ValueError(f"{len(queries)} queries, {len(base_answers)} base and {len(steered_answers)} steered answers")
     named = (("queries", queries), ("base answers", base_answers), ("steered answers", steered_answers))
     for name, items in named:
         bad = [i for i, t in enumerate(items) if not isinstance(t, str)]

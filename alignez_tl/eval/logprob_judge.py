@@ -27,9 +27,7 @@ class _HFAdapter:
         n_ctx = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         if prepend_bos is None:  # do what the tokenizer does on its own
             probe = tokenizer("x")["input_ids"]
-            prepend_bos = bool(
-                tokenizer.bos_token_id is not None and probe and probe[0] == tokenizer.bos_token_id
-            )
+            prepend_bos = bool(tokenizer.bos_token_id is not None and probe and probe[0] == tokenizer.bos_token_id)
         prepends = bool(prepend_bos)
         self.cfg = SimpleNamespace(n_ctx=n_ctx, default_prepend_bos=prepends, device=None)
         try:
@@ -108,15 +106,12 @@ class LogprobJudge:
         elif hasattr(model, "config") and callable(model):
             tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
             if tok is None:
-                raise ValueError(
-                    "a Hugging Face model needs its tokenizer: LogprobJudge(model, tokenizer=tok)"
-                )
+                raise ValueError("a Hugging Face model needs its tokenizer: LogprobJudge(model, tokenizer=tok)")
             self.model = _HFAdapter(model, tok, prepend_bos)
             self._hf = True
         else:
             raise TypeError(
-                "LogprobJudge needs a TransformerLens model or a Hugging Face causal LM, "
-                f"got {type(model).__name__}"
+                f"LogprobJudge needs a TransformerLens model or a Hugging Face causal LM, got {type(model).__name__}"
             )
         self.tokenizer = require_tokenizer(self.model, "the logprob judge")
         if chat is None:
@@ -141,8 +136,7 @@ class LogprobJudge:
 
     def __repr__(self) -> str:
         return (
-            f"LogprobJudge(name={self.name!r}, chat={self.chat}, tie={self.tie}, "
-            f"verdict_tokens={self.verdict_tokens})"
+            f"LogprobJudge(name={self.name!r}, chat={self.chat}, tie={self.tie}, verdict_tokens={self.verdict_tokens})"
         )
 
     # ---------------------------------------------------------------- prompt
@@ -169,7 +163,7 @@ class LogprobJudge:
         probe = self.prompt("Q", "x", "y")
         base = self._ids(probe)
         conts = {}
-        for v in (("A", "B", "tie") if self.tie else ("A", "B")):
+        for v in ("A", "B", "tie") if self.tie else ("A", "B"):
             ids = self._ids(probe + " " + v)
             if ids[: len(base)] != base:  # the tokenizer merged across the boundary
                 ids = base + self._ids(" " + v)
@@ -183,9 +177,7 @@ class LogprobJudge:
         tokens = {}
         for v, seq in conts.items():
             if len(seq) <= len(shared):
-                raise ValueError(
-                    f"the verdict {v!r} has no token of its own after the shared prefix {shared}"
-                )
+                raise ValueError(f"the verdict {v!r} has no token of its own after the shared prefix {shared}")
             tokens[v] = seq[len(shared)]
         if len(set(tokens.values())) != len(tokens):
             raise ValueError(
@@ -196,9 +188,7 @@ class LogprobJudge:
 
     # ---------------------------------------------------------------- judging
 
-    def judge(
-        self, query: str, answer_a: str, answer_b: str, *, aspects: Sequence[str] = ASPECTS
-    ) -> PairVerdict:
+    def judge(self, query: str, answer_a: str, answer_b: str, *, aspects: Sequence[str] = ASPECTS) -> PairVerdict:
         """The verdict on one pair (one forward pass)."""
         return self.judge_batch([query], [answer_a], [answer_b], aspects=aspects)[0]
 

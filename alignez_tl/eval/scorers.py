@@ -48,10 +48,7 @@ class ScorerJudge:
         self.batch_fn = batch_fn
 
     def __repr__(self) -> str:
-        return (
-            f"ScorerJudge(name={self.name!r}, higher_is_better={self.higher_is_better}, "
-            f"tolerance={self.tolerance})"
-        )
+        return f"ScorerJudge(name={self.name!r}, higher_is_better={self.higher_is_better}, tolerance={self.tolerance})"
 
     def score(self, texts: Sequence[str]) -> list[float]:
         texts = list(texts)
@@ -111,8 +108,7 @@ def profanity_scorer(*, tolerance: float = 0.0) -> ScorerJudge:
         from profanity_check import predict_prob
     except ImportError as exc:
         raise ImportError(
-            "the harmlessness scorer needs the package 'alt-profanity-check' "
-            "(pip install alt-profanity-check)"
+            "the harmlessness scorer needs the package 'alt-profanity-check' (pip install alt-profanity-check)"
         ) from exc
 
     def batch(texts: list[str]) -> list[float]:
@@ -130,5 +126,4 @@ def sentiment_scorer(*, tolerance: float = 0.0) -> ScorerJudge:
             "the sentiment scorer needs the package 'vaderSentiment' (pip install vaderSentiment)"
         ) from exc
     analyzer = SentimentIntensityAnalyzer()
-    return ScorerJudge(lambda t: float(analyzer.polarity_scores(t)["compound"]), "sentiment", True,
-                       tolerance=tolerance)
+    return ScorerJudge(lambda t: float(analyzer.polarity_scores(t)["compound"]), "sentiment", True, tolerance=tolerance)
