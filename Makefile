@@ -1,8 +1,10 @@
 # alignez-tl: developer commands (GNU make).
 #
 #   make demo        run the main job on the embedded SmolLM2-135M-Instruct (offline)
-#   make test        unit + slow tests, the compatibility tests with TransformerLens 3.9
-#                    and 2.16, then a strict docs build
+#   make lint        ruff (lint and format check) and mypy on alignez_tl and analyses
+#   make test        lint, unit + slow tests (tensor shapes checked at run time by
+#                    jaxtyping + beartype), the compatibility tests with TransformerLens
+#                    3.9 and 2.16, then a strict docs build
 #   make test-compat only the compatibility tests, in their own cached environments
 #   make docs        build the docs site into site/
 #   make serve-docs  serve the docs with live reload
@@ -35,7 +37,9 @@ $(call compat_venv,$(1))/.installed: tests/requirements-$(1).txt
 	touch $$@
 endef
 
-.PHONY: venv compat-venv demo test test-compat docs serve-docs bench chromium clean
+.PHONY: venv compat-venv demo lint test test-compat docs serve-docs bench chromium clean
+
+TYPECHECK := --jaxtyping-packages=alignez_tl.hooks,alignez_tl.activations,beartype.beartype
 
 venv: $(STAMP)
 
@@ -65,8 +69,15 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) \
 	  || echo "[make] warning: could not install chromium; the browser test will be skipped"; }
 
-test: $(STAMP) chromium compat-venv
-	$(BIN)/python -m pytest -q
+# Style and types first (seconds), then the tests with jaxtyping + beartype checking the
+# shape-annotated pure tensor modules (hooks, activations) at run time.
+lint: $(STAMP)
+	$(BIN)/ruff check alignez_tl analyses tests benchmarks
+	$(BIN)/ruff format --check alignez_tl analyses tests benchmarks
+	$(BIN)/mypy
+
+test: $(STAMP) chromium compat-venv lint
+	$(BIN)/python -m pytest -q $(TYPECHECK)
 	$(MAKE) --no-print-directory test-compat
 	$(BIN)/mkdocs build --strict -q
 

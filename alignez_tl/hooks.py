@@ -171,10 +171,10 @@ def edit_sequential(
     """
     check_edit(edit, mode)
     out = x.clone()
-    coef = torch.as_tensor(alpha, dtype=x.dtype)
+    coef = torch.as_tensor(alpha, dtype=x.dtype).reshape(1)
     for theta, s in zip(directions, scales):
-        proj = (out * theta).sum(-1, keepdim=True)
-        out = out + edit_steps(proj, s, coef, mode, edit) * theta
+        proj = (out * theta).sum(-1, keepdim=True)  # one direction: k = 1
+        out = out + edit_steps(proj, s.reshape(1), coef, mode, edit) * theta
     return out
 
 

@@ -217,3 +217,16 @@ def test_monitor_counts_edited_entries_and_negative_projections():
     )(x, None)
     # row 0: θ₀ at 2 positions (p = −1, 3); row 1: both directions at 2 positions (−5, −6, 7, 8)
     assert monitor == {"edited": 6, "negative": 3}
+
+
+def test_shape_annotations_are_checked_when_make_test_asks(request):
+    """Under `make test` (--jaxtyping-packages=alignez_tl.hooks,...) a wrong shape is refused at the call."""
+    packages = request.config.getoption("--jaxtyping-packages", default=None) or ""
+    if "alignez_tl.hooks" not in packages:
+        pytest.skip("runtime shape checks are on under `make test` only")
+    import jaxtyping
+
+    x = torch.zeros(2, 5)
+    theta = torch.zeros(3, 4)  # d = 4, but x has d = 5
+    with pytest.raises(jaxtyping.TypeCheckError):
+        edit_delta(x, theta, torch.ones(3), torch.ones(3), "boost")
