@@ -34,7 +34,7 @@ from __future__ import annotations
 import copy
 import math
 import string
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 import torch
 from jaxtyping import Float
@@ -234,6 +234,8 @@ class NoSteerer(Baseline):
 
 # --------------------------------------------------------------------------- vectors
 
+_V = TypeVar("_V", bound="VectorSteerer")  # `fit` returns the class it is called on
+
 
 class VectorSteerer(Baseline):
     """Adds a fixed vector to the residual stream at one layer: `x + coef · vector`.
@@ -376,7 +378,7 @@ class VectorSteerer(Baseline):
 
     @classmethod
     def fit(
-        cls,
+        cls: type[_V],
         model: Any,
         data: Any,
         *,
@@ -390,7 +392,7 @@ class VectorSteerer(Baseline):
         chat: Optional[bool] = None,
         objective: Any = None,
         verbose: bool = False,
-    ) -> "VectorSteerer":
+    ) -> _V:
         """A steering vector from pair data: `aggregator(acts, layer)` on the embedded pairs.
 
         `data` is anything `embed_pairs` takes (see `DiffMeanSteerer.fit`); it is embedded
@@ -748,15 +750,18 @@ class PromptSteerer(Baseline):
         verbose: bool = False,
         return_tokens: bool = False,
         backend: str = "auto",
+        monitor: Optional[dict] = None,
     ) -> Union[list[str], tuple[list[list[int]], list[str]]]:
         """`Steerer.generate` with each query rendered with the system prompt.
 
         Same arguments, same return value, same loop (`steering.generate_with_hooks`,
-        with no hooks). The prompt is tokenised exactly as an unsteered prompt is (chat
-        text: no extra BOS). `steer=False` renders without the system prompt (the
-        unsteered path); explicit `prompts` are used exactly as given, as in `Steerer`.
+        with no hooks; `monitor` is left untouched, as there is no edit to count). The
+        prompt is tokenised exactly as an unsteered prompt is (chat text: no extra BOS).
+        `steer=False` renders without the system prompt (the unsteered path); explicit
+        `prompts` are used exactly as given, as in `Steerer`.
         """
         queries = _as_queries(queries)
+        text_chat: Optional[bool]
         if prompts is not None:
             if len(prompts) != len(queries):
                 raise ValueError(f"{len(prompts)} prompts for {len(queries)} queries")

@@ -144,6 +144,7 @@ def calibrate_strength(
         hi = magnitude
     while (lo is None or hi is None) and len(history) < max_evals:
         if hi is None:
+            assert lo is not None  # the loop runs until both are known, and one is
             if cap is not None and lo >= cap:
                 return result(f"the strength is bounded by {cap:g} and reaches KL {kl:.3g} < {target_kl:g} there")
             m = lo * 4.0 if cap is None else min(lo * 4.0, cap)

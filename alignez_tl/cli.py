@@ -160,7 +160,7 @@ def _load(args: argparse.Namespace) -> Any:
         raise CLIError(str(exc)) from None
 
 
-def _parse_layers(text: Optional[str]) -> Optional[list[int]]:
+def _parse_layers(text: Optional[str]) -> Optional[tuple[int, ...]]:
     if text is None:
         return None
     try:
@@ -169,7 +169,7 @@ def _parse_layers(text: Optional[str]) -> Optional[list[int]]:
         raise CLIError(f"--layers takes comma-separated integers, got {text!r}") from None
     if not layers or min(layers) < 0:
         raise CLIError(f"--layers takes comma-separated layer indices >= 0, got {text!r}")
-    return layers
+    return tuple(layers)
 
 
 def _steer_settings_of(args: argparse.Namespace) -> Any:

@@ -28,10 +28,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, cast
 
 import numpy as np
 import torch
@@ -184,7 +184,7 @@ def _interleave(prompts: list[dict]) -> list[dict]:
     by: dict[str, list[dict]] = {}
     for p in prompts:
         by.setdefault(p.get("category", ""), []).append(p)
-    out = []
+    out: list[dict] = []
     for i in range(max((len(v) for v in by.values()), default=0)):
         out.extend(v[i] for v in by.values() if i < len(v))
     return out
@@ -408,10 +408,10 @@ def _fit_methods(model: Any, config: SweepConfig, prefs: Any, queries: list[str]
     alignez = Steerer(sub, edit="oriented", top_n=config.top_n)
     [selections] = alignez.select(model, queries)
     counts = Counter(layer for sel in selections for layer in sel.layers)
-    total: Counter = Counter()
+    total: defaultdict[int, float] = defaultdict(float)  # summed float scores (a Counter's values are ints)
     for sel in selections:
-        for layer in sel.layers:
-            total[layer] += sel.scores[layer]
+        for sel_layer in sel.layers:
+            total[sel_layer] += sel.scores[sel_layer]
     layer = config.layer
     if layer is None:
         layer = (
@@ -503,7 +503,7 @@ def run_sweep(
     evals, fit_queries = task_prompts(config)
     queries = [p["query"] for p in evals]
     categories = [p.get("category", "") for p in evals]
-    gen = dict(
+    gen: dict[str, Any] = dict(
         max_new_tokens=config.max_new_tokens,
         batch_size=config.batch_size,
         seed=config.seed,
@@ -557,7 +557,9 @@ def run_sweep(
     say("[3] base answers")
     from .baselines import NoSteerer
 
-    base_ids, base_text = NoSteerer().generate(model, queries, **gen)  # the shared loop, no hooks
+    base_ids, base_text = cast(  # return_tokens=True: (new token ids, texts)
+        tuple[list[list[int]], list[str]], NoSteerer().generate(model, queries, **gen)
+    )  # the shared loop, no hooks
     base_scores = score(base_text, base_text)
     base_nll = answer_nll(model, prompts_text, base_ids, batch_size=config.batch_size)
     conditions: list[dict[str, Any]] = []

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import re
 import weakref
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence, cast
 
 import torch
 from torch import nn
@@ -80,7 +80,8 @@ def _build_view(wrapped: nn.Module) -> Optional[nn.Module]:
             module = view.get_submodule(module_name) if module_name else view
             module._buffers[buf_name] = state[key]
     if getattr(wrapped.config, "tie_word_embeddings", False) and hasattr(view, "tie_weights"):
-        view.tie_weights()  # assign=True replaced the tied tensor on one side only
+        # assign=True replaced the tied tensor on one side only (a Hugging Face method: nn.Module lacks it)
+        view.tie_weights()  # type: ignore[operator]
     if any(p.is_meta for p in view.parameters()) or any(b.is_meta for b in view.buffers()):
         return None
     view.eval()
@@ -91,7 +92,7 @@ def _build_view(wrapped: nn.Module) -> Optional[nn.Module]:
 def _decoder_layers(hf: nn.Module) -> Sequence[nn.Module]:
     for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
         try:
-            return hf.get_submodule(path)
+            return cast(Sequence[nn.Module], hf.get_submodule(path))  # an nn.ModuleList
         except AttributeError:
             continue
     raise ValueError(f"cannot find the decoder layers of {type(hf).__name__}")
@@ -152,6 +153,7 @@ def native_hooks(hf: nn.Module, hooks: Sequence[tuple[str, Callable]]) -> Iterat
                 "mlp_out": _child(layer, ("mlp",)) if site == "mlp_out" else None,
                 "attn_out": _child(layer, ("self_attn", "attn", "attention")) if site == "attn_out" else None,
             }[site]
+            assert target is not None  # the entry of `site` is never None
 
             def post(module, args, output, call=call):
                 return _replace_first(output, call, None)

@@ -284,7 +284,7 @@ def _check_activations(p: Any, n: Any, layers: Optional[Sequence[int]], d_model:
     n_layers = None if layers is None else len(layers)
     width = "d_model" if d_model is None else d_model
     if p.ndim == 2:
-        if n_layers is not None and n_layers != 1:
+        if layers is not None and len(layers) != 1:
             raise ValueError(
                 f"[n, d_model] activations are for one layer, but {n_layers} layers were asked for "
                 f"({list(layers)}): pass layers=[that layer], or [n, {n_layers}, {width}] activations"
@@ -373,6 +373,7 @@ def embed_pairs(
     if kind == "tokens":
         if model is None:
             raise ValueError("token tensors need a model to run them")
+        assert layers is not None  # the model's layers by default (above)
         out = []
         for rows in (_token_rows(data[0]), _token_rows(data[1])):
             chunks = []
@@ -401,6 +402,7 @@ def embed_pairs(
         require_tokenizer(model, "fitting from text pairs")
         pos_texts = [p for p, _ in data]
         neg_texts = [q for _, q in data]
+    assert layers is not None  # there is a model (require_tokenizer), so its layers by default (above)
     texts = list(pos_texts) + list(neg_texts)
     acts = capture(
         model, texts, layers, site, batch_size=batch_size, chat=chat, verbose=verbose, desc="capturing pair activations"

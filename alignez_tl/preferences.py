@@ -238,7 +238,7 @@ class PreferenceSet:
         """
         per_query: dict[str, dict[str, Any]] = {}
         for p in self.pairs:
-            flags = [p.meta.get(f"fallback_{side}") for side in ("positive", "negative")]
+            flags: list[Any] = [p.meta.get(f"fallback_{side}") for side in ("positive", "negative")]
             if p.sample != 0 or not all(isinstance(f, bool) for f in flags):
                 continue
             row = per_query.setdefault(p.query, {"characteristics": 0, "fallback": 0})
@@ -947,8 +947,8 @@ def generate_preferences(
             "(use the template when there is one) or chat=False"
         )
 
-    sampling = dict(do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k)
-    common = dict(chat=chat, batch_size=batch_size, seed=seed, verbose=verbose, **sampling)
+    sampling: dict[str, Any] = dict(do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k)
+    common: dict[str, Any] = dict(chat=chat, batch_size=batch_size, seed=seed, verbose=verbose, **sampling)
 
     elicit_prompts = [obj.elicit_prompt(q, positive=s) for q in queries for s in (True, False)]
     replies = _generate_texts(

@@ -67,7 +67,7 @@ FILTERS: tuple[str, ...] = get_args(Filter)
 SCALES: tuple[str, ...] = get_args(ScaleRule)
 SITE_NAMES: tuple[str, ...] = get_args(Site)
 RANK_RULES: tuple[str, ...] = get_args(RankRule)
-METHODS: tuple[str, ...] = get_args(Method)
+METHODS: tuple[Method, ...] = get_args(Method)
 
 DEFAULT_EDIT: Edit = "oriented"
 

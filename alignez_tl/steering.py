@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union, cast
 
 import torch
 from torch import Tensor
@@ -40,7 +40,19 @@ from .models import (
     trim_generated,
 )
 from .protocol import HookSteering
-from .settings import DEFAULT_EDIT, POSITIONS, SteerSettings, check_alpha, check_number, default_alpha
+from .settings import (
+    DEFAULT_EDIT,
+    POSITIONS,
+    Edit,
+    Filter,
+    Mode,
+    Positions,
+    Scale,
+    SteerSettings,
+    check_alpha,
+    check_number,
+    default_alpha,
+)
 from .subspace import AlignmentSubspace
 
 __all__ = [
@@ -109,13 +121,13 @@ class SteeringTerm:
     subspace: AlignmentSubspace
     alpha: float
     weight: float
-    mode: str
-    scale: Union[str, float]
-    direction_filter: str
+    mode: Mode
+    scale: Scale
+    direction_filter: Filter
     top_n: int
     layers: Optional[tuple[int, ...]]
     components: Optional[frozenset[int]] = None  # direction indices j allowed (None: all)
-    edit: str = "paper"
+    edit: Edit = "paper"
     # per layer, directions that replace the subspace's (mirror and null controls)
     replaced: Optional[dict[int, Tensor]] = None
     control: Optional[str] = None
@@ -161,19 +173,19 @@ class SteeringTerm:
             return torch.where(rms > 0, rms, torch.ones_like(rms))
         return torch.full((sub.rank,), float(self.scale))
 
-    def settings(self, positions: str = "generated") -> SteerSettings:
+    def settings(self, positions: Positions = "generated") -> SteerSettings:
         """This term's settings as a `SteerSettings` (α and mode resolved)."""
         return SteerSettings(
             edit=self.edit,
             alpha=self.alpha,
             mode=self.mode,
-            scale=self.scale,  # type: ignore[arg-type]
+            scale=self.scale,
             direction_filter=self.direction_filter,
             top_n=self.top_n,
-            layers=self.layers,  # type: ignore[arg-type]
+            layers=self.layers,
             positions=positions,
             weight=self.weight,
-        )  # type: ignore[arg-type]
+        )
 
     def candidate_layers(self) -> list[int]:
         """The layers this term may edit: those with directions (restricted to `layers`)."""
@@ -217,13 +229,13 @@ class Steerer(HookSteering):
         subspace: AlignmentSubspace,
         alpha: Optional[float] = None,
         *,
-        mode: Optional[str] = None,
-        edit: str = SteerSettings.edit,
-        scale: Union[str, float] = SteerSettings.scale,
-        direction_filter: str = SteerSettings.direction_filter,
+        mode: Optional[Mode] = None,
+        edit: Edit = SteerSettings.edit,
+        scale: Scale = SteerSettings.scale,
+        direction_filter: Filter = SteerSettings.direction_filter,
         top_n: int = SteerSettings.top_n,
         layers: Optional[Sequence[int]] = None,
-        positions: str = SteerSettings.positions,
+        positions: Positions = SteerSettings.positions,
         weight: float = SteerSettings.weight,
     ) -> None:
         if not isinstance(subspace, AlignmentSubspace):
@@ -236,7 +248,7 @@ class Steerer(HookSteering):
             alpha=alpha,
             mode=mode,
             scale=scale,
-            direction_filter=direction_filter,  # type: ignore[arg-type]
+            direction_filter=direction_filter,
             top_n=top_n,
             layers=None if layers is None else tuple(layers),
             positions=positions,
@@ -256,7 +268,8 @@ class Steerer(HookSteering):
         return out
 
     def _init(self, subspace: AlignmentSubspace, settings: SteerSettings) -> None:
-        mode, alpha, layers = str(settings.mode), float(settings.alpha or 0.0), settings.layers
+        assert settings.mode is not None  # resolve() filled it in
+        mode, alpha, layers = settings.mode, float(settings.alpha or 0.0), settings.layers
         check_alpha(settings.edit, mode, alpha)
         fixed = None
         if layers is not None:
@@ -388,7 +401,9 @@ class Steerer(HookSteering):
 
     # ------------------------------------------------------------------ hooks
 
-    def hooks(
+    # names its extra keywords (selections, chat, monitor) instead of HookSteering's
+    # **kwargs, so that a misspelt keyword raises: a deliberate narrowing of the override
+    def hooks(  # type: ignore[override]
         self,
         model: Any,
         query: Union[str, Sequence[str], None] = None,
@@ -549,7 +564,7 @@ class Steerer(HookSteering):
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
         out = self._copy(list(self.terms))
-        out.positions = positions
+        out.positions = cast(Positions, positions)  # checked against POSITIONS above
         return out
 
     def _copy(self, terms: list[SteeringTerm]) -> "Steerer":
@@ -654,7 +669,8 @@ def generate_with_hooks(
                 else dict(temperature=None, top_p=None, top_k=None)
             )
             with native_hooks(view, hooks):
-                out = view.generate(input_ids=ids, attention_mask=mask, **kwargs)
+                # a Hugging Face model: nn.Module does not declare `generate`
+                out = view.generate(input_ids=ids, attention_mask=mask, **kwargs)  # type: ignore[operator]
         else:
             kwargs = dict(
                 max_new_tokens=max_new_tokens,
@@ -693,6 +709,6 @@ class _NamedLog(list):
         super().__init__()
         self._sink, self._name = sink, name
 
-    def append(self, item: Any) -> None:  # type: ignore[override]
+    def append(self, item: Any) -> None:
         seq_len, span = item
         self._sink.append((self._name, seq_len, span))

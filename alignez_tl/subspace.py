@@ -35,7 +35,7 @@ from ._io import atomic_write
 from .hooks import SITES, check_layers
 from .models import model_signature
 from .pairs import EmptySubspaceError, PairActivations, check_text_pairs, embed_pairs
-from .settings import FitSettings, RankRule, check_rank_args
+from .settings import FitSettings, RankRule, Site, check_rank_args
 
 __all__ = [
     "FORMAT",
@@ -736,7 +736,7 @@ def fit_subspace(
     data: Any,
     *,
     layers: Optional[Sequence[int]] = None,
-    site: str = FitSettings.site,
+    site: Site = FitSettings.site,
     tau: float = FitSettings.tau,
     variance: float = FitSettings.variance,
     rank: Union[int, Literal["null"], None] = None,
@@ -793,7 +793,7 @@ def fit_subspace(
         tau=tau,
         variance=variance,
         rank=rank,
-        max_rank=max_rank,  # type: ignore[arg-type]
+        max_rank=max_rank,
         n_null=n_null,
         null_quantile=null_quantile,
         null_seed=null_seed,
@@ -819,7 +819,7 @@ def fit_subspace(
         from .objectives import get_objective
 
         obj_dict = get_objective(objective).to_dict()
-    null_kw = dict(n_null=n_null, null_quantile=null_quantile, null_seed=null_seed, null_test=null_test)
+    null_kw: dict[str, Any] = dict(n_null=n_null, null_quantile=null_quantile, null_seed=null_seed, null_test=null_test)
     fitted = {
         layer: fit_layer(
             pos[:, i], neg[:, i], layer=layer, tau=tau, variance=variance, rank=rank, max_rank=max_rank, **null_kw

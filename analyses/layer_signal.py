@@ -365,7 +365,9 @@ class LayerSignal:
                 f"{int(self.n_kept[i]):>4}  {f(self.cos_mean[i], 6)}±{f(self.cos_std[i], 5)}  "
                 f"{f(self.auroc_first[i], 8)}  {f(self.auroc_probe[i], 11)}  {f(self.gap_z[i], 5, 2)}"
             )
-            if with_p:
+            if with_p:  # the p-values and null ranks are computed together (n_perm > 0)
+                assert self.p_auroc_first is not None and self.p_auroc_probe is not None
+                assert self.p_gap is not None and self.null_rank is not None
                 row += (
                     f"  {f(self.p_auroc_first[i], 4, 2)}  {f(self.p_auroc_probe[i], 7, 3)}  "
                     f"{f(self.p_gap[i], 5, 3)}  {int(self.null_rank[i]):>9}"
@@ -452,6 +454,7 @@ class LayerSignal:
                 lw=0,
             )
         if with_p:  # layers whose probe AUROC beats the permutation null
+            assert self.p_auroc_probe is not None  # with_p
             hit = np.isfinite(self.p_auroc_probe) & (self.p_auroc_probe <= 0.05)
             ax.plot(
                 x[hit],
@@ -877,7 +880,7 @@ def layer_signal(
             require_tokenizer(model, "layer_signal on text")
     top_n = 5 if top_n is None else top_n
     layers = subspace.layer_indices
-    fit_settings = {k: subspace.settings.get(k, v) for k, v in _FIT_DEFAULTS.items()}
+    fit_settings: dict[str, Any] = {k: subspace.settings.get(k, v) for k, v in _FIT_DEFAULTS.items()}
     tau = float(fit_settings["tau"])
     try:
         check_rank_args(

@@ -60,7 +60,7 @@ def is_degenerate(
                 covered[i : i + n] = [True] * n
         if sum(covered) > coverage * len(words):
             return True
-    lines = Counter()
+    lines: Counter[str] = Counter()
     for line in text.splitlines():
         lw = _WORD.findall(line.lower())
         if len(lw) >= min_line_words:
@@ -232,6 +232,6 @@ def side_effects(
         out.update(ppl_base=ppl_b, ppl_steered=ppl_s, ppl_change=ppl_s - ppl_b, ppl_ratio=ppl_s / ppl_b)
     else:
         out.update(ppl_base=None, ppl_steered=None, ppl_change=None, ppl_ratio=None)
-    if base_answers is not None:
+    if base_answers is not None and steered_answers is not None:  # both or neither (checked above)
         out["generation"] = generation_stats(base_answers, steered_answers, tokenizer=getattr(model, "tokenizer", None))
     return out
