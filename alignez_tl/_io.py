@@ -6,11 +6,12 @@ keeps its old content or gets the whole new one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Union
+from typing import Any, Callable, Iterable, Iterator, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -80,3 +81,38 @@ def atomic_write_jsonl(path: PathLike, records: Iterable[dict]) -> Path:
     """One JSON object per line, UTF-8, written atomically."""
     lines = [json.dumps(r, ensure_ascii=False) for r in records]
     return atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
+@contextlib.contextmanager
+def staged_folder(final: PathLike) -> Iterator[Path]:
+    """Yield a folder to write a run's files into; it becomes `final` when the block ends.
+
+    A `final` that already exists (empty, or overwritten with --force) is written into
+    directly. Otherwise the files go into a hidden sibling temporary folder, which is
+    renamed to `final` at the end, also after an error once it holds files (each file in
+    it was written atomically, so what is there is complete); one still empty is removed
+    together with the parent folders this call created. So an interrupted run never
+    leaves an empty or half-named output folder behind.
+    """
+    final = Path(final)
+    if final.is_dir():
+        yield final
+        return
+    created = [d for d in final.parents if not d.exists()]
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's folder is private: give it a plain mkdir's mode
+    try:
+        yield staging
+    finally:
+        if any(staging.iterdir()):
+            os.replace(staging, final)
+        else:
+            staging.rmdir()
+            for folder in created:  # leaf first
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break

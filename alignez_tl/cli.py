@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ._io import atomic_write_jsonl, atomic_write_text, check_writable_folder
+from ._io import atomic_write_jsonl, atomic_write_text, check_writable_folder, staged_folder
 from .settings import (
     EDITS,
     FILTERS,
@@ -118,33 +118,18 @@ def _check_out_file(path: str, force: bool) -> Path:
     return out
 
 
-def _prepare_out_dir(path: Optional[str], force: bool, prefix: str) -> Path:
+def _out_dir(path: Optional[str], force: bool, prefix: str) -> Path:
+    """The run's output folder, checked (nothing is created until `staged_folder` runs)."""
     out = Path(path) if path else Path(f"alignez-out/{prefix}-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise CLIError(f"--out {out} is not empty; pass --force to write into it")
-    new_dirs = [d for d in [out, *out.parents] if not d.exists()]
     try:
         check_writable_folder(out)
-        out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CLIError(f"cannot use --out {out}: {exc}") from None
-    _CREATED.extend(new_dirs)  # leaf first: removed again if the command fails before writing
     return out
-
-
-_CREATED: list[Path] = []
-
-
-def _remove_empty_created_dirs() -> None:
-    """After a failed command: remove the output folders it created and left empty."""
-    for folder in _CREATED:
-        try:
-            folder.rmdir()  # only succeeds on an empty folder
-        except OSError:
-            pass
-    _CREATED.clear()
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -290,20 +275,30 @@ def _steer_settings(args: argparse.Namespace, steerer: Any) -> dict[str, Any]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    pref_settings = _pref_settings_of(args, do_sample=True)
+    steer_settings = _steer_settings_of(args)
+    final = _out_dir(args.out, args.force, "demo")
+    queries = DEMO_QUERIES[: args.n_queries]
+    with staged_folder(final) as out:
+        summary, rows = _demo(args, out, final, queries, pref_settings, steer_settings)
+    if not args.no_report:
+        print(f"report: {final / 'report.html'}")
+    print(f"{summary['changed']}/{len(rows)} answers changed; wrote {final}/ ({', '.join(summary['files'])})")
+    return 0
+
+
+def _demo(args, out: Path, final: Path, queries: list[str], pref_settings: Any, steer_settings: Any) -> tuple:
+    """The demo's five steps, writing into `out` (the staged `final`)."""
     from .preferences import generate_preferences
     from .steering import Steerer
     from .subspace import fit_subspace
 
-    pref_settings = _pref_settings_of(args, do_sample=True)
-    steer_settings = _steer_settings_of(args)
-    out = _prepare_out_dir(args.out, args.force, "demo")
-    queries = DEMO_QUERIES[: args.n_queries]
     t0 = time.perf_counter()
     model = _load(args)
     _say(args, f"[1/5] self-generating {args.objective} preference pairs for {len(queries)} queries")
     prefs = generate_preferences(model, queries, **pref_settings.to_dict(), verbose=not args.quiet)
     prefs.save(out / "pairs.jsonl")
-    _say(args, f"      {len(prefs)} pairs -> {out / 'pairs.jsonl'}")
+    _say(args, f"      {len(prefs)} pairs -> {final / 'pairs.jsonl'}")
     _say(args, "[2/5] fitting the alignment subspace at every layer (resid_post)")
     sub = fit_subspace(model, prefs, batch_size=args.batch_size, verbose=not args.quiet)
     sub.save(out / "subspace.safetensors")
@@ -331,12 +326,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     if not args.no_report:
         _say(args, "[5/5] analyses and the HTML report")
-        report = _analyze(args, model, sub, prefs, queries, steerer, rows, out)
+        _analyze(args, model, sub, prefs, queries, steerer, rows, out)
         summary["files"] += ["layer_signal.json", "ablation.json", "attribution.json", "report.html"]
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-        print(f"report: {report}")
-    print(f"{summary['changed']}/{len(rows)} answers changed; wrote {out}/ ({', '.join(summary['files'])})")
-    return 0
+    return summary, rows
 
 
 def _analyze(args, model, sub, prefs, prompts, steerer, rows, out: Path) -> Path:
@@ -393,16 +386,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     except (SubspaceFileError, ValueError, OSError) as exc:
         raise CLIError(str(exc)) from None
     steerer = _steerer(args, sub)
-    out = _prepare_out_dir(args.out, args.force, "analyze")
+    final = _out_dir(args.out, args.force, "analyze")
     model = _load(args)
     try:
         sub.check_model(model)
     except SubspaceMismatchError as exc:
         raise CLIError(str(exc)) from None
-    rows = _generate_rows(args, model, steerer, prompts)
-    atomic_write_jsonl(out / "generations.jsonl", rows)
-    report = _analyze(args, model, sub, prefs, prompts, steerer, rows, out)
-    print(f"report: {report}")
+    with staged_folder(final) as out:
+        rows = _generate_rows(args, model, steerer, prompts)
+        atomic_write_jsonl(out / "generations.jsonl", rows)
+        _analyze(args, model, sub, prefs, prompts, steerer, rows, out)
+    print(f"report: {final / 'report.html'}")
     return 0
 
 
@@ -437,22 +431,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
         prompts = load_prompts(args.prompts) if args.prompts else builtin_prompts(per_category=args.per_category)
     except (EvalError, PromptFileError, TypeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
-    out = _prepare_out_dir(args.out, args.force, "eval")
+    final = _out_dir(args.out, args.force, "eval")
     model = _load(args)
     try:
-        results = run_eval(
-            settings,
-            model,
-            out,
-            prompts,
-            lambda *parts: _say(args, *parts),
-            verbose=not args.quiet,
-            prompts_file=args.prompts,
-        )
+        with staged_folder(final) as out:
+            run_eval(
+                settings,
+                model,
+                out,
+                prompts,
+                lambda *parts: _say(args, *parts),
+                verbose=not args.quiet,
+                prompts_file=args.prompts,
+            )
     except EvalError as exc:
         raise CLIError(str(exc)) from None
-    _say(args, (out / "results.md").read_text(encoding="utf-8"))
-    print(f"wrote {out}/ (results.json, results.md, netwin.png, ...): {results}")
+    _say(args, (final / "results.md").read_text(encoding="utf-8"))
+    print(f"wrote {final}/ (results.json, results.md, netwin.png, ...): {final / 'results.json'}")
     return 0
 
 
@@ -518,7 +513,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     config = _sweep_config(args)
     judge_spec = config.judge.partition(":")[2] if config.task == "helpful" and config.judge != "self" else None
-    out = _prepare_out_dir(args.out, args.force, f"sweep-{config.task}")
+    final = _out_dir(args.out, args.force, f"sweep-{config.task}")
     model = _load(args)
     judge_model = None
     if judge_spec:
@@ -528,11 +523,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             judge_model = load_model(judge_spec, verbose=not args.quiet)
         except ModelSpecError as exc:
             raise CLIError(f"--judge {config.judge}: {exc}") from None
-    run_sweep(
-        model, config, out, judge_model=judge_model, say=lambda *parts: _say(args, *parts), verbose=not args.quiet
-    )
-    _say(args, (out / "results.md").read_text(encoding="utf-8"))
-    print(f"wrote {out}/ (results.json, results.md, frontier.png, generations.jsonl, pairs.jsonl)")
+    with staged_folder(final) as out:
+        run_sweep(
+            model, config, out, judge_model=judge_model, say=lambda *parts: _say(args, *parts), verbose=not args.quiet
+        )
+    _say(args, (final / "results.md").read_text(encoding="utf-8"))
+    print(f"wrote {final}/ (results.json, results.md, frontier.png, generations.jsonl, pairs.jsonl)")
     return 0
 
 
@@ -954,22 +950,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _log_to_stdout(args.quiet)
-    _CREATED.clear()
     try:
-        code = args.func(args)
+        return int(args.func(args))
     except CLIError as exc:
-        _remove_empty_created_dirs()
         print(f"alignez {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        _remove_empty_created_dirs()
         print(f"alignez {args.command}: interrupted; files already written are complete", file=sys.stderr)
         return 130
-    except BaseException:
-        _remove_empty_created_dirs()
-        raise
-    _CREATED.clear()
-    return code
 
 
 if __name__ == "__main__":  # pragma: no cover
