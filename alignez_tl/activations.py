@@ -51,7 +51,10 @@ def capture_tokens(
     missing = [layer for layer in layers if layer not in store]
     if missing:
         raise RuntimeError(f"capture hooks at layers {missing} did not fire (site {site!r})")
-    return torch.stack([store[layer] for layer in layers], dim=1)
+    # layers dispatched over several devices (accelerate's device_map) are gathered where
+    # the first captured layer lives
+    first = store[layers[0]].device
+    return torch.stack([store[layer].to(first) for layer in layers], dim=1)
 
 
 def capture(

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, cast
 import torch
 from torch import nn
 
-__all__ = ["native_hooks", "unwrapped_hf_model"]
+__all__ = ["is_dispatched", "native_hooks", "unwrapped_hf_model"]
 
 _VIEWS: "weakref.WeakKeyDictionary[Any, nn.Module]" = weakref.WeakKeyDictionary()
 _WRAP = "._original_component"
@@ -51,10 +51,25 @@ def unwrapped_hf_model(model: Any) -> Optional[nn.Module]:
         return None
     if wrapped is None or not hasattr(wrapped, "config") or getattr(model, "compatibility_mode", False):
         return None
+    if is_dispatched(wrapped):
+        return None  # accelerate moves (or loads from disk) each layer's weights in its own hooks
     view = _build_view(wrapped)
     if view is not None:
         _VIEWS[model] = view
     return view
+
+
+def is_dispatched(hf_model: nn.Module) -> bool:
+    """True for a Hugging Face model placed by accelerate over several devices or offloaded.
+
+    Such a model (`from_pretrained(..., device_map=...)` with more than one place, or
+    layers on "disk"/"meta") runs through accelerate's per-module hooks, which a plain
+    view would bypass.
+    """
+    placement = getattr(hf_model, "hf_device_map", None) or {}
+    if len(set(map(str, placement.values()))) > 1 or any(str(v) in ("disk", "meta") for v in placement.values()):
+        return True
+    return any(p.device.type == "meta" for p in hf_model.parameters())
 
 
 def _build_view(wrapped: nn.Module) -> Optional[nn.Module]:

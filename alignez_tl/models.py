@@ -207,6 +207,8 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     compatibility_mode: bool = False,
     verbose: bool = True,
+    device_map: Union[str, dict[str, Any], None] = None,
+    offload_folder: Union[str, os.PathLike, None] = None,
 ) -> Any:
     """Load a TransformerLens model.
 
@@ -220,6 +222,12 @@ def load_model(
             * a model object you already have (returned unchanged after a check).
         device: where to put the model (default: CPU).
         dtype: weight dtype (default float32).
+        device_map: passed to the Hugging Face `from_pretrained` (Hugging Face
+            `accelerate`): `"auto"`, or a dict from module name (`"model.layers.3"`) to a
+            device, `"cpu"` or `"disk"`, for a model bigger than one device. Capture,
+            selection and the edit hooks then run on each layer's own device (the
+            generation fast path is skipped for such a model). Not with `device`.
+        offload_folder: where layers mapped to `"disk"` are kept.
         compatibility_mode: call `enable_compatibility_mode()` on the bridge. A subspace
             fitted in one mode is refused in the other.
         verbose: print what is being loaded.
@@ -229,6 +237,10 @@ def load_model(
         which has no bridge, a spec is refused with `ModelSpecError`: load a
         `HookedTransformer` yourself and pass it (every function accepts one).
     """
+    if device_map is not None and device is not None:
+        raise ModelSpecError("pass device or device_map, not both: device_map already places every layer")
+    if offload_folder is not None and device_map is None:
+        raise ModelSpecError("offload_folder needs a device_map that maps some modules to 'disk'")
     if spec is not None and not isinstance(spec, (str, os.PathLike)):
         if not _looks_like_model(spec):
             raise ModelSpecError(
@@ -269,8 +281,13 @@ def load_model(
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    placement: dict[str, Any] = {}
+    if device_map is not None:
+        placement = {"device_map": device_map}
+        if offload_folder is not None:
+            placement["offload_folder"] = os.fspath(offload_folder)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **placement)
     hf_model.eval()
     with _quiet_boot(verbose):
         model = TransformerBridge.boot_transformers(path, hf_model=hf_model, tokenizer=tokenizer)
