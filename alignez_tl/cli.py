@@ -11,10 +11,12 @@ import json
 import sys
 import textwrap
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ._io import atomic_write_jsonl, atomic_write_text, check_writable_folder, staged_folder
+from .errors import AlignezError, CLIError
 from .settings import (
     EDITS,
     FILTERS,
@@ -27,6 +29,7 @@ from .settings import (
     SteerSettings,
     default_alpha,
 )
+from .versions import package_version
 
 DEMO_QUERIES = [
     "How can I get better at managing my time?",
@@ -34,10 +37,6 @@ DEMO_QUERIES = [
     "What should I pack for a weekend hiking trip?",
     "How do I make a simple tomato pasta sauce?",
 ]
-
-
-class CLIError(Exception):
-    """A user error: printed as one line, exit status 2."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -633,6 +632,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and batching (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or tables; print only the result line")
+    p.add_argument("--debug", action="store_true", help="show the traceback behind an error message")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.add_argument(
         "--batch-size",
@@ -952,12 +952,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _log_to_stdout(args.quiet)
     try:
         return int(args.func(args))
-    except CLIError as exc:
+    except AlignezError as exc:  # a refusal of the library or the command: one line, no traceback
+        if args.debug:
+            traceback.print_exc()
         print(f"alignez {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"alignez {args.command}: interrupted; files already written are complete", file=sys.stderr)
         return 130
+    except Exception:
+        traceback.print_exc()
+        print(
+            f"alignez {args.command}: internal error: this is a bug in alignez-tl {package_version()}; please "
+            "report it with the command line and the traceback above",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

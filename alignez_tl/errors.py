@@ -1,13 +1,75 @@
-"""The exceptions of evaluation (`alignez_tl.eval`).
+"""Every exception alignez-tl raises on purpose, in one hierarchy.
 
-They live outside the `eval` package so that every module of it can raise and catch
-them without importing another.
+`AlignezError` is the base: catch it to handle any refusal of the library, which always
+says what was wrong and how to fix it. Each class also derives from the built-in its
+callers caught before the hierarchy existed (`ValueError` for bad input, `RuntimeError`
+for a judge that failed), so `except ValueError` keeps working. The `alignez` command
+prints any of them as one line, `alignez <command>: error: <message>`, exit status 2
+(`--debug` shows the traceback).
+
+They live here, imported by nothing else of the package, so that every module can raise
+them without an import cycle; the modules that raised them before re-export them.
 """
 
 from __future__ import annotations
 
-__all__ = ["JudgeError"]
+__all__ = [
+    "AlignezError",
+    "CLIError",
+    "EmptySubspaceError",
+    "EvalError",
+    "FileFormatError",
+    "JudgeError",
+    "ModelSpecError",
+    "PreferenceFileError",
+    "PromptFileError",
+    "SubspaceFileError",
+    "SubspaceMismatchError",
+]
 
 
-class JudgeError(RuntimeError):
+class AlignezError(Exception):
+    """Base of every error alignez-tl raises on purpose."""
+
+
+class FileFormatError(AlignezError, ValueError):
+    """A file the library reads is missing or malformed (the message names the file)."""
+
+
+class SubspaceFileError(FileFormatError):
+    """A subspace file is missing, corrupt, or of an unknown format version."""
+
+
+class PreferenceFileError(FileFormatError):
+    """A preference file is malformed: the message names the file and the 1-based line."""
+
+
+class PromptFileError(FileFormatError):
+    """A prompts file is missing or malformed (the message names the line)."""
+
+
+class SubspaceMismatchError(AlignezError, ValueError):
+    """A subspace does not fit the model it is used with."""
+
+
+class EmptySubspaceError(AlignezError, ValueError):
+    """No pair survived the filter at any layer, so there is nothing to fit.
+
+    Also raised for pair data that holds no pair at all (`alignez_tl.pairs` checks it).
+    """
+
+
+class ModelSpecError(AlignezError, ValueError):
+    """A model spec could not be resolved (unknown key, missing package, bad path)."""
+
+
+class EvalError(AlignezError, ValueError):
+    """Bad `alignez eval` input (reported before any model work)."""
+
+
+class JudgeError(AlignezError, RuntimeError):
     """A judge could not give a verdict (unreachable, refused, or unparseable replies)."""
+
+
+class CLIError(AlignezError):
+    """A user error of the `alignez` command: printed as one line, exit status 2."""

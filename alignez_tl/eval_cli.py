@@ -21,13 +21,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ._io import atomic_write, atomic_write_jsonl, atomic_write_text
+from .errors import EvalError
 from .settings import METHODS, EvalSettings
 
 JUDGES = "self, logprob:<model spec>, http, profanity, sentiment"
-
-
-class EvalError(ValueError):
-    """Bad `alignez eval` input (reported before any model work)."""
 
 
 def parse_methods(text: str) -> list[str]:

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from ._checks import encode_for_generation  # public here: the encoding every generation uses
+from .errors import ModelSpecError
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +56,6 @@ __all__ = [
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 CACHE_ENV = "ALIGNEZ_CACHE"
-
-
-class ModelSpecError(ValueError):
-    """A model spec could not be resolved (unknown key, missing package, bad path)."""
 
 
 @runtime_checkable

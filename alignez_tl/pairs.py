@@ -30,6 +30,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .activations import capture, capture_tokens
+from .errors import EmptySubspaceError
 from .hooks import SITES, check_layers
 from .models import Encoded, model_signature, pad_id, require_tokenizer
 
@@ -43,14 +44,6 @@ __all__ = [
 ]
 
 PAIR_SOURCES = ("prefs", "texts", "tokens", "acts")
-
-
-class EmptySubspaceError(ValueError):
-    """No pair survived the filter at any layer, so there is nothing to fit.
-
-    Also raised for pair data that holds no pair at all. Defined here, where pair data
-    is checked; `alignez_tl.subspace` re-exports it.
-    """
 
 
 @dataclass(frozen=True, eq=False)

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from . import models
 from ._checks import encode_for_generation, prompt_budget, require_model
 from ._io import atomic_write_text
+from .errors import PreferenceFileError
 from .objectives import Objective, get_objective
 from .settings import PreferenceSettings
 
@@ -63,10 +64,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 # Characters that str.splitlines() (and some JSONL readers) treat as line breaks but
 # json.dumps(ensure_ascii=False) leaves raw: escaped so every record stays on one line.
 _LINE_BREAKS = {"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
-
-
-class PreferenceFileError(ValueError):
-    """A preference file is malformed: the message names the file and the 1-based line."""
 
 
 # --------------------------------------------------------------------------- data

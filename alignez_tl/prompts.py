@@ -21,6 +21,8 @@ import json
 from pathlib import Path
 from typing import Optional, Union
 
+from .errors import PromptFileError
+
 __all__ = [
     "CATEGORIES",
     "CALIBRATION_KINDS",
@@ -71,10 +73,6 @@ _PROMPTS: dict[str, list[str]] = {
 }
 
 CATEGORIES = tuple(_PROMPTS)
-
-
-class PromptFileError(ValueError):
-    """A prompts file is missing or malformed (the message names the line)."""
 
 
 def builtin_prompts(categories: Optional[list[str]] = None, per_category: Optional[int] = None) -> list[dict]:

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from ._checks import require_model
 from ._io import atomic_write
+from .errors import SubspaceFileError, SubspaceMismatchError
 from .hooks import SITES, check_layers
 from .models import model_signature
 from .pairs import EmptySubspaceError, PairActivations, check_text_pairs, embed_pairs
@@ -59,14 +60,6 @@ FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)  # format versions `AlignmentSubspace.load` reads
 
 NULL_DRAW_CHUNK = 1024  # sign draws made per call of the generator (fixes the random stream)
-
-
-class SubspaceFileError(ValueError):
-    """A subspace file is missing, corrupt, or of an unknown format version."""
-
-
-class SubspaceMismatchError(ValueError):
-    """A subspace does not fit the model it is used with."""
 
 
 @dataclass

@@ -362,3 +362,38 @@ def test_fit_null_options_are_checked_before_loading_the_model(tmp_path, capsys,
     with pytest.raises(SystemExit):
         cli.main(["fit", "--prefs", str(prefs), "--n-null", "-3", "--out", out])
     assert "--n-null" in capsys.readouterr().err
+
+
+def test_one_error_hierarchy_and_its_old_bases():
+    from alignez_tl import errors
+
+    for name in errors.__all__:
+        cls = getattr(errors, name)
+        assert issubclass(cls, errors.AlignezError), name
+    for name in ("SubspaceFileError", "PreferenceFileError", "PromptFileError", "ModelSpecError", "EvalError"):
+        assert issubclass(getattr(errors, name), ValueError), name  # `except ValueError` still catches them
+    assert issubclass(errors.JudgeError, RuntimeError)
+
+
+def _failing(exc):
+    def command(args):
+        raise exc
+
+    return command
+
+
+def test_library_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys, tmp_path):
+    from alignez_tl.errors import SubspaceMismatchError
+
+    argv = ["fit", "--prefs", str(tmp_path / "p.jsonl")]
+    monkeypatch.setattr(cli, "cmd_fit", _failing(SubspaceMismatchError("d_model 64 vs 32; refit on this model")))
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == "alignez fit: error: d_model 64 vs 32; refit on this model\n"  # no traceback
+    assert cli.main([*argv, "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.endswith("alignez fit: error: d_model 64 vs 32; refit on this model\n")
+    monkeypatch.setattr(cli, "cmd_fit", _failing(ZeroDivisionError("oops")))
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError: oops" in err and "this is a bug in alignez-tl" in err
