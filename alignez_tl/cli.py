@@ -93,6 +93,13 @@ def _read_queries(args: argparse.Namespace) -> list[str]:
     from .prompts import PromptFileError, load_prompts
 
     queries = list(args.query or [])
+    for query in queries:
+        if not query.strip():
+            raise CLIError("--query is empty or only whitespace; give the question to ask")
+        try:
+            query.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that were not UTF-8 arrive as lone surrogates
+            raise CLIError(f"--query {query!r} is not valid UTF-8; pass the text in UTF-8") from None
     if args.queries:
         try:
             queries += [p["query"] for p in load_prompts(args.queries)]

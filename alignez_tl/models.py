@@ -131,7 +131,10 @@ def cache_dir() -> Path:
     """Where converted models are cached: `$ALIGNEZ_CACHE`, else the user cache folder."""
     env = os.environ.get(CACHE_ENV)
     if env:
-        return Path(env).expanduser()
+        folder = Path(env).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise ModelSpecError(f"${CACHE_ENV}={env} is a file; point it at a folder (it is created if missing)")
+        return folder
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "alignez-tl"
 

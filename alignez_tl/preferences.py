@@ -344,6 +344,8 @@ def _parse_line(path: Path, lineno: int, line: str) -> dict[str, Any]:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
         raise PreferenceFileError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise PreferenceFileError(f"{path}:{lineno}: JSON nested too deeply to read") from None
     if not isinstance(record, dict):
         raise PreferenceFileError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
     return record

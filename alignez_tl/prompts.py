@@ -111,6 +111,8 @@ def load_prompts(path: Union[str, Path]) -> list[dict]:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise PromptFileError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
+            except RecursionError:
+                raise PromptFileError(f"{path}:{lineno}: JSON nested too deeply to read") from None
             query = record.get("query")
             if not isinstance(query, str) or not query.strip():
                 raise PromptFileError(f'{path}:{lineno}: needs a non-empty "query" string')

@@ -606,6 +606,8 @@ class AlignmentSubspace:
             meta = json.loads(header["alignez"])
         except json.JSONDecodeError as exc:
             raise SubspaceFileError(f"{path}: the provenance JSON is corrupt ({exc})") from exc
+        except RecursionError:
+            raise SubspaceFileError(f"{path}: the provenance JSON is nested too deeply to read") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
             raise SubspaceFileError(f"{path}: format {found!r}, expected {FORMAT!r}")

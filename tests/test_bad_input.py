@@ -981,6 +981,42 @@ def test_b44_eval_layer_out_of_range_refused(tiny_dir, tmp_path, capsys, monkeyp
     assert code == 2 and out.is_dir() and list(out.iterdir()) == []
 
 
+def test_b45_blank_or_non_utf8_query_refused(tmp_path, capsys, monkeypatch):
+    called = []
+    monkeypatch.setattr("alignez_tl.cli._load", lambda args: called.append(1))
+    out = tmp_path / "p.jsonl"
+    for query, message in (("   ", "empty or only whitespace"), ("hi\udcff", "is not valid UTF-8")):
+        code, _, err = run_cli(["prefs", "--query", query, "--out", str(out)], capsys)
+        assert code == 2 and message in err and "Traceback" not in err and not out.exists()
+    assert not called
+
+
+def test_b46_cache_env_pointing_at_a_file_refused(tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "cache"
+    a_file.write_text("not a folder")
+    monkeypatch.setenv("ALIGNEZ_CACHE", str(a_file))
+    out = tmp_path / "p.jsonl"
+    code, _, err = run_cli(["prefs", "--query", "hi", "--out", str(out)], capsys)
+    assert code == 2 and "is a file; point it at a folder" in err and "Traceback" not in err
+    assert a_file.read_text() == "not a folder" and not out.exists()
+
+
+def test_b47_deeply_nested_json_refused_with_the_file(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    deep = "[" * 100_000 + "]" * 100_000
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text('{"query": ' + deep + "}\n", encoding="utf-8")
+    code, _, err = run_cli(["prefs", "--queries", str(queries), "--out", str(tmp_path / "p.jsonl")], capsys)
+    assert code == 2 and f"{queries}:1: JSON nested too deeply" in err and "Traceback" not in err
+    with pytest.raises(PreferenceFileError, match=r":1: JSON nested too deeply"):
+        PreferenceSet.load(queries)
+    sub = tmp_path / "s.safetensors"
+    save_file({"x": torch.zeros(1)}, str(sub), metadata={"alignez": deep})
+    with pytest.raises(SubspaceFileError, match="nested too deeply"):
+        AlignmentSubspace.load(sub)
+
+
 # --------------------------------------------------------------------------- the page and the tests agree
 
 
