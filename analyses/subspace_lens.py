@@ -319,9 +319,9 @@ class SubspaceLens:
     def plot(self, *, title: Optional[str] = None) -> Any:
         """A `matplotlib.figure.Figure` (no pyplot state), panels against depth.
 
-        1. Stability of the subspace: the halves' mean principal cosine (median over the
-           draws, band: 10–90 %), the sign-flip null (the same, by construction) and two
-           random k-dim subspaces.
+        1. Stability of the subspace: the halves' mean principal cosine (the mean over the
+           draws, band: their 10–90 % range), the sign-flip null (the same, by
+           construction) and two random k-dim subspaces.
         2. Stability of the signal: the halves' signed θ_1 cosine and DiffMean cosine,
            real vs the sign-flip null.
         3. Relations: cos(θ_1, DiffMean), the share of DiffMean inside the subspace, and
@@ -342,10 +342,10 @@ class SubspaceLens:
 
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    med = np.nanmedian(data, axis=1)
+                    centre = _nanmean(data, axis=1)  # the mean: signed cosines can be bimodal (±)
                     lo = np.nanpercentile(data, 10, axis=1)
                     hi = np.nanpercentile(data, 90, axis=1)
-            ax.plot(x, med, style, ms=3, lw=1.2, color=colour, label=label)
+            ax.plot(x, centre, style, ms=3, lw=1.2, color=colour, label=label)
             ax.fill_between(x, lo, hi, color=colour, alpha=0.15, lw=0)
 
         ax = axes[0]

@@ -267,3 +267,31 @@ def test_too_few_pairs_for_halves_gives_no_stability(llama):
     lens = subspace_lens(llama, sub, few, n_splits=5)
     assert np.isnan(lens.subspace_cos).all()
     assert not math.isnan(lens.diffmean_share[0])
+
+
+@pytest.mark.slow
+def test_lens_on_the_embedded_model():
+    """End to end on SmolLM2-135M-Instruct: hand-written pairs, three layers, a few splits."""
+    from alignez_tl import load_model
+
+    model = load_model(verbose=False)
+    queries = ["How do I boil an egg?", "Why is the sky blue?", "How do I save money?", "What is a verb?"] * 2
+    good = [
+        "Put the egg in boiling water for nine minutes, then cool it in cold water.",
+        "Sunlight scatters off air molecules, and blue light scatters the most.",
+        "Write down what you spend, set a monthly budget, and save a fixed share first.",
+        "A verb is a word for an action or a state, like run, think or be.",
+    ]
+    bad = ["I don't know.", "Whatever.", "Ask someone else.", "No idea, sorry."]
+    texts = [(f"{q} {g}", f"{q} {b}") for q, g, b in zip(queries, good * 2, bad * 2)]
+    acts = embed_pairs(model, texts)
+    sub = fit_subspace(model, acts, layers=[0, 15, 29], tau=1.0, verbose=False)
+    lens = subspace_lens(model, sub, acts, n_splits=4, top_k_tokens=5)
+    assert lens.layers == [0, 15, 29] and lens.settings["n_capture_batches"] == 0
+    assert lens.norm_scale is not None and lens.norm_scale > 0
+    assert all(len(lens.vocab[layer][0]["promoted"]) == 5 for layer in lens.layers)
+    assert all(isinstance(t, str) for t in lens.top_tokens(29))
+    assert lens.subspace_cos.shape == (3, 4) and np.isfinite(lens.subspace_cos).all()
+    assert np.all(np.asarray(lens.diffmean_cos[2]) <= 1.0 + 1e-6)
+    json.dumps(lens.to_dict(), allow_nan=False)
+    print(lens.summary())
