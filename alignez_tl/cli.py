@@ -333,21 +333,24 @@ def _demo(args, out: Path, final: Path, queries: list[str], pref_settings: Any, 
     if not args.no_report:
         _say(args, "[5/5] analyses and the HTML report")
         _analyze(args, model, sub, prefs, queries, steerer, rows, out)
-        summary["files"] += ["layer_signal.json", "ablation.json", "attribution.json", "report.html"]
+        summary["files"] += ["layer_signal.json", "lens.json", "ablation.json", "attribution.json", "report.html"]
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return summary, rows
 
 
 def _analyze(args, model, sub, prefs, prompts, steerer, rows, out: Path) -> Path:
-    """Run the three analyses, write their JSON and the HTML report into `out`."""
+    """Run the analyses, write their JSON and the HTML report into `out`."""
     from analyses.ablation import ablate_components
     from analyses.attribution import attribute_steering
     from analyses.layer_signal import layer_signal
     from analyses.report import Report, write_report
+    from analyses.subspace_lens import subspace_lens
 
     verbose = not args.quiet
     signal = layer_signal(model, sub, prefs, queries=prompts, seed=args.seed, verbose=verbose)
     atomic_write_text(out / "layer_signal.json", _json(signal.to_dict()))
+    lens = subspace_lens(model, sub, prefs, seed=args.seed, verbose=verbose)
+    atomic_write_text(out / "lens.json", _json(lens.to_dict()))
     ablation = ablate_components(
         model,
         steerer,
@@ -366,6 +369,7 @@ def _analyze(args, model, sub, prefs, prompts, steerer, rows, out: Path) -> Path
     report = Report(
         subspace=sub,
         layer_signal=signal,
+        lens=lens,
         ablation=ablation,
         attributions=attributions,
         answers=rows,

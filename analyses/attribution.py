@@ -45,7 +45,7 @@ import html
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -55,7 +55,14 @@ from alignez_tl.hooks import EditTerm, edit_steps, hook_name
 from alignez_tl.models import encode_for_generation, model_device, render, require_tokenizer, stop_token_ids
 from alignez_tl.steering import BACKENDS, QuerySelection, Steerer, generate_with_hooks
 
-__all__ = ["Attribution", "attribute_steering"]
+__all__ = [
+    "Attribution",
+    "attribute_steering",
+    "final_norm_affine",
+    "final_norm_kind",
+    "final_norm_scale",
+    "frozen_norm_readout",
+]
 
 N_FORWARD_PASSES = 2  # base run + steered run, both after generation
 
@@ -591,7 +598,7 @@ def _run(
     if not _has_hook(model, final_name):
         final_name = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
     hooks.append((final_name, keep("final_in")))
-    has_scale = _has_hook(model, "ln_final.hook_scale") and _final_norm_kind(model) is not None
+    has_scale = _has_hook(model, "ln_final.hook_scale") and final_norm_kind(model) is not None
     if has_scale:
         hooks.append(("ln_final.hook_scale", keep("scale")))
     tokens = torch.tensor([ids], dtype=torch.long, device=device)
@@ -608,8 +615,8 @@ def _run(
     return run
 
 
-def _final_norm_kind(model: Any) -> Optional[str]:
-    """ "LN" (centre and scale), "RMS" (scale) or None (no final norm)."""
+def final_norm_kind(model: Any) -> Optional[str]:
+    """The final norm's kind: "LN" (centre and scale), "RMS" (scale) or None (no final norm)."""
     kind = getattr(model.cfg, "normalization_type", None)
     if kind in ("LN", "LNPre"):
         return "RMS" if getattr(model.cfg, "final_rms", False) else "LN"
@@ -618,13 +625,14 @@ def _final_norm_kind(model: Any) -> Optional[str]:
     return None
 
 
-def _final_norm_affine(model: Any, d_model: int) -> tuple[Tensor, Tensor]:
-    """The final norm's effective weight and bias (ones / zeros where there are none)."""
+def final_norm_affine(model: Any, d_model: int) -> tuple[Tensor, Tensor]:
+    """The final norm's effective weight and bias, float64 on the CPU (ones / zeros where
+    there are none, e.g. a HookedTransformer whose weight processing folded them into W_U)."""
     ln = getattr(model, "ln_final", None)
     weight = bias = None
     if (
         ln is not None
-        and _final_norm_kind(model) is not None
+        and final_norm_kind(model) is not None
         and model.cfg.normalization_type not in ("LNPre", "RMSPre")
     ):
         weight = getattr(ln, "weight", None)
@@ -632,7 +640,7 @@ def _final_norm_affine(model: Any, d_model: int) -> tuple[Tensor, Tensor]:
             weight = getattr(ln, "w", None)
         if weight is not None and getattr(ln, "uses_weight_offset", False):
             weight = 1.0 + weight
-        if _final_norm_kind(model) == "LN":
+        if final_norm_kind(model) == "LN":
             original = getattr(ln, "original_component", None)
             bias = getattr(original, "bias", None) if original is not None else None
             if bias is None:
@@ -640,6 +648,39 @@ def _final_norm_affine(model: Any, d_model: int) -> tuple[Tensor, Tensor]:
     w = torch.ones(d_model, dtype=torch.float64) if weight is None else weight.detach().to(torch.float64).cpu()
     b = torch.zeros(d_model, dtype=torch.float64) if bias is None else bias.detach().to(torch.float64).cpu()
     return w, b
+
+
+def final_norm_scale(model: Any, resid: Tensor) -> Tensor:
+    """The final norm's scale σ for inputs `resid` `[..., d_model]` (the final residual
+    stream): `sqrt(var(x) + eps)` for LayerNorm, `sqrt(mean(x²) + eps)` for RMSNorm (what
+    `ln_final.hook_scale` records), ones without a final norm. Float64, shape `[..., 1]`."""
+    x = resid.detach().to(torch.float64).cpu()
+    kind = final_norm_kind(model)
+    if kind is None:
+        return torch.ones(x.shape[:-1] + (1,), dtype=torch.float64)
+    eps = float(getattr(model.cfg, "eps", 1e-5))
+    if kind == "LN":
+        x = x - x.mean(-1, keepdim=True)
+    return (x.square().mean(-1, keepdim=True) + eps).sqrt()
+
+
+def frozen_norm_readout(model: Any, vectors: Tensor, scale: Union[float, Tensor] = 1.0) -> Tensor:
+    """What the final norm makes of vectors added to its input, its scale frozen at `scale`.
+
+    `N(v) / σ ⊙ w_ln` for every row v of `vectors` `[C, d_model]` (`N`: LayerNorm's
+    centring, nothing for RMSNorm), float64 on the CPU. The norm's bias and `b_U` are left
+    out: they cancel in the difference of two logit vectors, and a vector added to the
+    residual stream changes the logits (with σ frozen) by exactly
+    `frozen_norm_readout(model, v, σ) @ W_U`. The same linear map the direct logit
+    attribution of `attribute_steering` uses (there σ is the steered run's scale at each
+    position).
+    """
+    v = vectors.detach().to(torch.float64).cpu()
+    if final_norm_kind(model) == "LN":
+        v = v - v.mean(-1, keepdim=True)
+    w_ln, _ = final_norm_affine(model, int(v.shape[-1]))
+    sigma = scale.detach().to(torch.float64).cpu() if isinstance(scale, Tensor) else float(scale)
+    return v / sigma * w_ln
 
 
 def _objective_of_terms(
@@ -678,7 +719,7 @@ def _attribute(
     ld_b = base_run.logits[q][rows, s_ids] - base_run.logits[q][rows, b_ids]
 
     d_model = steered_run.final_in.shape[-1]
-    w_ln, b_ln = _final_norm_affine(model, d_model)
+    w_ln, b_ln = final_norm_affine(model, d_model)
     W_U = model.W_U.detach().to(torch.float64).cpu()
     b_U = getattr(model, "b_U", None)
     b_U = torch.zeros(W_U.shape[1], dtype=torch.float64) if b_U is None else b_U.detach().to(torch.float64).cpu()
@@ -689,7 +730,7 @@ def _attribute(
     scale_b = base_run.scale[q].cpu()
 
     cache = ActivationCache({"ln_final.hook_scale": scale_s[None]}, model)
-    kind = _final_norm_kind(model)
+    kind = final_norm_kind(model)
 
     def dla(stack: Tensor) -> Tensor:
         """[C, n, d] vectors at the n predicting positions -> [C, n] direct logit-diff parts."""

@@ -1,4 +1,4 @@
-"""One self-contained HTML report: spectrum, layer signal, ablation, attribution, answers.
+"""One self-contained HTML report: spectrum, layer signal, subspace lens, ablation, attribution, answers.
 
 Every figure is embedded as a base64 PNG and the page carries its own CSS, so the file
 opens offline, in any browser, with no network access and no scripts.
@@ -19,7 +19,7 @@ from alignez_tl.files import atomic_write_text
 
 __all__ = ["Report", "figure_to_data_uri", "plot_spectrum", "write_report"]
 
-SECTIONS = ("spectrum", "layer-signal", "ablation", "attribution", "answers")
+SECTIONS = ("spectrum", "layer-signal", "subspace-lens", "ablation", "attribution", "answers")
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1b1b1f;
@@ -100,6 +100,7 @@ class Report:
 
     subspace: Any
     layer_signal: Any = None
+    lens: Any = None  # an analyses.subspace_lens.SubspaceLens
     ablation: Any = None
     attributions: Sequence[Any] = field(default_factory=list)
     answers: Sequence[dict] = field(default_factory=list)  # rows with query, base, steered, layers
@@ -127,6 +128,14 @@ class Report:
                 "and how many directions were kept per layer.",
             ),
             self._section("layer-signal", "Layer signal", *self._result_parts(self.layer_signal, "recommended")),
+            self._section(
+                "subspace-lens",
+                "Subspace lens",
+                self._lens_html(),
+                "What the subspace is: the tokens each direction promotes and suppresses (final norm "
+                "and unembedding, scale frozen), its stability over random halves of the pairs against "
+                "a sign-flip null and random subspaces, and its relation to DiffMean and to the next layer.",
+            ),
             self._section("ablation", "Ablation of subspace components", *self._result_parts(self.ablation)),
             self._section("attribution", "Attribution of steered tokens", self._attribution_html(), ""),
             self._section("answers", "Base vs steered answers", self._answers_html(), ""),
@@ -161,6 +170,22 @@ class Report:
             summary = summary[:20000] + "\n... (truncated; see the JSON files)"
         body += f"<details><summary>numbers</summary><pre>{_e(summary)}</pre></details>"
         return body, (result.__doc__ or "").strip().split("\n")[0]
+
+    def _lens_html(self) -> str:
+        if self.lens is None:
+            return '<p class="missing">not computed in this run</p>'
+        body = _figure(self.lens.plot()) + f"<pre>{_e(self.lens.summary())}</pre>"
+        rows = ["<details><summary>top tokens of every direction</summary><table>"]
+        rows.append("<tr><th>layer</th><th>direction</th><th>promoted</th><th>suppressed</th></tr>")
+        for layer in self.lens.layers:
+            for entry in self.lens.vocab.get(layer, []):
+                up = ", ".join(repr(t) for t, _, _ in entry["promoted"])
+                down = ", ".join(repr(t) for t, _, _ in entry["suppressed"])
+                rows.append(
+                    f"<tr><td>{layer}</td><td>θ{entry['direction']}</td><td>{_e(up)}</td><td>{_e(down)}</td></tr>"
+                )
+        rows.append("</table></details>")
+        return body + "\n".join(rows)
 
     def _attribution_html(self) -> str:
         if not self.attributions:

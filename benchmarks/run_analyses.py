@@ -70,6 +70,11 @@ def _child(which: str, pairs: str, subspace: str, threads: int, tokens: int) -> 
 
             result = layer_signal(model, sub, prefs, queries=QUERIES[:4])
             extra = {"recommended": result.recommended}
+        elif which == "subspace_lens":
+            from analyses.subspace_lens import subspace_lens
+
+            result = subspace_lens(model, sub, prefs, n_splits=20)
+            extra = {"n_capture_batches": result.settings["n_capture_batches"], "seconds": result.settings["seconds"]}
         else:
             from analyses.attribution import attribute_steering
 
@@ -95,6 +100,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--attribution-tokens", type=int, default=32)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/analyses.json"))
+    parser.add_argument("--only", help="run only these analyses (comma-separated)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -119,7 +125,9 @@ def main() -> None:
         },
         "inputs": {"pairs": args.pairs, "subspace": args.subspace},
     }
-    for which in ("layer_signal", "attribution"):
+    for which in ("layer_signal", "subspace_lens", "attribution"):
+        if args.only and which not in args.only.split(","):
+            continue
         proc = subprocess.run(
             [
                 sys.executable,

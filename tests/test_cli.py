@@ -155,6 +155,7 @@ def test_demo_on_the_embedded_model(demo_out):
         "attribution.json",
         "generations.jsonl",
         "layer_signal.json",
+        "lens.json",
         "pairs.jsonl",
         "report.html",
         "subspace.safetensors",
@@ -171,7 +172,9 @@ def test_demo_on_the_embedded_model(demo_out):
     assert len(PreferenceSet.load(out / "pairs.jsonl")) == summary["pairs"]
     assert AlignmentSubspace.load(out / "subspace.safetensors").model["model_id"] == "smollm2-135m-instruct"
     html = (out / "report.html").read_text(encoding="utf-8")
-    assert all(f'id="{s}"' in html for s in ("spectrum", "layer-signal", "ablation", "attribution", "answers"))
+    assert all(
+        f'id="{s}"' in html for s in ("spectrum", "layer-signal", "subspace-lens", "ablation", "attribution", "answers")
+    )
     assert "not computed" not in html
 
 
@@ -212,6 +215,7 @@ def test_analyze_on_the_embedded_model(demo_out, tmp_path):
         "attribution.json",
         "generations.jsonl",
         "layer_signal.json",
+        "lens.json",
         "report.html",
     ]
     signal = json.loads((out / "layer_signal.json").read_text(encoding="utf-8"))
@@ -219,7 +223,9 @@ def test_analyze_on_the_embedded_model(demo_out, tmp_path):
     [attribution] = json.loads((out / "attribution.json").read_text(encoding="utf-8"))
     assert attribution["n_forward_passes"] == 2
     html = (out / "report.html").read_text(encoding="utf-8")
-    assert html.count('<img class="figure"') == 4 and "How do I keep houseplants alive?" in html
+    assert html.count('<img class="figure"') == 5 and "How do I keep houseplants alive?" in html
+    lens = json.loads((out / "lens.json").read_text(encoding="utf-8"))
+    assert lens["layers"] and lens["settings"]["n_splits"] == 20
 
 
 def _pairs_file(path, mirrored=False):

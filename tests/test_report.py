@@ -46,6 +46,7 @@ def full_report(llama, tmp_path_factory):
     from analyses.ablation import ablate_components
     from analyses.attribution import attribute_steering
     from analyses.layer_signal import layer_signal
+    from analyses.subspace_lens import subspace_lens
 
     prefs = PreferenceSet.from_pairs(
         ["How do I bake bread?"] * len(PAIRS), [p for p, _ in PAIRS], [n for _, n in PAIRS], objective="helpful"
@@ -59,6 +60,7 @@ def full_report(llama, tmp_path_factory):
     report = Report(
         subspace=sub,
         layer_signal=layer_signal(llama, sub, prefs, queries=QUERIES),
+        lens=subspace_lens(llama, sub, prefs, n_splits=3),
         ablation=ablate_components(llama, steerer, QUERIES, max_components=2, greedy_tokens=4),
         attributions=[attribute_steering(llama, steerer, QUERIES[0], max_new_tokens=4)],
         answers=answers,
@@ -76,8 +78,9 @@ def test_report_is_self_contained_and_complete(full_report):
     assert "not computed" not in text
     assert "<script>alert" not in text and "&lt;script&gt;alert" in text  # model text is escaped
     assert not re.search(r"""(src|href)=["']https?://""", text)  # nothing fetched from the network
+    assert "subspace lens (helpful" in text and "top tokens of every direction" in text
     images = re.findall(r'<img class="figure" alt="figure" src="data:image/png;base64,([^"]+)"', text)
-    assert len(images) == 4  # spectrum, layer signal, ablation, one attribution heatmap
+    assert len(images) == 5  # spectrum, layer signal, subspace lens, ablation, one attribution heatmap
     for data in images:
         assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -140,4 +143,4 @@ def test_report_renders_in_headless_chromium(full_report, tmp_path):
     images = int(re.search(r'data-images="(\d+)"', dom).group(1))
     broken = int(re.search(r'data-broken="(\d+)"', dom).group(1))
     sections = int(re.search(r'data-sections="(\d+)"', dom).group(1))
-    assert images == 4 and broken == 0 and sections >= len(SECTIONS)
+    assert images == 5 and broken == 0 and sections >= len(SECTIONS)
