@@ -175,7 +175,7 @@ def _z_hook(hf: nn.Module, layer: nn.Module, name: str, fn: Callable) -> Any:
     """A pre-hook on the attention's output projection calling `fn` on `[batch, pos, n_heads, d_head]`."""
     attn = _child(layer, ("self_attn", "attn", "attention"))
     proj = _child(attn, ("o_proj", "c_proj", "dense", "out_proj"))
-    cfg = hf.config
+    cfg: Any = hf.config
     n_heads = int(getattr(cfg, "num_attention_heads", None) or cfg.n_head)
     point = _Name(name)
 
