@@ -910,7 +910,7 @@ def fit_probes(
         p = torch.sigmoid(torch.einsum("hnd,hd->hn", xt, w))
         grad = torch.einsum("hnd,hn->hd", xt, p - yt) + reg * w
         weight = p * (1 - p)
-        hess = torch.einsum("hnd,hn,hne->hde", xt, weight, xt) + torch.diag(reg) + eye
+        hess = (xt * weight[..., None]).transpose(1, 2) @ xt + torch.diag(reg) + eye  # [h, d+1, d+1]
         step = torch.linalg.solve(hess, grad)
         w = w - step
         if float(step.abs().max()) < 1e-10:
