@@ -813,7 +813,7 @@ class PromptSteerer(Baseline):
 #: ITI's defaults here: the paper's K = 48 heads of LLaMA-7B's 1024 is about 5%; 8 heads
 #: is about 3% of SmolLM2-135M's 270. α: see docs/baselines.md ("ITI", measured).
 ITI_TOP_K = 8
-ITI_ALPHA = 5.0
+ITI_ALPHA = 3.0
 ITI_VAL_FRACTION = 0.25
 
 

@@ -811,7 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
         "prompt/chosen/rejected (docs/preferences.md) or a saved PreferenceSet",
     )
     p.add_argument("--iti-k", type=_POSITIVE, default=8, help="iti: heads to shift (default: 8)")
-    p.add_argument("--iti-alpha", type=_FINITE, default=5.0, help="iti: strength α (default: 5.0)")
+    p.add_argument("--iti-alpha", type=_FINITE, default=3.0, help="iti: strength α (default: 3.0)")
     p.add_argument(
         "--judge",
         default=None,

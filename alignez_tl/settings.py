@@ -386,7 +386,7 @@ class EvalSettings(_Settings):
     max_new_tokens: int = 48
     n_boot: int = 2000
     iti_top_k: int = 8
-    iti_alpha: float = 5.0
+    iti_alpha: float = 3.0
     prefs: PreferenceSettings = field(default_factory=lambda: PreferenceSettings(elicit_tokens=40, response_tokens=64))
     fit: FitSettings = field(default_factory=FitSettings)
     steer: SteerSettings = field(default_factory=SteerSettings)
