@@ -64,6 +64,12 @@ __all__ = [
     "diffmean_vector",
     "pca",
     "pca_direction",
+    "ITISteerer",
+    "ITI_ALPHA",
+    "ITI_TOP_K",
+    "capture_heads",
+    "fit_probes",
+    "z_hook_name",
 ]
 
 DEFAULT_SYSTEM_TEMPLATE = "You are a {positive} assistant."
@@ -800,3 +806,458 @@ class PromptSteerer(Baseline):
 
     def __repr__(self) -> str:
         return f"PromptSteerer(system={self.system!r})"
+
+
+# --------------------------------------------------------------------------- ITI
+
+#: ITI's defaults here: the paper's K = 48 heads of LLaMA-7B's 1024 is about 5%; 8 heads
+#: is about 3% of SmolLM2-135M's 270. α: see docs/baselines.md ("ITI", measured).
+ITI_TOP_K = 8
+ITI_ALPHA = 3.0
+ITI_VAL_FRACTION = 0.25
+
+
+def z_hook_name(layer: int) -> str:
+    """The per-head site ITI edits: `blocks.{layer}.attn.hook_z`, `[batch, pos, n_heads, d_head]`."""
+    return f"blocks.{int(layer)}.attn.hook_z"
+
+
+def _head_shape(model: Any) -> tuple[int, int, int]:
+    cfg = model.cfg
+    n_heads = int(cfg.n_heads)
+    d_head = int(getattr(cfg, "d_head", 0) or int(cfg.d_model) // n_heads)
+    return int(cfg.n_layers), n_heads, d_head
+
+
+@torch.inference_mode()
+def capture_heads(
+    model: Any,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 16,
+    chat: Optional[bool] = None,
+    verbose: bool = False,
+) -> Float[Tensor, "n n_layers n_heads d_head"]:
+    """Every head's output (`hook_z`) at the last real token of each text, float32.
+
+    One forward pass per batch with a capture hook at every layer's `attn.hook_z`; the
+    pass stops right after the deepest one (no last MLP, final norm or unembedding).
+    Texts are encoded as `activations.capture` encodes them (`models.encode`, left
+    padding), so the rows are the texts `embed_pairs` captures at `resid_post`.
+    """
+    from tqdm.auto import tqdm
+
+    from .hooks import StopForward, capture_hook
+    from .models import encode, model_device, padding_kwargs
+
+    texts = list(texts)
+    if not texts:
+        raise ValueError("capture_heads got no texts")
+    n_layers = _head_shape(model)[0]
+    device = model_device(model)
+    chunks = []
+    for start in tqdm(range(0, len(texts), batch_size), desc="capturing heads", disable=not verbose, leave=False):
+        batch = encode(model, texts[start : start + batch_size], chat=chat)
+        ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+        last = mask.shape[1] - 1 - mask.flip(-1).argmax(-1)
+        store: dict[int, Tensor] = {}
+        hooks = [
+            (z_hook_name(layer), capture_hook(store, layer, last, stop=layer == n_layers - 1))
+            for layer in range(n_layers)
+        ]
+        try:
+            with model.hooks(fwd_hooks=hooks):
+                model(ids, return_type=None, **padding_kwargs(model, mask))
+        except StopForward:
+            pass
+        missing = [layer for layer in range(n_layers) if layer not in store]
+        if missing:
+            raise RuntimeError(f"hook_z capture hooks at layers {missing} did not fire")
+        chunks.append(torch.stack([store[layer] for layer in range(n_layers)], dim=1))
+    return torch.cat(chunks)
+
+
+def fit_probes(
+    x_train: Float[Tensor, "heads n_train d"],
+    y_train: Float[Tensor, " n_train"],
+    x_val: Float[Tensor, "heads n_val d"],
+    y_val: Float[Tensor, " n_val"],
+    *,
+    l2: float = 1.0,
+    steps: int = 30,
+) -> tuple[Tensor, Tensor]:
+    """One L2-regularised logistic-regression probe per head, fitted by Newton's method.
+
+    `x_*` hold one feature matrix per head (standardised with the training rows' mean
+    and spread), `y_*` the labels (1 = positive). The loss is the summed log-loss plus
+    `l2/2 · ‖w‖²` (scikit-learn's `LogisticRegression(C=1/l2)`; the bias is not
+    penalised). Returns `(accuracy, log_loss)` on the validation rows, one per head, in
+    float64 (accuracy counts a logit of exactly 0 as wrong).
+    """
+    xt, xv = x_train.to(torch.float64), x_val.to(torch.float64)
+    mu = xt.mean(1, keepdim=True)
+    sd = xt.std(1, keepdim=True, unbiased=False).clamp_min(1e-12)
+    xt, xv = (xt - mu) / sd, (xv - mu) / sd
+    h, n, d = xt.shape
+    xt = torch.cat([xt, torch.ones(h, n, 1, dtype=xt.dtype)], -1)
+    xv = torch.cat([xv, torch.ones(h, xv.shape[1], 1, dtype=xv.dtype)], -1)
+    yt, yv = y_train.to(torch.float64), y_val.to(torch.float64)
+    w = torch.zeros(h, d + 1, dtype=torch.float64)
+    reg = torch.full((d + 1,), float(l2), dtype=torch.float64)
+    reg[-1] = 0.0
+    eye = torch.eye(d + 1, dtype=torch.float64) * 1e-9
+    for _ in range(steps):
+        p = torch.sigmoid(torch.einsum("hnd,hd->hn", xt, w))
+        grad = torch.einsum("hnd,hn->hd", xt, p - yt) + reg * w
+        weight = p * (1 - p)
+        hess = (xt * weight[..., None]).transpose(1, 2) @ xt + torch.diag(reg) + eye  # [h, d+1, d+1]
+        step = torch.linalg.solve(hess, grad)
+        w = w - step
+        if float(step.abs().max()) < 1e-10:
+            break
+    logits = torch.einsum("hnd,hd->hn", xv, w)
+    acc = ((logits > 0) == (yv > 0.5)).to(torch.float64).mean(1)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, yv.expand_as(logits), reduction="none").mean(1)
+    return acc, loss
+
+
+def _head_label(layer: int, head: int) -> str:
+    return f"L{layer}H{head}"
+
+
+class ITISteerer(Baseline):
+    """Inference-Time Intervention (Li et al. 2023): shift the top-K heads' outputs.
+
+    At each chosen head `(layer, head)`, at the edited positions, the head's output
+    before `W_O` (`blocks.{layer}.attn.hook_z[:, pos, head]`) becomes
+
+        z ← z + α · σ · θ
+
+    with `θ` the unit mass-mean direction (mean positive − mean negative output of that
+    head at the pairs' last token) and `σ` the standard deviation of the fitted outputs
+    (positives and negatives together) along `θ`. The heads are the `top_k` with the best
+    held-out accuracy of a linear probe (`ITISteerer.fit`).
+
+    Args:
+        heads: the chosen `(layer, head)` pairs, best first.
+        directions: `[K, d_head]` unit directions `θ`, one per chosen head.
+        sigmas: `[K]` standard deviations `σ`.
+        alpha: `α`, the strength (negative steers away).
+        accuracies: the chosen heads' held-out probe accuracies (for reports).
+        positions: `"generated"` (default) or `"all"`, as for every steerer.
+        shape: `(n_layers, n_heads, d_head)` of the model it was fitted on.
+        model: `models.model_signature` of that model (`{}`: unknown).
+
+    `strength` is `α`; `with_strength`, `mirror()` and `null(seed)` give the copies the
+    efficacy sweep calibrates and compares, as for `VectorSteerer`.
+    """
+
+    method = "iti"
+
+    def __init__(
+        self,
+        heads: Sequence[tuple[int, int]],
+        directions: Tensor,
+        sigmas: Tensor,
+        *,
+        alpha: float = ITI_ALPHA,
+        accuracies: Optional[Sequence[float]] = None,
+        positions: str = "generated",
+        shape: Optional[tuple[int, int, int]] = None,
+        model: Optional[dict[str, Any]] = None,
+        objective: Optional[dict[str, Any]] = None,
+        info: Optional[dict[str, Any]] = None,
+    ) -> None:
+        check_number("alpha", alpha)
+        _check_positions(positions)
+        heads = [(int(layer), int(head)) for layer, head in heads]
+        if not heads:
+            raise ValueError("ITI needs at least one head")
+        if len(set(heads)) != len(heads):
+            raise ValueError(f"the heads must be distinct, got {heads}")
+        if not isinstance(directions, Tensor) or directions.ndim != 2 or directions.shape[0] != len(heads):
+            raise ValueError(f"directions must be a [{len(heads)}, d_head] tensor")
+        if not isinstance(sigmas, Tensor) or tuple(sigmas.shape) != (len(heads),):
+            raise ValueError(f"sigmas must be a [{len(heads)}] tensor")
+        if not torch.isfinite(directions).all() or not torch.isfinite(sigmas).all():
+            raise ValueError("directions and sigmas must be finite")
+        if shape is not None:
+            n_layers, n_heads, d_head = shape
+            bad = [h for h in heads if not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)]
+            if bad or directions.shape[1] != d_head:
+                raise ValueError(f"heads {bad} or d_head {directions.shape[1]} do not fit a model of shape {shape}")
+        self.heads: tuple[tuple[int, int], ...] = tuple(heads)
+        self.directions = directions.detach().to(torch.promote_types(directions.dtype, torch.float32)).cpu()
+        self.sigmas = sigmas.detach().to(self.directions.dtype).cpu()
+        self.alpha = float(alpha)
+        self.accuracies: tuple[float, ...] = tuple(float(a) for a in (accuracies or [math.nan] * len(heads)))
+        self.positions = positions
+        self.shape = tuple(shape) if shape is not None else None
+        self.model = dict(model or {})
+        self.objective = dict(objective or {})
+        self.info = dict(info or {})
+
+    # ------------------------------------------------------------------ fit
+
+    @classmethod
+    def fit(
+        cls,
+        model: Any,
+        data: Any,
+        *,
+        top_k: int = ITI_TOP_K,
+        alpha: float = ITI_ALPHA,
+        val_fraction: float = ITI_VAL_FRACTION,
+        seed: int = 0,
+        positions: str = "generated",
+        batch_size: int = 16,
+        chat: Optional[bool] = None,
+        objective: Any = None,
+        verbose: bool = False,
+    ) -> "ITISteerer":
+        """Probe every head on the pairs, keep the `top_k` best, and shift along their mass means.
+
+        Args:
+            model: the TransformerLens model (a bridge or a HookedTransformer).
+            data: a `PreferenceSet` (its `texts`, as every method embeds it), a list of
+                `(positive_text, negative_text)` pairs, or precomputed head outputs: a
+                `(pos, neg)` pair of float tensors `[n_pairs, n_layers, n_heads, d_head]`
+                (as `capture_heads` gives them).
+            top_k: how many heads to shift.
+            alpha: the strength `α`.
+            val_fraction: the share of pairs held out to score the probes (both texts of
+                a pair fall on the same side), split with `seed`.
+            objective: name/object to record when `data` is not a PreferenceSet.
+
+        The heads' outputs come from one capture pass over the pairs for every head at
+        once (`capture_heads`). Each head's probe is an L2-regularised logistic regression
+        (`fit_probes`) fitted on the training pairs' positive (label 1) and negative
+        (label 0) outputs and scored on the held-out pairs; heads are ranked by held-out
+        accuracy, ties broken by held-out log-loss, then by (layer, head). The directions
+        and `σ` use every pair, as the reference implementation does.
+        """
+        from .pairs import check_pair_data
+        from .preferences import PreferenceSet
+        from .settings import check_positive_int
+
+        check_positive_int("top_k", top_k)
+        check_number("alpha", alpha)
+        _check_positions(positions)
+        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
+        n_layers, n_heads, d_head = _head_shape(model)
+        if top_k > n_layers * n_heads:
+            raise ValueError(f"top_k={top_k} exceeds the model's {n_layers * n_heads} heads")
+        fitted_objective: dict[str, Any] = {}
+        if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+            pos, neg = (t.detach().float().cpu() for t in data)
+            want = (n_layers, n_heads, d_head)
+            if pos.shape != neg.shape or pos.ndim != 4 or tuple(pos.shape[1:]) != want:
+                raise ValueError(
+                    f"precomputed head outputs must be two [n_pairs, {n_layers}, {n_heads}, {d_head}] tensors; "
+                    f"got {tuple(pos.shape)} and {tuple(neg.shape)}"
+                )
+        else:
+            kind, _ = check_pair_data(data, caller=f"{cls.__name__}.fit")
+            if kind == "prefs":
+                require_tokenizer(model, "fitting from a PreferenceSet")
+                assert isinstance(data, PreferenceSet)
+                pos_texts, neg_texts = data.texts(model, chat=chat)
+                fitted_objective = data.objective.to_dict()
+            elif kind == "texts":
+                require_tokenizer(model, "fitting from text pairs")
+                pos_texts, neg_texts = [p for p, _ in data], [q for _, q in data]
+            else:
+                raise TypeError(
+                    f"{cls.__name__}.fit takes a PreferenceSet, (positive, negative) text pairs or "
+                    "precomputed [n, n_layers, n_heads, d_head] head outputs; residual-stream "
+                    "activations and token tensors carry no per-head outputs"
+                )
+            acts = capture_heads(model, list(pos_texts) + list(neg_texts), batch_size=batch_size, chat=chat)
+            pos, neg = acts[: len(pos_texts)], acts[len(pos_texts) :]
+        n = int(pos.shape[0])
+        n_val = max(1, round(n * val_fraction))
+        if n - n_val < 1:
+            raise ValueError(f"ITI needs at least 2 pairs (some to fit the probes, some to score them); got {n}")
+        if not torch.isfinite(pos).all() or not torch.isfinite(neg).all():
+            raise ValueError("the head outputs contain NaN or inf")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+        val_idx, train_idx = order[:n_val], order[n_val:]
+
+        def rows(idx: Tensor) -> tuple[Tensor, Tensor]:  # [heads, 2·len(idx), d_head], labels
+            x = torch.cat([pos[idx], neg[idx]]).reshape(2 * len(idx), n_layers * n_heads, d_head)
+            y = torch.cat([torch.ones(len(idx)), torch.zeros(len(idx))])
+            return x.transpose(0, 1), y
+
+        acc, loss = fit_probes(*rows(train_idx), *rows(val_idx))
+        ranked = sorted(range(n_layers * n_heads), key=lambda i: (-float(acc[i]), float(loss[i]), i))[:top_k]
+        heads = [divmod(i, n_heads) for i in ranked]
+        p64, q64 = pos.to(torch.float64), neg.to(torch.float64)
+        directions, sigmas = [], []
+        for layer, head in heads:
+            v = p64[:, layer, head].mean(0) - q64[:, layer, head].mean(0)
+            if not float(v.norm()) > 0:
+                raise ValueError(f"head {_head_label(layer, head)}: the mean difference is zero")
+            theta = v / v.norm()
+            proj = torch.cat([p64[:, layer, head], q64[:, layer, head]]) @ theta
+            directions.append(theta)
+            sigmas.append(proj.std(unbiased=False))
+        return cls(
+            heads,
+            torch.stack(directions).float(),
+            torch.stack(sigmas).float(),
+            alpha=alpha,
+            accuracies=[float(acc[i]) for i in ranked],
+            positions=positions,
+            shape=(n_layers, n_heads, d_head),
+            model=model_signature(model),
+            objective=_objective_dict(objective, fitted_objective),
+            info={
+                "n_pairs": n,
+                "n_val": n_val,
+                "val_fraction": float(val_fraction),
+                "seed": int(seed),
+                "probe_accuracy": acc.reshape(n_layers, n_heads).float(),
+            },
+        )
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def top_k(self) -> int:
+        return len(self.heads)
+
+    @property
+    def strength(self) -> float:
+        """`α` (what strength sweeps and calibration vary)."""
+        return self.alpha
+
+    @property
+    def shifts(self) -> Tensor:
+        """`[K, d_head]`: what each chosen head gets added, `α · σ · θ`."""
+        return self.alpha * self.sigmas[:, None] * self.directions
+
+    @property
+    def probe_accuracy(self) -> Optional[Tensor]:
+        """`[n_layers, n_heads]` held-out probe accuracy of every head (None when not fitted here)."""
+        return self.info.get("probe_accuracy")
+
+    def with_strength(self, alpha: float) -> "ITISteerer":
+        """A copy with another `α` (no refit)."""
+        check_number("alpha", alpha)
+        out = copy.copy(self)
+        out.alpha = float(alpha)
+        return out
+
+    with_alpha = with_strength
+
+    def mirror(self) -> "ITISteerer":
+        """The mirror control: the same shifts towards the dispreferred side (`α → −α`)."""
+        out = self.with_strength(-self.alpha)
+        out.info = {**self.info, "control": "mirror"}
+        return out
+
+    def null(self, seed: int = 0) -> "ITISteerer":
+        """The null-direction control: the same heads and `σ`, seeded random unit directions."""
+        gen = torch.Generator().manual_seed(int(seed))
+        r = torch.randn(tuple(self.directions.shape), generator=gen, dtype=torch.float64)
+        out = copy.copy(self)
+        out.directions = (r / r.norm(dim=1, keepdim=True)).to(self.directions.dtype)
+        out.info = {**self.info, "control": "null", "null_seed": int(seed)}
+        return out
+
+    def with_positions(self, positions: str) -> "ITISteerer":
+        """A copy that shifts at `positions` (`"generated"` or `"all"`)."""
+        _check_positions(positions)
+        out = copy.copy(self)
+        out.positions = positions
+        return out
+
+    # ------------------------------------------------------------------ hooks
+
+    def check_model(self, model: Any, *, strict: bool = True) -> None:
+        """Refuse a model these heads do not fit (head shape, compatibility mode, id)."""
+        shape = _head_shape(model)
+        sig = model_signature(model)
+        reasons = []
+        if self.shape is not None and tuple(self.shape) != shape:
+            reasons.append(f"(n_layers, n_heads, d_head) {tuple(self.shape)} (ITI) vs {shape} (model)")
+        elif any(not (0 <= layer < shape[0] and 0 <= head < shape[1]) for layer, head in self.heads):
+            reasons.append(f"heads {list(self.heads)} do not exist in a model of shape {shape}")
+        elif int(self.directions.shape[1]) != shape[2]:
+            reasons.append(f"d_head {int(self.directions.shape[1])} (ITI) vs {shape[2]} (model)")
+        if self.model:
+            if bool(self.model.get("compatibility_mode")) != sig["compatibility_mode"]:
+                reasons.append("TransformerLens compatibility mode differs: numerics differ")
+            if strict and self.model.get("model_id") != sig["model_id"]:
+                reasons.append(f"model id {self.model.get('model_id')!r} vs {sig['model_id']!r}")
+        if reasons:
+            raise SubspaceMismatchError(
+                "these ITI heads do not fit: "
+                + "; ".join(reasons)
+                + (". Pass strict=False to accept a different model id only." if strict else "")
+            )
+
+    def hooks(
+        self,
+        model: Any,
+        query: Union[str, Sequence[str], None] = None,
+        *,
+        prompt_len: Optional[int] = None,
+        record: Optional[list] = None,
+        strict: bool = True,
+        **kwargs: Any,
+    ) -> list[tuple[str, Any]]:
+        """One `(blocks.{l}.attn.hook_z, fn)` pair per layer with a chosen head.
+
+        Each adds `α · σ · θ` to its chosen heads at the tracker's positions of every
+        row (other heads and positions are left bit-identical). `query` is ignored;
+        `prompt_len` and `record` mean what they mean for `Steerer.hooks`.
+        """
+        self.check_model(model, strict=strict)
+        shifts = self.shifts
+        out = []
+        for layer in sorted({layer for layer, _ in self.heads}):
+            idx = [i for i, (lay, _) in enumerate(self.heads) if lay == layer]
+            name = z_hook_name(layer)
+            log = _NamedLog(record, name) if record is not None else None
+            tracker = PositionTracker(self.positions, prompt_len, log=log)
+            heads = [self.heads[i][1] for i in idx]
+            out.append((name, _head_shift_hook(heads, shifts[idx], tracker)))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        info = {k: v for k, v in self.info.items() if k != "probe_accuracy"}
+        return {
+            "method": self.method,
+            "alpha": self.alpha,
+            "top_k": self.top_k,
+            "positions": self.positions,
+            "site": "attn.hook_z",
+            "heads": [_head_label(layer, head) for layer, head in self.heads],
+            "head_accuracy": {_head_label(*h): a for h, a in zip(self.heads, self.accuracies)},
+            "sigmas": [float(s) for s in self.sigmas],
+            "objective": self.objective.get("name"),
+            **info,
+        }
+
+    def __repr__(self) -> str:
+        heads = ", ".join(_head_label(*h) for h in self.heads)
+        return f"ITISteerer(alpha={self.alpha:g}, heads=[{heads}], positions={self.positions!r})"
+
+
+def _head_shift_hook(heads: list[int], shifts: Tensor, tracker: PositionTracker):
+    """A `hook_z` hook adding `shifts[i]` to head `heads[i]` at the tracker's positions."""
+    cache: dict[tuple, Tensor] = {}
+
+    def fn(z: Float[Tensor, "batch pos n_heads d_head"], hook: object) -> Tensor:
+        start, stop = tracker.window(z.shape[1])
+        work = torch.promote_types(z.dtype, torch.float32)
+        key = (z.device, work)
+        if key not in cache:
+            cache[key] = shifts.to(device=z.device, dtype=work)
+        out = z.clone()
+        out[:, start:stop, heads] = (z[:, start:stop, heads].to(work) + cache[key]).to(z.dtype)
+        return out
+
+    return fn

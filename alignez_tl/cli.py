@@ -416,7 +416,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval_cli import EvalError, check_judge, parse_methods, run_eval
     from .objectives import get_objective
     from .prompts import PromptFileError, builtin_prompts, load_prompts
-    from .settings import METHODS
+    from .settings import DEFAULT_METHODS
 
     for flag in ("quick", "n_prompts", "n_fit", "kl_targets", "rank"):
         if getattr(args, flag) not in (None, False):
@@ -426,12 +426,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         settings = EvalSettings(
             model=args.model,
-            methods=tuple(parse_methods(args.methods or ",".join(METHODS))),  # type: ignore[arg-type]
+            methods=tuple(parse_methods(args.methods or ",".join(DEFAULT_METHODS))),  # type: ignore[arg-type]
             judge=check_judge(args.judge or "self"),
             layer=args.layer,
             coef=args.coef,
             max_new_tokens=args.max_new_tokens or EvalSettings.max_new_tokens,
             n_boot=args.n_boot,
+            iti_top_k=args.iti_k,
+            iti_alpha=args.iti_alpha,
             prefs=_pref_settings_of(args),
             fit=FitSettings(batch_size=args.batch_size),
             steer=SteerSettings(edit=args.edit, alpha=args.alpha, top_n=args.top_n).resolve(
@@ -439,6 +441,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             ),
         )
         prompts = load_prompts(args.prompts) if args.prompts else builtin_prompts(per_category=args.per_category)
+        if args.pairs_file:
+            from .preferences import read_pairs
+
+            read_pairs(args.pairs_file, objective=args.objective)  # checked before the model is loaded
     except (EvalError, PromptFileError, TypeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     final = _out_dir(args.out, args.force, "eval")
@@ -453,6 +459,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 lambda *parts: _say(args, *parts),
                 verbose=not args.quiet,
                 prompts_file=args.prompts,
+                pairs_file=args.pairs_file,
             )
     except EvalError as exc:
         raise CLIError(str(exc)) from None
@@ -512,6 +519,15 @@ def _sweep_config(args: argparse.Namespace) -> Any:
             raise CLIError(str(exc)) from None
         settings["prompts_file"] = args.prompts
         settings["n_prompts"] = min(settings.get("n_prompts", n), n)
+    if args.pairs_file:
+        from .efficacy import TASK_OBJECTIVE
+        from .preferences import PreferenceFileError, read_pairs
+
+        try:
+            read_pairs(args.pairs_file, objective=TASK_OBJECTIVE[args.sweep])
+        except (OSError, PreferenceFileError) as exc:
+            raise CLIError(str(exc)) from None
+        settings["pairs_file"] = args.pairs_file
     try:
         return SweepConfig(**settings)
     except ValueError as exc:
@@ -791,9 +807,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--methods",
         default=None,
-        help="comma-separated: alignez, diffmean, pca, prompt (default: all four); with --sweep also "
-        "alignez-paper (default: alignez, alignez-paper, diffmean, pca, prompt)",
+        help="comma-separated: alignez, diffmean, pca, prompt, iti (default: alignez, diffmean, pca, prompt); "
+        "with --sweep also alignez-paper and alignez-null (default: alignez, alignez-paper, alignez-null, "
+        "diffmean, pca, prompt)",
     )
+    p.add_argument(
+        "--pairs-file",
+        default=None,
+        help="fit every method on these pairs instead of self-generated ones: labelled JSONL with "
+        "prompt/chosen/rejected (docs/preferences.md) or a saved PreferenceSet",
+    )
+    p.add_argument("--iti-k", type=_POSITIVE, default=8, help="iti: heads to shift (default: 8)")
+    p.add_argument("--iti-alpha", type=_FINITE, default=3.0, help="iti: strength α (default: 3.0)")
     p.add_argument(
         "--judge",
         default=None,

@@ -51,7 +51,7 @@ __all__ = [
     "score_answers",
 ]
 
-ACTIVATION_METHODS = ("alignez", "alignez-paper", "alignez-null", "diffmean", "pca")
+ACTIVATION_METHODS = ("alignez", "alignez-paper", "alignez-null", "diffmean", "pca", "iti")
 OTHER_METHODS = ("prompt",)
 TASKS = ("tone", "harmless", "math", "helpful")
 # the built-in objective each task steers with
@@ -74,7 +74,8 @@ class SweepConfig:
         kl_targets: neutral KL per token (nats) each activation method is calibrated to.
         methods: activation methods (`ACTIVATION_METHODS`: `alignez` is the oriented edit,
             `alignez-paper` the paper's formula, `alignez-null` the oriented edit on a
-            subspace fitted with `rank="null"`) and `prompt`.
+            subspace fitted with `rank="null"`, `iti` the ITI baseline, not in the
+            default list) and `prompt`.
         null_for: activation methods that also get the null-direction control.
         rank: the rank rule of the `alignez` and `alignez-paper` subspace: None (the
             paper's 90% variance rule) or "null".
@@ -84,7 +85,8 @@ class SweepConfig:
         max_new_tokens: per answer (default: the task's, 48 or 96 for math).
         judge: `logprob:<model spec>` or `self`, for `helpful` only.
         prompts_file: a user JSONL of evaluation prompts instead of the built-in pool.
-        pairs_file: a saved PreferenceSet (JSONL) to fit every method on, instead of
+        pairs_file: a saved PreferenceSet or a labelled pair file (JSONL, read with
+            `preferences.read_pairs`) to fit every method on, instead of
             self-generating pairs from the fit pool (its queries must not be evaluation
             prompts).
     """
@@ -444,6 +446,10 @@ def _fit_methods(model: Any, config: SweepConfig, prefs: Any, queries: list[str]
             methods[name] = PCASteerer.fit(
                 model, at_layer, layer=layer, coef=1.0, coef_scale="rms", objective=prefs.objective
             )
+        elif name == "iti":  # its own capture pass: per-head outputs (attn.hook_z), every head at once
+            from .baselines import ITISteerer
+
+            methods[name] = ITISteerer.fit(model, prefs, seed=config.seed, batch_size=config.batch_size)
     diag = _fit_diagnostics(sub, prefs, pos, neg, layer, counts)
     return methods, {"subspace": sub, "layer": layer, **diag}
 
@@ -518,9 +524,9 @@ def run_sweep(
         calibration = judge_calibration(judge)
 
     if config.pairs_file:
-        from .preferences import PreferenceSet
+        from .preferences import read_pairs
 
-        prefs = PreferenceSet.load(config.pairs_file)
+        prefs = read_pairs(config.pairs_file, objective=TASK_OBJECTIVE[config.task])
         overlap = set(prefs.queries) & set(queries)
         if overlap:
             raise ValueError(
@@ -712,6 +718,7 @@ _COLOURS = {
     "alignez-null": "#00838f",
     "diffmean": "#2e7d32",
     "pca": "#ef6c00",
+    "iti": "#ad1457",
 }
 
 

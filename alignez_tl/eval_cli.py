@@ -79,7 +79,7 @@ def build_methods(
     settings: EvalSettings, model: Any, prefs: Any, sub: Any, queries: list[str]
 ) -> tuple[dict[str, Any], int]:
     """The steerers to compare, all fitted on the same PreferenceSet, and the baselines' layer."""
-    from .baselines import DiffMeanSteerer, PCASteerer, PromptSteerer
+    from .baselines import DiffMeanSteerer, ITISteerer, PCASteerer, PromptSteerer
     from .steering import Steerer
 
     alignez = Steerer.from_settings(sub, settings.steer)
@@ -97,6 +97,10 @@ def build_methods(
             out[name] = DiffMeanSteerer.fit(model, prefs, layer=layer, coef=settings.coef, verbose=False)
         elif name == "pca":
             out[name] = PCASteerer.fit(model, prefs, layer=layer, coef=settings.coef, coef_scale="rms", verbose=False)
+        elif name == "iti":
+            out[name] = ITISteerer.fit(
+                model, prefs, top_k=settings.iti_top_k, alpha=settings.iti_alpha, seed=settings.seed
+            )
         else:
             out[name] = PromptSteerer.fit(model, prefs)
     return out, layer
@@ -150,13 +154,19 @@ def run_eval(
     *,
     verbose: bool = False,
     prompts_file: Optional[str] = None,
+    pairs_file: Optional[str] = None,
 ) -> Path:
-    """Steps 1–5 of the protocol on a loaded `model`; returns the path of results.json."""
+    """Steps 1–5 of the protocol on a loaded `model`; returns the path of results.json.
+
+    `pairs_file` (a labelled JSONL, `PreferenceSet.from_labelled`, or a saved
+    PreferenceSet) replaces step 1: every method is fitted on those pairs instead of
+    self-generated ones.
+    """
     from .eval.effects import generation_stats, side_effects
     from .eval.judges import pairwise_compare
     from .eval.records import save_comparisons
     from .eval.stats import per_prompt, summarize
-    from .preferences import generate_preferences
+    from .preferences import PreferenceFileError, generate_preferences, read_pairs
     from .prompts import NEUTRAL_TEXTS
     from .subspace import fit_subspace
 
@@ -168,8 +178,15 @@ def run_eval(
     queries = [p["query"] for p in prompts]
     categories = [p["category"] for p in prompts]
     batch_size, seed = settings.prefs.batch_size, settings.seed
-    say(f"[1/5] self-generating {settings.objective} preference pairs for {len(queries)} prompts")
-    prefs = generate_preferences(model, queries, **settings.prefs.to_dict(), verbose=verbose)
+    if pairs_file:
+        try:
+            prefs = read_pairs(pairs_file, objective=settings.objective)
+        except PreferenceFileError as exc:
+            raise EvalError(str(exc)) from None
+        say(f"[1/5] {len(prefs)} pairs from {pairs_file}")
+    else:
+        say(f"[1/5] self-generating {settings.objective} preference pairs for {len(queries)} prompts")
+        prefs = generate_preferences(model, queries, **settings.prefs.to_dict(), verbose=verbose)
     prefs.save(out / "pairs.jsonl")
     say("[2/5] fitting AlignEZ and the baselines on the same pairs")
     sub = fit_subspace(model, prefs, **settings.fit.to_dict(), verbose=verbose)
@@ -218,6 +235,7 @@ def run_eval(
     payload = {
         "settings": settings.to_dict(),
         "prompts_file": prompts_file,
+        "pairs_file": pairs_file,
         "queries": queries,
         "categories": categories,
         "methods": list(methods),

@@ -30,6 +30,7 @@ __all__ = ["is_dispatched", "native_hooks", "unwrapped_hf_model"]
 _VIEWS: "weakref.WeakKeyDictionary[Any, nn.Module]" = weakref.WeakKeyDictionary()
 _WRAP = "._original_component"
 _HOOK = re.compile(r"^blocks\.(\d+)\.hook_(resid_post|resid_pre|mlp_out|attn_out)$")
+_Z_HOOK = re.compile(r"^blocks\.(\d+)\.attn\.hook_z$")  # the per-head outputs, before W_O
 
 
 def _strip(name: str) -> str:
@@ -139,13 +140,18 @@ def native_hooks(hf: nn.Module, hooks: Sequence[tuple[str, Callable]]) -> Iterat
 
     Supported names: `blocks.{l}.hook_resid_post` (decoder layer output),
     `blocks.{l}.hook_resid_pre` (its input), `blocks.{l}.hook_mlp_out` and
-    `blocks.{l}.hook_attn_out` (the MLP and attention outputs). The handles are removed
-    on exit, even on error.
+    `blocks.{l}.hook_attn_out` (the MLP and attention outputs), and
+    `blocks.{l}.attn.hook_z` (the input of the attention's output projection, seen as
+    `[batch, pos, n_heads, d_head]`). The handles are removed on exit, even on error.
     """
     layers = _decoder_layers(hf)
     handles = []
     try:
         for name, fn in hooks:
+            z_match = _Z_HOOK.match(name)
+            if z_match is not None:
+                handles.append(_z_hook(hf, layers[int(z_match.group(1))], name, fn))
+                continue
             match = _HOOK.match(name)
             if match is None:
                 raise ValueError(f"the fast path cannot place a hook at {name!r}")
@@ -178,3 +184,19 @@ def native_hooks(hf: nn.Module, hooks: Sequence[tuple[str, Callable]]) -> Iterat
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _z_hook(hf: nn.Module, layer: nn.Module, name: str, fn: Callable) -> Any:
+    """A pre-hook on the attention's output projection calling `fn` on `[batch, pos, n_heads, d_head]`."""
+    attn = _child(layer, ("self_attn", "attn", "attention"))
+    proj = _child(attn, ("o_proj", "c_proj", "dense", "out_proj"))
+    cfg: Any = hf.config
+    n_heads = int(getattr(cfg, "num_attention_heads", None) or cfg.n_head)
+    point = _Name(name)
+
+    def pre(module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        z = fn(x.reshape(*x.shape[:-1], n_heads, x.shape[-1] // n_heads), point)
+        return args if z is None else (z.reshape(x.shape),) + tuple(args[1:])
+
+    return proj.register_forward_pre_hook(pre)

@@ -38,12 +38,15 @@ from .settings import PreferenceSettings
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "LABELLED_PAIRS_PATH",
     "LIST_PREFILL",
     "PreferenceFileError",
     "PreferencePair",
     "PreferenceSet",
     "generate_preferences",
+    "labelled_pairs",
     "parse_characteristics",
+    "read_pairs",
 ]
 
 FORMAT = "alignez-preferences"
@@ -319,6 +322,200 @@ class PreferenceSet:
         except (TypeError, ValueError) as exc:
             raise PreferenceFileError(f"{path}: invalid objective in the header: {exc}") from None
         return cls(pairs, objective, header["settings"])
+
+    @classmethod
+    def from_labelled(cls, path: PathLike, *, objective: Union[str, Objective] = "custom") -> "PreferenceSet":
+        """Ground-truth pairs from a labelled JSONL file (HH-RLHF / UltraFeedback style).
+
+        Each non-empty line is one JSON object with a prompt, a chosen and a rejected
+        answer. Accepted field names (exactly one of each group):
+
+        * prompt: `prompt`, `question`, `query` or `instruction`;
+        * chosen: `chosen`, `preferred` or `positive`;
+        * rejected: `rejected`, `dispreferred` or `negative`.
+
+        The prompt is a string (or a list of chat messages: the last `user` content).
+        An answer is a string, or a list of chat messages `{"role", "content"}` (binarized
+        UltraFeedback): the content of the last `assistant` message. Without a prompt
+        field, the prompt is taken from the answers: the last `user` message before the
+        last `assistant` one (message lists, which must agree), or, for HH-RLHF
+        transcripts (`"\n\nHuman: ... \n\nAssistant: ..."`), the shared text before
+        the last `"\n\nAssistant:"` (a single `Human:` turn is unwrapped to its text).
+        Other fields are ignored, except a string `category`, kept in the pair's `meta`
+        with the line number.
+
+        `objective` names what the labels express (a registered objective such as
+        `"helpful"`, or any label). Raises `PreferenceFileError` naming the file and the
+        line for: bytes that are not UTF-8, broken JSON, a line that is not an object,
+        a missing or ambiguous field, an empty text, identical chosen and rejected
+        answers, a duplicate pair, a saved PreferenceSet (load that with `load`) and a
+        file with no pairs. Blank lines are skipped.
+        """
+        path = Path(path)
+        obj = _label_objective(objective)
+        data = path.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad_line = data.count(b"\n", 0, exc.start) + 1
+            raise PreferenceFileError(f"{path}:{bad_line}: not UTF-8 text; a labelled pair file is JSONL") from None
+        text = text.removeprefix("\ufeff")
+        pairs: list[PreferencePair] = []
+        seen: dict[tuple[str, str, str], int] = {}
+        per_query: dict[str, int] = {}
+        for lineno, line in enumerate(text.split("\n"), start=1):
+            if not line.strip():
+                continue
+            record = _parse_line(path, lineno, line)
+            if record.get("type") == "header" and record.get("format") == FORMAT:
+                raise PreferenceFileError(
+                    f"{path}:{lineno}: this is a saved PreferenceSet, not a labelled pair file; "
+                    "read it with PreferenceSet.load"
+                )
+            query, chosen, rejected = _labelled_triple(f"{path}:{lineno}", record)
+            key = (query, chosen, rejected)
+            if key in seen:
+                raise PreferenceFileError(f"{path}:{lineno}: duplicate of the pair on line {seen[key]}")
+            seen[key] = lineno
+            meta: dict[str, Any] = {"line": lineno}
+            if isinstance(record.get("category"), str):
+                meta["category"] = record["category"]
+            pairs.append(
+                PreferencePair(query, chosen, rejected, objective=obj.name, index=per_query.get(query, 0), meta=meta)
+            )
+            per_query[query] = per_query.get(query, 0) + 1
+        if not pairs:
+            raise PreferenceFileError(
+                f"{path}: no pairs; expected one JSON object per line with prompt, chosen, rejected"
+            )
+        return cls(pairs, obj, {"source": "labelled", "file": path.name})
+
+
+LABELLED_PAIRS_PATH = Path(__file__).parent / "data" / "labelled_pairs.jsonl"
+"""The labelled pair file shipped with the package (`labelled_pairs()`)."""
+
+_PROMPT_FIELDS = ("prompt", "question", "query", "instruction")
+_CHOSEN_FIELDS = ("chosen", "preferred", "positive")
+_REJECTED_FIELDS = ("rejected", "dispreferred", "negative")
+_HH_ASSISTANT = "\n\nAssistant:"
+_HH_HUMAN = "Human:"
+
+
+def labelled_pairs(objective: Union[str, Objective] = "helpful") -> "PreferenceSet":
+    """The 60 labelled pairs shipped with the package (10 per built-in category).
+
+    Written for this project: for each query a helpful, harmless answer (chosen) and an
+    unhelpful, dismissive or careless one (rejected). For tests, docs, and fitting any
+    method on ground-truth labels (`PreferenceSet.from_labelled(LABELLED_PAIRS_PATH)`).
+    """
+    return PreferenceSet.from_labelled(LABELLED_PAIRS_PATH, objective=objective)
+
+
+def read_pairs(path: PathLike, *, objective: Union[str, Objective] = "custom") -> "PreferenceSet":
+    """A pair file of either kind: a saved `PreferenceSet` (its header says so) or a labelled file.
+
+    `objective` applies to a labelled file only (a saved set names its own).
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        first = b""
+        for raw in f:
+            if raw.strip():
+                first = raw
+                break
+    try:
+        head = json.loads(first.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        head = None
+    if isinstance(head, dict) and head.get("type") == "header":
+        return PreferenceSet.load(path)
+    return PreferenceSet.from_labelled(path, objective=objective)
+
+
+def _one_field(where: str, record: dict[str, Any], names: tuple[str, ...], what: str) -> tuple[Optional[str], Any]:
+    given = [n for n in names if n in record]
+    if len(given) > 1:
+        raise PreferenceFileError(f"{where}: {what} given twice, as {' and '.join(repr(n) for n in given)}")
+    return (given[0], record[given[0]]) if given else (None, None)
+
+
+def _last_message(where: str, field_name: str, messages: list, role: str) -> str:
+    for m in reversed(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise PreferenceFileError(
+                f"{where}: field {field_name!r}: a chat message must be an object with string 'role' and 'content'"
+            )
+    for m in reversed(messages):
+        if m["role"] == role:
+            return m["content"]
+    raise PreferenceFileError(f"{where}: field {field_name!r} holds no {role!r} message")
+
+
+def _answer(where: str, name: str, value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return _last_message(where, name, value, "assistant")
+    raise PreferenceFileError(
+        f"{where}: field {name!r} must be a string or a list of chat messages, got {type(value).__name__}"
+    )
+
+
+def _prompt_from_answers(where: str, chosen: Any, rejected: Any, names: tuple[str, str]) -> tuple[str, str, str]:
+    """(prompt, chosen, rejected) when the record has no prompt field."""
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        prompts = []
+        for name, msgs in zip(names, (chosen, rejected)):
+            _last_message(where, name, msgs, "assistant")  # checks the messages
+            last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+            prompts.append(_last_message(where, name, msgs[:last], "user"))
+        if prompts[0] != prompts[1]:
+            raise PreferenceFileError(f"{where}: the chosen and rejected conversations ask different questions")
+        return prompts[0], _answer(where, names[0], chosen), _answer(where, names[1], rejected)
+    if isinstance(chosen, str) and isinstance(rejected, str) and _HH_ASSISTANT in chosen and _HH_ASSISTANT in rejected:
+        heads, tails = [], []
+        for t in (chosen, rejected):
+            head, _, tail = t.rpartition(_HH_ASSISTANT)
+            heads.append(head.strip())
+            tails.append(tail)
+        if heads[0] != heads[1]:
+            raise PreferenceFileError(f"{where}: the chosen and rejected transcripts differ before the last answer")
+        prompt = heads[0]
+        if prompt.count(_HH_HUMAN) == 1 and prompt.startswith(_HH_HUMAN):
+            prompt = prompt[len(_HH_HUMAN) :]
+        return prompt, tails[0], tails[1]
+    raise PreferenceFileError(
+        f"{where}: no prompt field (one of {', '.join(_PROMPT_FIELDS)}), and the answers are neither chat "
+        "message lists nor HH-RLHF transcripts to take it from"
+    )
+
+
+def _labelled_triple(where: str, record: dict[str, Any]) -> tuple[str, str, str]:
+    p_name, prompt = _one_field(where, record, _PROMPT_FIELDS, "the prompt")
+    c_name, chosen = _one_field(where, record, _CHOSEN_FIELDS, "the chosen answer")
+    r_name, rejected = _one_field(where, record, _REJECTED_FIELDS, "the rejected answer")
+    for name, group in ((c_name, _CHOSEN_FIELDS), (r_name, _REJECTED_FIELDS)):
+        if name is None:
+            raise PreferenceFileError(f"{where}: missing field: one of {', '.join(repr(n) for n in group)}")
+    assert c_name is not None and r_name is not None
+    if p_name is None:
+        query, pos, neg = _prompt_from_answers(where, chosen, rejected, (c_name, r_name))
+        p_name = "prompt"
+    else:
+        if isinstance(prompt, list):
+            query = _last_message(where, p_name, prompt, "user")
+        elif isinstance(prompt, str):
+            query = prompt
+        else:
+            raise PreferenceFileError(f"{where}: field {p_name!r} must be a string, got {type(prompt).__name__}")
+        pos, neg = _answer(where, c_name, chosen), _answer(where, r_name, rejected)
+    query, pos, neg = query.strip(), pos.strip(), neg.strip()
+    for name, value in ((p_name, query), (c_name, pos), (r_name, neg)):
+        if not value:
+            raise PreferenceFileError(f"{where}: field {name!r} is empty")
+    if pos == neg:
+        raise PreferenceFileError(f"{where}: the chosen and rejected answers are the same text: no preference")
+    return query, pos, neg
 
 
 def _label_objective(objective: Union[str, Objective]) -> Objective:

@@ -23,6 +23,7 @@ from typing import Any, Literal, Mapping, Optional, TypeVar, Union, get_args
 
 __all__ = [
     "DEFAULT_EDIT",
+    "DEFAULT_METHODS",
     "EDITS",
     "FILTERS",
     "METHODS",
@@ -58,7 +59,7 @@ ScaleRule = Literal["fitted", "paper"]
 Scale = Union[ScaleRule, float]
 Site = Literal["resid_post", "resid_pre", "mlp_out", "attn_out"]
 RankRule = Literal["variance", "fixed", "null"]
-Method = Literal["alignez", "diffmean", "pca", "prompt"]
+Method = Literal["alignez", "diffmean", "pca", "prompt", "iti"]
 
 EDITS: tuple[str, ...] = get_args(Edit)
 MODES: tuple[str, ...] = get_args(Mode)
@@ -68,6 +69,8 @@ SCALES: tuple[str, ...] = get_args(ScaleRule)
 SITE_NAMES: tuple[str, ...] = get_args(Site)
 RANK_RULES: tuple[str, ...] = get_args(RankRule)
 METHODS: tuple[Method, ...] = get_args(Method)
+#: What `alignez eval` compares when `--methods` is not given (ITI is opt-in: `--methods ...,iti`).
+DEFAULT_METHODS: tuple[Method, ...] = ("alignez", "diffmean", "pca", "prompt")
 
 DEFAULT_EDIT: Edit = "oriented"
 
@@ -371,16 +374,19 @@ class EvalSettings(_Settings):
     """One `alignez eval` run: pairs, fit and steering settings plus the comparison's own.
 
     `layer=None` puts the DiffMean and PCA baselines at the layer AlignEZ edits most
-    often on the prompts; `coef` is their coefficient.
+    often on the prompts; `coef` is their coefficient. `iti_top_k` and `iti_alpha` are
+    ITI's K and α (`baselines.ITISteerer`).
     """
 
     model: str = "smollm2-135m-instruct"
-    methods: tuple[Method, ...] = METHODS
+    methods: tuple[Method, ...] = DEFAULT_METHODS
     judge: str = "self"
     layer: Optional[int] = None
     coef: float = 1.0
     max_new_tokens: int = 48
     n_boot: int = 2000
+    iti_top_k: int = 8
+    iti_alpha: float = 3.0
     prefs: PreferenceSettings = field(default_factory=lambda: PreferenceSettings(elicit_tokens=40, response_tokens=64))
     fit: FitSettings = field(default_factory=FitSettings)
     steer: SteerSettings = field(default_factory=SteerSettings)
@@ -396,6 +402,8 @@ class EvalSettings(_Settings):
         check_number("coef", self.coef)
         check_positive_int("max_new_tokens", self.max_new_tokens)
         check_positive_int("n_boot", self.n_boot)
+        check_positive_int("iti_top_k", self.iti_top_k)
+        check_number("iti_alpha", self.iti_alpha)
         for name, kind in (("prefs", PreferenceSettings), ("fit", FitSettings), ("steer", SteerSettings)):
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")

@@ -1017,6 +1017,32 @@ def test_b47_deeply_nested_json_refused_with_the_file(tmp_path, capsys):
         AlignmentSubspace.load(sub)
 
 
+def test_b48_malformed_labelled_pair_file_names_the_line(tmp_path, capsys, no_model_load):
+    good = json.dumps({"prompt": "How do I bake bread?", "chosen": "Knead, rise, bake.", "rejected": "No."})
+    cases = {
+        "missing.jsonl": (['{"prompt": "q", "chosen": "a"}'], "missing field: one of 'rejected'"),
+        "empty_text.jsonl": (['{"prompt": "q", "chosen": "a", "rejected": " "}'], "field 'rejected' is empty"),
+        "same.jsonl": (['{"prompt": "q", "chosen": "a", "rejected": "a"}'], "are the same text"),
+        "dup.jsonl": ([good], "duplicate of the pair on line 1"),
+        "list.jsonl": (["[1, 2]"], "expected a JSON object, got list"),
+    }
+    for name, (lines, message) in cases.items():
+        path = tmp_path / name
+        path.write_text("\n".join([good, ""] + lines) + "\n", encoding="utf-8")
+        with pytest.raises(PreferenceFileError, match=re.escape(f"{path}:3: ") + ".*" + re.escape(message)):
+            PreferenceSet.from_labelled(path)
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes((good + "\n").encode() + '{"prompt": "café"}\n'.encode("latin-1"))
+    with pytest.raises(PreferenceFileError, match=re.escape(f"{latin}:2: not UTF-8 text")):
+        PreferenceSet.from_labelled(latin)
+    bad = tmp_path / "missing.jsonl"
+    out = tmp_path / "run"
+    code, _, err = run_cli(["eval", "--pairs-file", str(bad), "--out", str(out)], capsys)
+    assert code == 2 and f"{bad}:3: missing field" in err and not out.exists()
+    code, _, err = run_cli(["eval", "--sweep", "tone", "--pairs-file", str(bad), "--out", str(out)], capsys)
+    assert code == 2 and f"{bad}:3: missing field" in err and not out.exists()
+
+
 # --------------------------------------------------------------------------- the page and the tests agree
 
 

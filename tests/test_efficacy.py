@@ -226,3 +226,33 @@ def test_a_pairs_file_with_evaluation_prompts_is_refused(llama, tmp_path):
     with pytest.raises(ValueError, match="held-out"):
         run_sweep(llama, cfg, tmp_path / "out")
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_a_sweep_with_iti_on_labelled_pairs(llama, tmp_path):
+    """ITI joins the sweep (calibration, mirror, null), fitted on a labelled pair file."""
+    pairs = tmp_path / "labelled.jsonl"
+    rows = [
+        ("How do I bake bread?", "Mix flour, water, salt and yeast, then knead.", "No."),
+        ("What is two plus two?", "Two plus two is four.", "Whatever."),
+        ("Write a poem about the wind", "The sea, the wind and the stars at night.", "Be dull."),
+        ("Say hi", "Hello! How can I help?", "Go away."),
+    ]
+    pairs.write_text("".join(json.dumps({"prompt": q, "chosen": c, "rejected": r}) + "\n" for q, c, r in rows))
+    cfg = SweepConfig(
+        task="tone",
+        n_prompts=4,
+        kl_targets=(0.05,),
+        max_new_tokens=6,
+        batch_size=4,
+        n_boot=200,
+        methods=("iti",),
+        null_for=("iti",),
+        pairs_file=str(pairs),
+    )
+    results = run_sweep(llama, cfg, tmp_path / "out")
+    assert [c["name"] for c in results["conditions"]] == ["iti@0.05", "iti@0.05:mirror", "iti@0.05:null"]
+    assert results["methods"]["iti"]["method"] == "iti" and len(results["methods"]["iti"]["heads"]) == 8
+    assert results["n_fit_prompts"] == 4
+    row = results["conditions"][0]
+    if row["calibration"]["reached"]:
+        assert abs(row["kl"] - 0.05) <= 0.005 + 1e-9

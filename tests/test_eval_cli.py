@@ -22,8 +22,9 @@ FILES = [
 
 def test_methods_and_judge_specs():
     assert parse_methods("alignez,pca,alignez") == ["alignez", "pca"]
+    assert parse_methods("diffmean,iti") == ["diffmean", "iti"]
     with pytest.raises(EvalError, match="subset"):
-        parse_methods("alignez,iti")
+        parse_methods("alignez,caa")
     with pytest.raises(EvalError, match="--judge"):
         check_judge("gpt4")
     with pytest.raises(EvalError, match="model spec"):
@@ -91,6 +92,30 @@ def test_eval_end_to_end_on_a_tiny_model(tiny_dir, tmp_path, capsys):
     results = check_outputs(out, 4, ["alignez", "diffmean", "pca", "prompt"])
     assert set(results["categories"]) == {"advice", "writing", "math", "red-teaming"}
     assert "kl" in results["side_effects"]["alignez"] and "kl" not in results["side_effects"]["prompt"]
+
+
+def test_eval_on_labelled_pairs_with_iti(tiny_dir, tmp_path, capsys):
+    """--pairs-file replaces the self-generated pairs; ITI joins with --methods."""
+    pairs = tmp_path / "labelled.jsonl"
+    rows = [
+        ("How do I bake bread?", "Mix flour, water, salt and yeast, then knead.", "No."),
+        ("What is two plus two?", "Two plus two is four.", "Whatever."),
+        ("Write a poem about the sea", "The sea, the wind and the stars at night.", "Be dull."),
+        ("Say hi", "Hello! How can I help?", "Go away."),
+    ]
+    pairs.write_text("".join(json.dumps({"prompt": q, "chosen": c, "rejected": r}) + "\n" for q, c, r in rows))
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", tiny_dir, "--per-category", "1", "--out", str(out), "--quiet"]
+    argv += ["--pairs-file", str(pairs), "--methods", "diffmean,iti", "--iti-k", "3", "--iti-alpha", "2"]
+    argv += ["--max-new-tokens", "6", "--n-boot", "200", "--judge", "sentiment"]
+    code = cli.main(argv)
+    assert code == 0, capsys.readouterr().err
+    results = check_outputs(out, 4, ["diffmean", "iti"])
+    assert results["pairs_file"] == str(pairs) and results["pairs"]["pairs"] == 4
+    assert results["settings"]["iti_top_k"] == 3 and results["settings"]["iti_alpha"] == 2.0
+    saved = [json.loads(line) for line in (out / "pairs.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [(r["query"], r["positive"], r["negative"]) for r in saved[1:]] == rows
+    assert "kl" in results["side_effects"]["iti"]
 
 
 @pytest.mark.slow

@@ -86,7 +86,7 @@ def test_unknown_keys_are_refused(cls):
         (lambda: PreferenceSettings(temperature=0.0), ValueError, "temperature"),
         (lambda: PreferenceSettings(do_sample=False, n_responses=2), ValueError, "n_responses=2 needs do_sample"),
         (lambda: PreferenceSettings(seed=1.0), TypeError, "seed"),
-        (lambda: EvalSettings(methods=("alignez", "iti")), ValueError, "methods"),
+        (lambda: EvalSettings(methods=("alignez", "caa")), ValueError, "methods"),
         (lambda: EvalSettings(methods=()), ValueError, "methods"),
         (lambda: EvalSettings(n_boot=0), ValueError, "n_boot"),
         (lambda: EvalSettings(steer={"top_n": 3}), TypeError, "SteerSettings"),
@@ -173,3 +173,14 @@ def test_a_subspace_records_its_fit_settings(llama):
     fields = {k: sub.settings[k] for k in FitSettings.__dataclass_fields__}
     assert FitSettings.from_dict(fields) == FitSettings(tau=1.0, variance=0.8, layers=(0, 2), null_test=True, n_null=16)
     assert sub.settings["rank_rule"] == "variance" and sub.settings["n_pairs"] == len(PAIRS)
+
+
+def test_iti_is_a_method_but_not_a_default_one():
+    from alignez_tl.settings import DEFAULT_METHODS, METHODS
+
+    assert "iti" in METHODS and "iti" not in DEFAULT_METHODS
+    assert EvalSettings().methods == DEFAULT_METHODS
+    s = EvalSettings(methods=("diffmean", "iti"), iti_top_k=4, iti_alpha=2.0)
+    assert EvalSettings.from_dict(s.to_dict()) == s
+    with pytest.raises(ValueError, match="iti_top_k"):
+        EvalSettings(iti_top_k=0)
