@@ -18,7 +18,7 @@ Every one is a `protocol.SteeringMethod`, as `Steerer` is: `hooks(model, query, 
 prompt_len, record, strict)` returns `(hook_name, fn)` pairs, `apply(model, ...)` is a
 context manager that always removes them, `generate(model, queries, ...)` is
 `protocol.HookSteering.generate`, the code `Steerer` runs too (prompt-only calls the
-same loop, `steering.generate_with_hooks`, with its own prompts): the same batching,
+same loop, `generation.generate`, with its own prompts): the same batching,
 left padding, seeding, stop tokens, backend and `steer=False` unsteered path, so the
 only difference between two runs is the steering itself. `describe()` and
 `with_positions()` complete the interface.
@@ -40,13 +40,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from . import generation
 from ._checks import _as_queries
 from .hooks import POSITIONS, SITES, PositionTracker, check_layers, hook_name
 from .models import model_signature, render, require_tokenizer
 from .pairs import EmptySubspaceError, PairActivations, embed_pairs
 from .protocol import HookSteering
 from .settings import check_number
-from .steering import _NamedLog, generate_with_hooks
+from .steering import _NamedLog
 from .subspace import SubspaceMismatchError
 
 __all__ = [
@@ -193,7 +194,7 @@ class Baseline(HookSteering):
 
     Subclasses define `hooks()`, `check_model()`, `describe()` and `with_positions()`;
     `apply` and `generate` are `HookSteering`'s (the shared loop
-    `steering.generate_with_hooks`: batching, left padding, seeding, stop tokens, the
+    `generation.generate`: batching, left padding, seeding, stop tokens, the
     `backend` choice; `steer=False` runs the unsteered model through the same path).
     """
 
@@ -757,11 +758,12 @@ class PromptSteerer(Baseline):
         return_tokens: bool = False,
         backend: str = "auto",
         monitor: Optional[dict] = None,
+        selections: Optional[list] = None,
     ) -> Union[list[str], tuple[list[list[int]], list[str]]]:
         """`Steerer.generate` with each query rendered with the system prompt.
 
-        Same arguments, same return value, same loop (`steering.generate_with_hooks`,
-        with no hooks; `monitor` is left untouched, as there is no edit to count). The
+        Same arguments, same return value, same loop (`generation.generate`,
+        with no hooks; `monitor` and `selections` are left untouched, as there is no edit). The
         prompt is tokenised exactly as an unsteered prompt is (chat text: no extra BOS).
         `steer=False` renders without the system prompt (the unsteered path); explicit
         `prompts` are used exactly as given, as in `Steerer`.
@@ -777,7 +779,7 @@ class PromptSteerer(Baseline):
         else:
             texts, text_chat = [render(model, q, chat=chat) for q in queries], chat
         self.check_model(model)
-        all_ids = generate_with_hooks(
+        all_ids = generation.generate(
             model,
             texts,
             lambda start, stop, batch: [],

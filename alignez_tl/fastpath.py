@@ -13,6 +13,12 @@ TransformerLens path uses.
 
 The TransformerLens hook path stays the reference (and the path for analyses); a test
 checks that both give the same greedy tokens.
+
+A view is cached per bridge with a fingerprint of the wrapped model's tensors (every
+parameter's and buffer's storage, dtype, device and shape). `model.to(dtype)` or
+`.to(device)` replaces the buffers (and the parameters' storage), so a view built before
+would keep stale tensors (rotary frequencies of the old dtype, say): on any mismatch the
+view is rebuilt, or refused (None) when it cannot be (tensors on the meta device).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from torch import nn
 
 __all__ = ["is_dispatched", "native_hooks", "unwrapped_hf_model"]
 
-_VIEWS: "weakref.WeakKeyDictionary[Any, nn.Module]" = weakref.WeakKeyDictionary()
+_VIEWS: "weakref.WeakKeyDictionary[Any, tuple[tuple, nn.Module]]" = weakref.WeakKeyDictionary()
 _WRAP = "._original_component"
 _HOOK = re.compile(r"^blocks\.(\d+)\.hook_(resid_post|resid_pre|mlp_out|attn_out)$")
 _Z_HOOK = re.compile(r"^blocks\.(\d+)\.attn\.hook_z$")  # the per-head outputs, before W_O
@@ -42,10 +48,9 @@ def unwrapped_hf_model(model: Any) -> Optional[nn.Module]:
 
     Returns None for models that are not bridges (a `HookedTransformer` has no HF
     model inside) or whose modules cannot be matched one to one; callers then fall
-    back to the TransformerLens path. The view is built once per bridge and cached.
+    back to the TransformerLens path. The view is cached per bridge and rebuilt when the
+    wrapped model's tensors changed since (`.to(dtype)`, `.to(device)`, replaced weights).
     """
-    if model in _VIEWS:
-        return _VIEWS[model]
     try:
         wrapped = model.original_model
     except Exception:  # noqa: BLE001 - not a bridge
@@ -54,9 +59,14 @@ def unwrapped_hf_model(model: Any) -> Optional[nn.Module]:
         return None
     if is_dispatched(wrapped):
         return None  # accelerate moves (or loads from disk) each layer's weights in its own hooks
+    stamp = _fingerprint(wrapped)
+    cached = _VIEWS.get(model)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    _VIEWS.pop(model, None)
     view = _build_view(wrapped)
     if view is not None:
-        _VIEWS[model] = view
+        _VIEWS[model] = (stamp, view)
     return view
 
 
@@ -71,6 +81,14 @@ def is_dispatched(hf_model: nn.Module) -> bool:
     if len(set(map(str, placement.values()))) > 1 or any(str(v) in ("disk", "meta") for v in placement.values()):
         return True
     return any(p.device.type == "meta" for p in hf_model.parameters())
+
+
+def _fingerprint(wrapped: nn.Module) -> tuple:
+    """The identity of every tensor of `wrapped`: storage address, dtype, device and shape."""
+    tensors = list(wrapped.named_parameters(remove_duplicate=False)) + list(
+        wrapped.named_buffers(remove_duplicate=False)
+    )
+    return (id(wrapped),) + tuple((name, t.data_ptr(), t.dtype, t.device, tuple(t.shape)) for name, t in tensors)
 
 
 def _build_view(wrapped: nn.Module) -> Optional[nn.Module]:
@@ -122,9 +140,13 @@ def _child(layer: nn.Module, names: Sequence[str]) -> nn.Module:
 
 
 def _replace_first(output: Any, fn: Callable, name: str) -> Any:
+    """`output` with its first entry replaced by `fn`'s result; None (leave it) where `fn` returns None."""
+    new = fn(output[0] if isinstance(output, tuple) else output, name)
+    if new is None:  # a hook that only reads (a capture hook), as TransformerLens allows
+        return None
     if isinstance(output, tuple):
-        return (fn(output[0], name),) + tuple(output[1:])
-    return fn(output, name)
+        return (new,) + tuple(output[1:])
+    return new
 
 
 class _Name:
@@ -142,7 +164,8 @@ def native_hooks(hf: nn.Module, hooks: Sequence[tuple[str, Callable]]) -> Iterat
     `blocks.{l}.hook_resid_pre` (its input), `blocks.{l}.hook_mlp_out` and
     `blocks.{l}.hook_attn_out` (the MLP and attention outputs), and
     `blocks.{l}.attn.hook_z` (the input of the attention's output projection, seen as
-    `[batch, pos, n_heads, d_head]`). The handles are removed on exit, even on error.
+    `[batch, pos, n_heads, d_head]`). A hook that returns None leaves the activation as
+    it is (as on TransformerLens). The handles are removed on exit, even on error.
     """
     layers = _decoder_layers(hf)
     handles = []
@@ -161,10 +184,13 @@ def native_hooks(hf: nn.Module, hooks: Sequence[tuple[str, Callable]]) -> Iterat
             if site == "resid_pre":
 
                 def pre(module, args, kwargs, call=call):
+                    new = call(args[0] if args else kwargs["hidden_states"], None)
+                    if new is None:  # a hook that only reads
+                        return None
                     if args:
-                        return (call(args[0], None),) + tuple(args[1:]), kwargs
+                        return (new,) + tuple(args[1:]), kwargs
                     kwargs = dict(kwargs)
-                    kwargs["hidden_states"] = call(kwargs["hidden_states"], None)
+                    kwargs["hidden_states"] = new
                     return args, kwargs
 
                 handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))

@@ -1,4 +1,4 @@
-"""Loading models, formatting prompts, tokenising batches and fast plain generation.
+"""Loading models, formatting prompts and tokenising batches.
 
 Everything in `alignez_tl` talks to a model through the small surface that both
 TransformerLens model classes share (`cfg`, `tokenizer`, `hooks`, `forward`,
@@ -8,8 +8,8 @@ TransformerLens model classes share (`cfg`, `tokenizer`, `hooks`, `forward`,
   or a model object) into a TransformerLens model.
 * `render` / `encode` build prompts the way the model was trained to see them
   (chat template for instruct models, BOS exactly once) and left-pad batches.
-* `generate_plain` is the hook-free generation path used for self-generated
-  preferences: Hugging Face `generate` on the weights the bridge wraps.
+
+Generation itself (its loop, seeds, prompt budget and stop tokens) is `generation.py`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from typing import Any, Optional, Protocol, Sequence, Union, runtime_checkable
 import torch
 from torch import Tensor
 
-from ._checks import encode_for_generation  # public here: the encoding every generation uses
 from .errors import ModelSpecError
 
 logger = logging.getLogger(__name__)
@@ -42,8 +41,6 @@ __all__ = [
     "ModelSpecError",
     "cache_dir",
     "encode",
-    "encode_for_generation",
-    "generate_plain",
     "is_bridge",
     "is_chat_model",
     "load_model",
@@ -433,12 +430,11 @@ def encode(
     context = int(max_len or getattr(model.cfg, "n_ctx", 0) or 0) or None
     if isinstance(reserve, bool) or not isinstance(reserve, int) or reserve < 0:
         raise ValueError(f"reserve must be a non-negative int, got {reserve!r}")
-    limit = None if context is None else context - reserve
-    if limit is not None and limit < 1:
-        raise ValueError(
-            f"max_new_tokens={reserve} does not fit the model's context of {context} tokens "
-            f"(the prompt needs at least one): use max_new_tokens < {context}"
-        )
+    limit = context
+    if context is not None and reserve:
+        from .generation import prompt_budget  # the one prompt-budget rule (generation imports this module)
+
+        limit = prompt_budget(model, reserve, n_ctx=context)
     rows: list[list[int]] = []
     n_truncated = 0
     for text in texts:
@@ -515,119 +511,17 @@ def padding_kwargs(model: Any, attention_mask: Tensor) -> dict[str, Tensor]:
     return kwargs
 
 
-def stop_token_ids(model: Any) -> list[int]:
-    """Tokens that end an answer: EOS plus the chat template's end-of-turn token."""
-    tok = require_tokenizer(model, "generation")
-    ids = set()
-    if getattr(tok, "eos_token_id", None) is not None:
-        ids.add(int(tok.eos_token_id))
-    vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
-    for special in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):
-        if special in vocab:
-            ids.add(int(vocab[special]))
-    return sorted(ids)
+_MOVED = ("encode_for_generation", "generate_plain", "seeded", "stop_token_ids", "trim_generated")
 
 
-def trim_generated(ids: Sequence[int], stops: Sequence[int]) -> list[int]:
-    """Cut a generated row at its first stop token (the stop token is dropped)."""
-    out = []
-    for t in ids:
-        if int(t) in stops:
-            break
-        out.append(int(t))
-    return out
+def __getattr__(name: str) -> Any:
+    """The generation names this module used to hold, now in `generation` (and `fastpath`)."""
+    if name in _MOVED:
+        from . import generation
 
+        return getattr(generation, name)
+    if name == "hf_model_of":
+        from .fastpath import unwrapped_hf_model
 
-def hf_model_of(model: Any) -> Optional[Any]:
-    """A plain Hugging Face model sharing a TransformerBridge's weights, else None.
-
-    This is the un-wrapped view of `fastpath.unwrapped_hf_model`: booting the bridge wraps
-    the Hugging Face modules in place, which slows their own `generate` down on a GPU.
-    """
-    from .fastpath import unwrapped_hf_model
-
-    return unwrapped_hf_model(model)
-
-
-@torch.inference_mode()
-def generate_plain(
-    model: Any,
-    batch: Encoded,
-    *,
-    max_new_tokens: int,
-    do_sample: bool = True,
-    temperature: float = 0.7,
-    top_p: float = 0.9,
-    top_k: int = 0,
-    seed: int = 0,
-) -> list[list[int]]:
-    """Generate continuations with no hooks, on the fastest path the model offers.
-
-    For a `TransformerBridge` this is Hugging Face `generate` on an un-wrapped view of
-    its weights (shared, not copied: `fastpath.unwrapped_hf_model`); otherwise the
-    model's own `generate`. Returns the new token ids of each
-    row, cut at the first stop token.
-    """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    stops = stop_token_ids(model)
-    device = model_device(model)
-    ids = batch.input_ids.to(device)
-    mask = batch.attention_mask.to(device)
-    with seeded(seed, device):
-        return _generate_plain(
-            model,
-            ids,
-            mask,
-            stops,
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-        )
-
-
-@contextlib.contextmanager
-def seeded(seed: int, device: Union[str, torch.device, None] = None):
-    """Seed torch inside the block only; the caller's random state is restored after."""
-    device = torch.device(device or "cpu")
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-def _generate_plain(model, ids, mask, stops, *, max_new_tokens, do_sample, temperature, top_p, top_k):
-    hf = hf_model_of(model)
-    if hf is not None:
-        kwargs: dict[str, Any] = dict(
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            pad_token_id=pad_id(model.tokenizer),
-            eos_token_id=stops,
-        )
-        if do_sample:
-            kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        out = hf.generate(input_ids=ids, attention_mask=mask, **kwargs)
-        new = out[:, ids.shape[1] :]
-        return [trim_generated(row.tolist(), stops) for row in new]
-    # HookedTransformer: its generate handles one unpadded prompt at a time reliably.
-    results = []
-    for i in range(ids.shape[0]):
-        row = ids[i, mask[i].bool()].unsqueeze(0)
-        out = model.generate(
-            row,
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature if do_sample else 1.0,
-            top_p=top_p if do_sample else None,
-            top_k=(top_k or None) if do_sample else None,
-            stop_at_eos=True,
-            eos_token_id=stops,
-            verbose=False,
-        )
-        results.append(trim_generated(out[0, row.shape[1] :].tolist(), stops))
-    return results
+        return unwrapped_hf_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,8 +28,8 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union, overload
 
 from tqdm.auto import tqdm
 
-from . import models
-from ._checks import encode_for_generation, prompt_budget, require_model
+from . import generation, models
+from ._checks import require_model
 from ._io import atomic_write_text
 from .errors import PreferenceFileError
 from .objectives import Objective, get_objective
@@ -956,8 +956,10 @@ def _generate_texts(
     starts = range(0, len(rendered), batch_size)
     out: list[tuple[str, int]] = []
     for b, start in enumerate(tqdm(starts, desc=phase, unit="batch", disable=not verbose)):
-        batch = encode_for_generation(model, rendered[start : start + batch_size], chat, gen["max_new_tokens"])
-        rows = models.generate_plain(model, batch, seed=_batch_seed(seed, phase, b), **gen)
+        batch = generation.encode_for_generation(
+            model, rendered[start : start + batch_size], chat, gen["max_new_tokens"]
+        )
+        rows = generation.generate_plain(model, batch, seed=_batch_seed(seed, phase, b), **gen)
         out.extend(((prefill + tok.decode(ids, skip_special_tokens=True)).strip(), len(ids)) for ids in rows)
     return out
 
@@ -1133,8 +1135,8 @@ def generate_preferences(
     )
     require_model(model, "generate_preferences")
     models.require_tokenizer(model, "generate_preferences")
-    prompt_budget(model, elicit_tokens, "elicit_tokens")
-    prompt_budget(model, response_tokens, "response_tokens")
+    generation.prompt_budget(model, elicit_tokens, "elicit_tokens")
+    generation.prompt_budget(model, response_tokens, "response_tokens")
     if chat is None:
         chat = models.is_chat_model(model)
     elif chat and not models.is_chat_model(model):

@@ -10,8 +10,8 @@ evaluation, a CLI command or an analysis can take any of them:
 * `apply(model, query=None, **kwargs)`: a context manager that adds those hooks and
   always removes them;
 * `generate(model, queries, *, prompts=None, max_new_tokens=64, ..., steer=True,
-  return_tokens=False, backend="auto")`: batched generation through the one shared loop
-  (`steering.generate_with_hooks`); `steer=False` is the unsteered path;
+  return_tokens=False, backend="auto", selections=None)`: batched generation through the
+  one shared loop (`generation.generate`); `steer=False` is the unsteered path;
 * `describe()`: JSON-ready settings (at least `"method"`), for reports;
 * `with_positions(positions)`: a copy that edits `"generated"` (the last prompt token
   and every generated token) or `"all"` positions.
@@ -26,7 +26,9 @@ from __future__ import annotations
 import contextlib
 from typing import Any, ContextManager, Iterator, Optional, Protocol, Sequence, Union, runtime_checkable
 
+from . import generation
 from ._checks import _as_queries
+from .generation import Prefill
 from .models import Encoded, render
 
 __all__ = ["GenerateResult", "HookSteering", "SteeringMethod"]
@@ -74,10 +76,11 @@ class SteeringMethod(Protocol):
 class HookSteering:
     """`apply` and `generate` written once, on top of `hooks()` and `check_model()`.
 
-    A subclass defines `hooks`, `check_model`, `describe` and `with_positions`. The
-    generation loop is `steering.generate_with_hooks` (batching, left padding, seeding,
-    stop tokens, the `backend` choice), so two methods differ only in their hooks (or,
-    for `PromptSteerer`, which overrides `generate`, in their prompts).
+    A subclass defines `hooks`, `check_model`, `describe` and `with_positions`, and
+    `prefill` where its hooks depend on the prompt (`Steerer`'s per-query selection). The
+    generation loop is `generation.generate` (batching, left padding, seeding, stop
+    tokens, the `backend` choice), so two methods differ only in their hooks (or, for
+    `PromptSteerer`, which overrides `generate`, in their prompts).
     """
 
     def check_model(self, model: Any, *, strict: bool = True) -> None:  # pragma: no cover - overridden
@@ -97,6 +100,10 @@ class HookSteering:
 
     def describe(self) -> dict[str, Any]:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def prefill(self) -> Optional[Prefill]:
+        """What `hooks(..., activations=...)` needs from the unedited last prompt token; None: nothing."""
+        return None
 
     def with_positions(self, positions: str) -> "HookSteering":  # pragma: no cover - overridden
         raise NotImplementedError
@@ -135,6 +142,7 @@ class HookSteering:
         return_tokens: bool = False,
         backend: str = "auto",
         monitor: Optional[dict] = None,
+        selections: Optional[list] = None,
     ) -> GenerateResult:
         """Steered generation for many queries, batched, one `generate` call per batch.
 
@@ -144,29 +152,43 @@ class HookSteering:
         monitor=...)`). Greedy by default. `steer=False` gives the unsteered answers
         through the same code path (the fair baseline).
 
-        `backend` picks the generation engine (see `steering.generate_with_hooks`): by
-        default the fast path on a bridge, which gives the same greedy tokens as the
-        TransformerLens hook path (`backend="tl"`, the reference).
+        `backend` picks the generation engine (see `generation`): by default the fast
+        path on a bridge, which gives the same greedy tokens as the TransformerLens hook
+        path (`backend="tl"`, the reference).
+
+        Where the hooks depend on the prompt (`prefill()`: `Steerer`'s per-query layer
+        selection), the fast path with the KV cache reads it from the prompt's own forward
+        pass (`generation.Prefill`); the other paths, and explicit `prompts`, select with a
+        pass of their own, as `hooks()` does. `selections` (per objective, one entry per
+        query: `Steerer.select`'s output) skips selection altogether.
 
         Returns the decoded new text of each query, cut at the first stop token, or
         `(new_token_ids, texts)` with `return_tokens=True`.
         """
-        from .steering import generate_with_hooks  # steering imports this module
-
         queries = _as_queries(queries)
         if prompts is not None and len(prompts) != len(queries):
             raise ValueError(f"{len(prompts)} prompts for {len(queries)} queries")
         self.check_model(model)
         texts = list(prompts) if prompts is not None else [render(model, q, chat=chat) for q in queries]
 
-        def hooks_for(start: int, stop: int, batch: Encoded) -> list:
+        if selections is not None and any(len(s) != len(queries) for s in selections):
+            raise ValueError(f"selections must hold one entry per query ({len(queries)}) for every objective")
+        # the selection from the prefill reads the rendered queries: not for explicit prompts
+        prefill = self.prefill() if steer and prompts is None and selections is None else None
+
+        def hooks_for(start: int, stop: int, batch: Encoded, activations: Any = None) -> list:
             if not steer:
                 return []
-            return self.hooks(
-                model, queries[start:stop], prompt_len=batch.input_ids.shape[1], chat=chat, monitor=monitor
-            )
+            extra: dict[str, Any] = {}
+            if selections is not None:
+                extra["selections"] = [s[start:stop] for s in selections]
+            if activations is not None:
+                # the first call the hooks see is the last prompt token alone (the rest is cached)
+                extra["activations"] = activations
+            prompt_len = 1 if activations is not None else batch.input_ids.shape[1]
+            return self.hooks(model, queries[start:stop], prompt_len=prompt_len, chat=chat, monitor=monitor, **extra)
 
-        all_ids = generate_with_hooks(
+        all_ids = generation.generate(
             model,
             texts,
             hooks_for,
@@ -179,6 +201,7 @@ class HookSteering:
             batch_size=batch_size,
             use_past_kv_cache=use_past_kv_cache,
             backend=backend,
+            prefill=prefill,
             verbose=verbose,
             desc="steered generation" if steer else "generation",
         )

@@ -1,4 +1,4 @@
-"""Steering: per-query direction filter, layer selection, edit hooks, generation.
+"""Steering: per-query direction filter, layer selection, edit hooks.
 
 A `Steerer` turns one or more fitted `AlignmentSubspace`s into TransformerLens hook
 functions. For each query it measures, at every layer, how much the query's own
@@ -18,27 +18,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Optional, Sequence, Union, cast
+from typing import Any, Optional, Sequence, Union, cast
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from ._checks import _as_queries, encode_for_generation, prompt_budget, require_model
+from ._checks import _as_queries, require_model
 from .activations import capture
-from .fastpath import native_hooks, unwrapped_hf_model
+from .generation import Prefill
 from .hooks import EditTerm, PositionTracker, check_layers, edit_hook, hook_name
-from .models import (
-    Encoded,
-    encode,
-    is_bridge,
-    model_device,
-    pad_id,
-    render,
-    seeded,
-    stop_token_ids,
-    trim_generated,
-)
+from .models import render
 from .protocol import HookSteering
 from .settings import (
     DEFAULT_EDIT,
@@ -56,13 +45,11 @@ from .settings import (
 from .subspace import AlignmentSubspace
 
 __all__ = [
-    "BACKENDS",
     "DEFAULT_EDIT",
     "QuerySelection",
     "Steerer",
     "SteeringTerm",
     "default_alpha",
-    "generate_with_hooks",
 ]
 
 
@@ -361,21 +348,50 @@ class Steerer(HookSteering):
         for term in self.terms:
             term.subspace.check_model(model, strict=strict)
 
+    def prefill(self) -> Optional[Prefill]:
+        """What selection reads from each query's unedited last prompt token (`generation.Prefill`).
+
+        With `positions="generated"` the first edited position is the last prompt token, so
+        `generate` reads the selection from the prompt's own forward pass (the fast path
+        with the KV cache) instead of a second pass over the prompts. None for
+        `positions="all"`, whose edits start at the first prompt token.
+        """
+        layers = sorted({layer for t in self.terms for layer in t.candidate_layers()})
+        if self.positions != "generated" or not layers:
+            return None
+        return Prefill(self.terms[0].subspace.site, tuple(layers))
+
     def select(
-        self, model: Any, queries: Sequence[str], *, chat: Optional[bool] = None, batch_size: int = 16
+        self,
+        model: Any,
+        queries: Sequence[str],
+        *,
+        chat: Optional[bool] = None,
+        batch_size: int = 16,
+        activations: Optional[Tensor] = None,
     ) -> list[list[QuerySelection]]:
         """Per objective, per query: the kept directions, layer scores and chosen layers.
 
         The query activation is the last token of `render(model, query)`: for a chat
         model, the end of the generation prompt, which is the first position steering
-        edits during generation.
+        edits during generation. `activations` (`[queries, layers, d_model]` at
+        `self.prefill().layers`, as generation reads them from the prefill) replaces
+        the capture pass.
         """
         queries = _as_queries(queries)
         self.check_model(model, strict=False)
         site = self.terms[0].subspace.site
         layers = sorted({layer for t in self.terms for layer in t.candidate_layers()})
-        texts = [render(model, q, chat=chat) for q in queries]
-        acts = capture(model, texts, layers, site, batch_size=batch_size, chat=chat)
+        if activations is None:
+            texts = [render(model, q, chat=chat) for q in queries]
+            acts = capture(model, texts, layers, site, batch_size=batch_size, chat=chat)
+        else:
+            if tuple(activations.shape[:2]) != (len(queries), len(layers)):
+                raise ValueError(
+                    f"activations of shape {tuple(activations.shape)} for {len(queries)} queries "
+                    f"at {len(layers)} layers"
+                )
+            acts = activations.to(torch.float32)
         unit = acts / acts.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         index = {layer: i for i, layer in enumerate(layers)}
         result = []
@@ -409,6 +425,7 @@ class Steerer(HookSteering):
         query: Union[str, Sequence[str], None] = None,
         *,
         selections: Optional[list[list[QuerySelection]]] = None,
+        activations: Optional[Tensor] = None,
         prompt_len: Optional[int] = None,
         chat: Optional[bool] = None,
         record: Optional[list] = None,
@@ -422,6 +439,8 @@ class Steerer(HookSteering):
                 batch row. Without a query, a Steerer built with fixed `layers` edits all
                 directions at those layers.
             selections: reuse the output of `select()` instead of recomputing it.
+            activations: the queries' last-prompt-token activations at `prefill().layers`
+                (`[rows, layers, d_model]`): select from them without a capture pass.
             prompt_len: the padded prompt length, when known: pins which positions
                 `positions="generated"` edits (see `hooks.PositionTracker`).
             record: a list that receives `(hook_name, seq_len, (start, stop))` for every
@@ -436,7 +455,7 @@ class Steerer(HookSteering):
         self.check_model(model, strict=strict)
         if selections is None and query is not None:
             queries = [query] if isinstance(query, str) else _as_queries(query)
-            selections = self.select(model, queries, chat=chat)
+            selections = self.select(model, queries, chat=chat, activations=activations)
         by_layer = self.edit_terms(selections)
         site = self.terms[0].subspace.site
         out = []
@@ -598,110 +617,6 @@ class Steerer(HookSteering):
     # apply() and generate() are HookSteering's (protocol.py), shared with the baselines.
 
 
-BACKENDS = ("auto", "hf", "tl")
-
-
-def generate_with_hooks(
-    model: Any,
-    texts: Sequence[str],
-    hooks_for: Callable[[int, int, Encoded], list],
-    *,
-    chat: Optional[bool] = None,
-    max_new_tokens: int = 64,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: Optional[float] = None,
-    seed: int = 0,
-    batch_size: int = 8,
-    use_past_kv_cache: bool = True,
-    backend: str = "auto",
-    verbose: bool = False,
-    desc: str = "generation",
-) -> list[list[int]]:
-    """Batched generation of `texts` with per-batch hooks; the loop every steerer shares.
-
-    `hooks_for(start, stop, batch)` returns the `(hook_name, fn)` pairs for rows
-    `start:stop` (already encoded, left-padded, as `batch`). `backend`: `"tl"` runs
-    TransformerLens `generate` under `model.hooks(...)` (the reference); `"hf"` runs
-    Hugging Face `generate` on the un-wrapped view of a bridge with the same functions
-    as native hooks (`fastpath`); `"auto"` takes `"hf"` where the model offers it.
-    Both give the same greedy tokens. A `HookedTransformer` generates one unpadded row
-    at a time (its `generate` infers padding from pad tokens and would ignore the
-    attention mask). Each batch is seeded with `seed + batch index`
-    without touching the caller's random state. Returns each row's new token ids, cut
-    at the first stop token.
-    """
-    if isinstance(texts, str):
-        raise TypeError("expected a list of prompt texts, got a single string")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    require_model(model, "generation")
-    prompt_budget(model, max_new_tokens)  # refuses max_new_tokens >= the context, before any work
-    view = unwrapped_hf_model(model) if backend in ("auto", "hf") else None
-    if backend == "hf" and view is None:
-        raise ValueError("backend='hf' needs a TransformerBridge (not in compatibility mode)")
-    # A HookedTransformer's generate derives padding from pad tokens and ignores a given
-    # attention mask, so it gets one unpadded row at a time (with that row's hooks).
-    row_by_row = view is None and not is_bridge(model)
-    stops = stop_token_ids(model)
-    pad = pad_id(model.tokenizer)
-    device = model_device(model)
-    all_ids: list[list[int]] = []
-
-    def run(batch: Encoded, hooks: list) -> list[list[int]]:
-        ids = batch.input_ids.to(device)
-        mask = batch.attention_mask.to(device)
-        if view is not None:
-            kwargs: dict[str, Any] = dict(
-                max_new_tokens=max_new_tokens,
-                do_sample=do_sample,
-                eos_token_id=stops,
-                pad_token_id=pad,
-                use_cache=use_past_kv_cache,
-            )
-            kwargs.update(
-                dict(temperature=temperature, top_p=top_p)
-                if do_sample
-                else dict(temperature=None, top_p=None, top_k=None)
-            )
-            with native_hooks(view, hooks):
-                # a Hugging Face model: nn.Module does not declare `generate`
-                out = view.generate(input_ids=ids, attention_mask=mask, **kwargs)  # type: ignore[operator]
-        else:
-            kwargs = dict(
-                max_new_tokens=max_new_tokens,
-                do_sample=do_sample,
-                stop_at_eos=True,
-                eos_token_id=stops,
-                verbose=False,
-                use_past_kv_cache=use_past_kv_cache,
-            )
-            if do_sample:
-                kwargs.update(temperature=temperature, top_p=top_p)
-            if batch.padded:
-                kwargs["attention_mask"] = mask
-            with model.hooks(fwd_hooks=hooks):
-                out = model.generate(ids, **kwargs)
-        return [trim_generated(row.tolist(), stops) for row in out[:, ids.shape[1] :]]
-
-    starts = range(0, len(texts), batch_size)
-    for bi, start in enumerate(tqdm(starts, desc=desc, disable=not verbose, leave=False)):
-        stop = min(start + batch_size, len(texts))
-        with seeded(seed + bi, device), torch.inference_mode():
-            if row_by_row:
-                for i in range(start, stop):
-                    one = encode_for_generation(model, [texts[i]], chat, max_new_tokens, encode)
-                    all_ids.extend(run(one, hooks_for(i, i + 1, one)))
-            else:
-                batch = encode_for_generation(model, list(texts[start:stop]), chat, max_new_tokens, encode)
-                all_ids.extend(run(batch, hooks_for(start, stop, batch)))
-    return all_ids
-
-
 class _NamedLog(list):
     """Adapter: a PositionTracker log that writes `(hook_name, seq_len, span)` to a shared list."""
 
@@ -712,3 +627,12 @@ class _NamedLog(list):
     def append(self, item: Any) -> None:
         seq_len, span = item
         self._sink.append((self._name, seq_len, span))
+
+
+def __getattr__(name: str) -> Any:
+    """`generate_with_hooks` and `BACKENDS`, which this module used to hold: now `generation`'s."""
+    if name in ("generate_with_hooks", "BACKENDS"):
+        from . import generation
+
+        return generation.generate if name == "generate_with_hooks" else generation.BACKENDS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

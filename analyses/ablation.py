@@ -46,9 +46,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from alignez_tl.generation import BACKENDS
+from alignez_tl.generation import generate as generate_tokens
 from alignez_tl.hooks import hook_name, project_out_hook
 from alignez_tl.models import Encoded, encode, model_device, pad_id, padding_kwargs, render, require_tokenizer
-from alignez_tl.steering import BACKENDS, QuerySelection, Steerer, generate_with_hooks
+from alignez_tl.steering import QuerySelection, Steerer
 
 __all__ = ["Ablation", "ablate_components", "projection_hooks"]
 
@@ -498,11 +500,11 @@ def ablate_components(
         queries: see `prompts`.
         max_components: cap on the default component list.
         greedy_tokens: greedy tokens generated per variant and prompt (0 skips them).
-            Generation is `Steerer.generate`'s own loop (`steering.generate_with_hooks`),
+            Generation is `Steerer.generate`'s own loop (`generation.generate`),
             so `full` gives exactly `Steerer.generate`'s tokens and `base` its
             `steer=False` tokens; rows are cut at the first stop token.
         batch_size: rows per forward pass / generate call.
-        backend: generation backend of `generate_with_hooks` (`"auto"`, `"hf"`, `"tl"`);
+        backend: generation backend of `generation.generate` (`"auto"`, `"hf"`, `"tl"`);
             the next-token and margin passes always run TransformerLens forward passes
             under `model.hooks(...)`.
         verbose: a progress bar over variants.
@@ -657,7 +659,7 @@ def ablate_components(
                 rows = list(range(start, stop))
                 return var.hooks(model, proj, _slice_selections(sels, rows), batch.input_ids.shape[1])
 
-            gen = generate_with_hooks(
+            gen = generate_tokens(
                 model,
                 texts,
                 hooks_for,

@@ -51,9 +51,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from alignez_tl.generation import BACKENDS, encode_for_generation, stop_token_ids
+from alignez_tl.generation import generate as generate_tokens
 from alignez_tl.hooks import EditTerm, edit_steps, hook_name
-from alignez_tl.models import encode_for_generation, model_device, render, require_tokenizer, stop_token_ids
-from alignez_tl.steering import BACKENDS, QuerySelection, Steerer, generate_with_hooks
+from alignez_tl.models import model_device, render, require_tokenizer
+from alignez_tl.steering import QuerySelection, Steerer
 
 __all__ = [
     "Attribution",
@@ -413,7 +415,7 @@ def attribute_steering(
     """Which steered tokens changed, and which edited layers and directions moved them.
 
     Steps: (1) `Steerer.select` once for the prompt; greedy base and steered generation
-    through the loop `Steerer.generate` uses (`generate_with_hooks`: the same tokens);
+    through the loop `Steerer.generate` uses (`generation.generate`: the same tokens);
     (2) one forward pass of prompt + base answer with no hooks, and one of prompt +
     steered tokens with the steering hooks of that same selection (`prompt_len` pinned,
     so `positions="generated"` edits exactly what it edited while generating) plus
@@ -474,7 +476,7 @@ def attribute_steering(
         text = render(model, prompt, chat=chat)
 
         def answer(hooks: list) -> list[int]:
-            return generate_with_hooks(
+            return generate_tokens(
                 model, [text], lambda start, stop, enc: hooks, chat=chat, max_new_tokens=max_new_tokens, backend=backend
             )[0]
 

@@ -8,10 +8,10 @@ Hugging Face `generate` measured on the same machine:
 
 * raw HF `generate` (before the bridge is booted: booting wraps the HF modules in place);
 * the TransformerLens path: `TransformerBridge.generate` (no hooks, then with the
-  steering hooks at 5 layers), i.e. `generate_with_hooks(backend="tl")`;
+  steering hooks at 5 layers), i.e. `generation.generate(backend="tl")`;
 * the fast path: HF `generate` on the un-wrapped view sharing the bridge's weights
   (no hooks: the preference-generation path; with the steering hooks as native hooks:
-  the steered path), i.e. `generate_with_hooks(backend="hf")`;
+  the steered path), i.e. `generation.generate(backend="hf")`;
 * last-token capture at every layer vs `run_with_cache` of every `resid_post`.
 
 Run `benchmarks/gpu.sh` on a CUDA machine; `python benchmarks/gpu_bench.py --tiny
@@ -126,8 +126,9 @@ def main() -> None:
     from transformer_lens.model_bridge import TransformerBridge
 
     from alignez_tl.activations import capture_tokens
+    from alignez_tl.generation import generate as generate_with_hooks
     from alignez_tl.models import encode
-    from alignez_tl.steering import Steerer, generate_with_hooks
+    from alignez_tl.steering import Steerer
     from alignez_tl.subspace import fit_subspace
 
     folder = tempfile.mkdtemp(prefix="alignez-gpu-")

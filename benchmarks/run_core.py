@@ -290,6 +290,11 @@ def bench_steering(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
 
     import alignez_tl as ez
     from alignez_tl import steering as steering_mod
+
+    try:  # the one generation module (older checkouts: the loop lived in steering.py)
+        from alignez_tl import generation as gen_mod
+    except ImportError:
+        gen_mod = None
     from alignez_tl.models import stop_token_ids
 
     new = cfg["steer_tokens"]
@@ -301,7 +306,8 @@ def bench_steering(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     stops = stop_token_ids(model)
     backend, view = steering_backend(model, cfg["backend"])
     bkw = {"backend": cfg["backend"]} if "backend" in inspect.signature(ez.Steerer.generate).parameters else {}
-    shared_loop = getattr(steering_mod, "generate_with_hooks", None)
+    shared_loop = gen_mod.generate if gen_mod is not None else getattr(steering_mod, "generate_with_hooks", None)
+    loop_name = "generation.generate" if gen_mod is not None else "steering.generate_with_hooks"
     out: dict[str, Any] = {
         "max_new_tokens": new,
         "decoding": "greedy",
@@ -317,10 +323,11 @@ def bench_steering(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
         "top_n": 5,
         "method": (
             "full_path: Steerer.generate(queries, steer=False) [A] vs steer=True [B]; the steered "
-            "time includes per-query layer selection (a capture forward over the prompts) inside "
-            "hooks(). generation_only: the same generation loop with hooks from "
+            "time includes per-query layer selection (read from the prefill on the fast path with "
+            "the KV cache where generation.Prefill exists: one extra token's forward; else a capture "
+            "forward over the prompts inside hooks()). generation_only: the same generation loop with hooks from "
             "steerer.hooks(model, selections=<select() computed beforehand, untimed>, prompt_len=P) "
-            "[B] vs no hooks [A] (steering.generate_with_hooks where it exists, else "
+            "[B] vs no hooks [A] (the shared loop, generation.generate or steering.generate_with_hooks, else "
             "model.generate(stop_at_eos=False) under model.hooks). Equal lengths: on the hf backend "
             "min_new_tokens=max_new_tokens is set on the model's generation_config, so every run "
             "makes exactly max_new_tokens steps; where lengths still differ, per-step time "
@@ -447,9 +454,7 @@ def bench_steering(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
             log(f"steering: generation only, batch {bs}, {repeats} repeats")
             ra, rb = interleaved(repeats, lambda: gen(False), lambda: gen(True))
             res_gen = finish(ra, rb)
-            res_gen["loop"] = (
-                "steering.generate_with_hooks" if shared_loop is not None else "model.generate under model.hooks"
-            )
+            res_gen["loop"] = loop_name if shared_loop is not None else "model.generate under model.hooks"
             res_gen["n_hooks"] = rb[0]["n_hooks"]
             res_gen["select_s_median"] = median(sel_times)
             res_gen["select_s_note"] = (
@@ -479,6 +484,12 @@ def bench_prefgen(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
 
     import alignez_tl as ez
     from alignez_tl import models
+    from alignez_tl.fastpath import unwrapped_hf_model
+
+    try:  # where preference writing calls generate_plain (older checkouts: models)
+        from alignez_tl import generation as plain_mod
+    except ImportError:
+        plain_mod = models  # type: ignore[assignment]
 
     new = cfg["pref_tokens"]
     repeats = cfg["repeats"]
@@ -489,8 +500,8 @@ def bench_prefgen(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
         path = models.cache_dir() / "models" / cfg["model"]
     log(f"prefgen: loading the raw Hugging Face model from {path}")
     raw = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-    hf = models.hf_model_of(model)
-    stops = models.stop_token_ids(model)
+    hf = unwrapped_hf_model(model)
+    stops = plain_mod.stop_token_ids(model)
     pad = models.pad_id(model.tokenizer)
 
     gp = None
@@ -503,7 +514,7 @@ def bench_prefgen(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     # Every call to generate_plain (what generate_preferences uses) is recorded, so the raw
     # baseline replays exactly the same batches with the same seeds.
     calls: list[dict] = []
-    real_generate_plain = models.generate_plain
+    real_generate_plain = plain_mod.generate_plain
 
     def recording_generate_plain(m, batch, **kw):
         c0, t0 = time.process_time(), time.perf_counter()
@@ -537,7 +548,7 @@ def bench_prefgen(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
                 pad_token_id=pad,
                 eos_token_id=stops,
             )
-        return [models.trim_generated(r.tolist(), stops) for r in o[:, ids.shape[1] :]]
+        return [plain_mod.trim_generated(r.tolist(), stops) for r in o[:, ids.shape[1] :]]
 
     # generate_plain passes no min_new_tokens; the generation_config of the model it runs on
     # supplies it, so both sides make exactly `new` tokens per row (EOS is masked until then).
@@ -552,7 +563,7 @@ def bench_prefgen(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
         "attn_implementation_library": None if hf is None else getattr(hf.config, "_attn_implementation", None),
         "attn_implementation_raw": getattr(raw.config, "_attn_implementation", None),
     }
-    models.generate_plain = recording_generate_plain
+    plain_mod.generate_plain = recording_generate_plain
     forced = min_new_tokens(hf, new)
     min_forced = forced.__enter__()
     try:
@@ -594,7 +605,7 @@ def bench_prefgen(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
             def run_a(max_new: int = new) -> dict:
                 calls.clear()
                 rows, wall, cpu = timed2(
-                    lambda: models.generate_plain(model, enc, max_new_tokens=max_new, seed=1234, **sampling)
+                    lambda: plain_mod.generate_plain(model, enc, max_new_tokens=max_new, seed=1234, **sampling)
                 )
                 return {
                     "wall_s": wall,
@@ -633,7 +644,7 @@ def bench_prefgen(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
         # AB order first so B can replay A's batches
         ra, rb = interleaved(repeats, a, b)
     finally:
-        models.generate_plain = real_generate_plain
+        plain_mod.generate_plain = real_generate_plain
         forced.__exit__(None, None, None)
 
     identical = all(rb_i["rows"] == library_rows[-1] for rb_i in rb)

@@ -5,7 +5,7 @@ On the embedded model, one process, one torch thread:
 * steered and unsteered greedy generation (`Steerer.generate`, up to 32 new tokens;
   rows may stop early at EOS, so the comparable figure is time per generated token),
   for 1, 4 and 16 queries at batch size 8, and for 16 queries at batch sizes 1, 4, 16;
-* plain generation for preferences (`models.generate_plain`, sampling, 32 tokens), the
+* plain generation for preferences (`generation.generate_plain`, sampling, 32 tokens), the
   same grid;
 * last-token capture at all layers (`activations.capture`) for 1, 4 and 16 texts;
 * the wall time of `alignez eval` on one built-in prompt per category.
@@ -74,7 +74,8 @@ def main() -> None:
 
     import alignez_tl as ez
     from alignez_tl.activations import capture
-    from alignez_tl.models import encode, generate_plain, render
+    from alignez_tl.generation import generate_plain
+    from alignez_tl.models import encode, render
 
     torch.set_num_threads(args.threads)
     model = ez.load_model(verbose=False)

@@ -9,7 +9,8 @@ import torch
 from test_steering import PAIRS, QUERIES
 from tiny import make_model
 
-from alignez_tl.models import encode, render, stop_token_ids
+from alignez_tl.generation import stop_token_ids
+from alignez_tl.models import encode, render
 from alignez_tl.steering import Steerer
 from alignez_tl.subspace import fit_subspace
 from analyses.attribution import Attribution, attribute_steering
@@ -161,8 +162,10 @@ def test_generation_shapes_flags_and_pass_count(subs, arch):
         n_generation = len(calls)
         res = attribute_steering(model, steerer, query, max_new_tokens=max_new)
     n_attribution = len(calls) - n_generation
-    # generation (with its one selection pass) costs the same inside attribute_steering
-    assert n_attribution - n_generation == res.n_forward_passes <= 2
+    # Steerer.generate reads its selection from the fast path's prefill (no TransformerLens
+    # pass); attribute_steering runs its one selection pass, its own passes, and generation
+    assert n_generation == 0
+    assert n_attribution - 1 == res.n_forward_passes <= 2
 
     stops = stop_token_ids(model)
     for got, ref in ((res.base_tokens, ref_base), (res.steered_tokens, ref_steered)):

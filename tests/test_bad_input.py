@@ -352,7 +352,7 @@ def test_b16_d_model_mismatch_refused(llama, monkeypatch):
     assert narrow.d_model == 32
     work = []
     monkeypatch.setattr("alignez_tl.steering.capture", lambda *a, **k: work.append("capture"))
-    monkeypatch.setattr("alignez_tl.steering.generate_with_hooks", lambda *a, **k: work.append("generate"))
+    monkeypatch.setattr("alignez_tl.generation.generate", lambda *a, **k: work.append("generate"))
     steerer = Steerer(narrow, layers=[1])
     for call in (
         lambda: steerer.generate(llama, ["hi"]),

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from alignez_tl import generation
+from alignez_tl import models as models_mod
 from alignez_tl import pairs as pairs_mod
-from alignez_tl import steering as steering_mod
 from alignez_tl.activations import capture
 from alignez_tl.baselines import (
     DiffMeanSteerer,
@@ -17,8 +18,9 @@ from alignez_tl.baselines import (
     diffmean_vector,
     pca_direction,
 )
+from alignez_tl.fastpath import unwrapped_hf_model
 from alignez_tl.hooks import PositionTracker
-from alignez_tl.models import encode, hf_model_of, render
+from alignez_tl.models import encode, render
 from alignez_tl.preferences import PreferenceSet
 from alignez_tl.subspace import EmptySubspaceError, SubspaceMismatchError
 
@@ -219,13 +221,13 @@ def test_prompt_only_and_no_steering_register_no_hooks(llama, prefs, monkeypatch
 
         monkeypatch.setattr(type(llama), "hooks", spy)
     else:
-        real = steering_mod.native_hooks
+        real = generation.native_hooks
 
         def spy(hf, hooks):
             seen.append(list(hooks))
             return real(hf, hooks)
 
-        monkeypatch.setattr(steering_mod, "native_hooks", spy)
+        monkeypatch.setattr(generation, "native_hooks", spy)
     prompt.generate(llama, QUERIES[:2], max_new_tokens=2, backend=backend)
     none.generate(llama, QUERIES[:2], max_new_tokens=2, backend=backend)
     assert len(seen) == 2 and all(h == [] for h in seen)
@@ -281,13 +283,13 @@ def test_system_prompt_replaces_a_default_one_and_templates_are_respected(llama,
         "{% if add_generation_prompt %}assistant: {% endif %}",
     )
     encoded = []
-    real_encode = steering_mod.encode
+    real_encode = models_mod.encode
 
     def spy(*args, **kwargs):
         encoded.append(real_encode(*args, **kwargs))
         return encoded[-1]
 
-    monkeypatch.setattr(steering_mod, "encode", spy)
+    monkeypatch.setattr(models_mod, "encode", spy)
     steerer.generate(llama, QUERIES[:1], max_new_tokens=2)
     text = steerer.render(llama, QUERIES[0])
     assert not text.startswith(llama.tokenizer.bos_token)
@@ -446,7 +448,7 @@ def test_diffmean_matches_steering_vectors(arch, layers, llama, gpt2, prefs):
     `blocks.{l}.hook_resid_post`), on the same Hugging Face weights and exactly the tokens it ran."""
     sv = pytest.importorskip("steering_vectors")
     model = {"llama": llama, "gpt2": gpt2}[arch]
-    hf = hf_model_of(model)
+    hf = unwrapped_hf_model(model)
     assert hf is not None
     pos_texts, neg_texts = prefs.texts(model)
     seen: list[torch.Tensor] = []

@@ -22,7 +22,8 @@ from tiny import bridge_available, hooked_transformer_available, make_hooked, ma
 import alignez_tl as ez
 from alignez_tl.baselines import DiffMeanSteerer, NoSteerer, PCASteerer, PromptSteerer
 from alignez_tl.eval import LogprobJudge, generation_stats, pairwise_compare, side_effects
-from alignez_tl.models import encode, generate_plain, is_bridge, model_signature, render
+from alignez_tl.generation import generate_plain
+from alignez_tl.models import encode, is_bridge, model_signature, render
 from alignez_tl.subspace import AlignmentSubspace, SubspaceMismatchError
 from analyses.ablation import ablate_components
 from analyses.attribution import attribute_steering

@@ -6,7 +6,7 @@ import pytest
 import torch
 from tiny import hooked_transformer_available, make_hooked
 
-from alignez_tl import steering as steering_mod
+from alignez_tl import generation as generation_mod
 from alignez_tl.baselines import ITISteerer, capture_heads, fit_probes, z_hook_name
 from alignez_tl.calibration import neutral_kl
 from alignez_tl.models import encode, render
@@ -222,13 +222,13 @@ def test_batched_equals_unbatched_and_backends_agree(tiny_model, prefs, monkeypa
     batched = iti.generate(tiny_model, QUERIES, batch_size=len(QUERIES), backend="tl", **kw)[0]
     alone = [iti.generate(tiny_model, [q], backend="tl", **kw)[0][0] for q in QUERIES]
     seen = []
-    real = steering_mod.native_hooks
+    real = generation_mod.native_hooks
 
     def spy(hf, hooks):
         seen.append([name for name, _ in hooks])
         return real(hf, hooks)
 
-    monkeypatch.setattr(steering_mod, "native_hooks", spy)
+    monkeypatch.setattr(generation_mod, "native_hooks", spy)
     fast = iti.generate(tiny_model, QUERIES, batch_size=len(QUERIES), backend="hf", **kw)[0]
     no_cache = iti.generate(tiny_model, QUERIES, batch_size=2, backend="tl", use_past_kv_cache=False, **kw)[0]
     assert batched == alone == fast == no_cache

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import alignez_tl.generation as generation
 import alignez_tl.models as models
 from alignez_tl.models import EmbeddedModel, ModelSpecError, encode, load_model, render
 
@@ -124,23 +125,6 @@ def test_model_without_tokenizer_is_refused_where_text_is_needed(llama):
         render(no_tok, "hi", chat=True)
 
 
-def test_generate_plain_is_seeded_and_equals_hf_generate(llama):
-    batch = encode(llama, [render(llama, "How do I bake bread?"), render(llama, "Hi")])
-    a = models.generate_plain(llama, batch, max_new_tokens=6, seed=3)
-    b = models.generate_plain(llama, batch, max_new_tokens=6, seed=3)
-    assert a == b and len(a) == 2
-    greedy = models.generate_plain(llama, batch, max_new_tokens=6, do_sample=False)
-    ref = llama.original_model.generate(
-        batch.input_ids,
-        attention_mask=batch.attention_mask,
-        max_new_tokens=6,
-        do_sample=False,
-        pad_token_id=llama.tokenizer.pad_token_id,
-    )
-    stops = models.stop_token_ids(llama)
-    assert greedy == [models.trim_generated(r[batch.input_ids.shape[1] :].tolist(), stops) for r in ref]
-
-
 @pytest.mark.slow
 def test_embedded_model_loads_from_the_cache_and_answers(tmp_path):
     import time
@@ -152,7 +136,7 @@ def test_embedded_model_loads_from_the_cache_and_answers(tmp_path):
     assert again.cfg.n_layers == 30 and again.cfg.d_model == 576
     assert model.cfg.model_name == "smollm2-135m-instruct"
     batch = encode(model, [render(model, "What is the capital of France?")])
-    out = models.generate_plain(model, batch, max_new_tokens=12, do_sample=False)
+    out = generation.generate_plain(model, batch, max_new_tokens=12, do_sample=False)
     assert "Paris" in model.tokenizer.decode(out[0])
     # the KV-cache regression guard (transformers 5.24 broke TL's cache on Llama)
     cached = model.generate(batch.input_ids, max_new_tokens=12, do_sample=False, verbose=False)
@@ -160,12 +144,3 @@ def test_embedded_model_loads_from_the_cache_and_answers(tmp_path):
         batch.input_ids, max_new_tokens=12, do_sample=False, verbose=False, use_past_kv_cache=False
     )
     assert torch.equal(cached, uncached)
-
-
-def test_seeded_generation_leaves_the_callers_random_state_alone(llama):
-    batch = encode(llama, [render(llama, "Hi")])
-    torch.manual_seed(123)
-    expected = torch.rand(3)
-    torch.manual_seed(123)
-    models.generate_plain(llama, batch, max_new_tokens=3, seed=7)
-    assert torch.equal(torch.rand(3), expected)

@@ -14,6 +14,7 @@ import torch
 from tiny import make_model
 from transformer_lens.hook_points import HookPoint
 
+import alignez_tl.generation as generation
 import alignez_tl.models as models
 from alignez_tl.objectives import Objective, get_objective
 from alignez_tl.preferences import (
@@ -62,7 +63,7 @@ def token_ids(model, text):
 def calls(monkeypatch):
     """Record every generate_plain call (its kwargs and batch) and every encoded text."""
     record = SimpleNamespace(generate=[], encoded=[])
-    real_generate, real_encode = models.generate_plain, models.encode
+    real_generate, real_encode = generation.generate_plain, models.encode
 
     def generate(model, batch, **kwargs):
         record.generate.append((batch, kwargs))
@@ -72,7 +73,7 @@ def calls(monkeypatch):
         record.encoded.append(list(texts))
         return real_encode(model, texts, **kwargs)
 
-    monkeypatch.setattr(models, "generate_plain", generate)
+    monkeypatch.setattr(generation, "generate_plain", generate)
     monkeypatch.setattr(models, "encode", encode)
     return record
 
@@ -83,7 +84,7 @@ def script_generation(monkeypatch, elicit=None, respond=None):
     A phase left as None generates for real. Sides are told apart by the prompt: only
     negative prompts contain "Pretend".
     """
-    real_generate = models.generate_plain
+    real_generate = generation.generate_plain
 
     def generate(model, batch, **kwargs):
         script = respond if kwargs["max_new_tokens"] == RESPOND else elicit
@@ -91,7 +92,7 @@ def script_generation(monkeypatch, elicit=None, respond=None):
             return real_generate(model, batch, **kwargs)
         return [token_ids(model, script["Pretend" in prompt_text(model, batch, r)]) for r in range(len(batch))]
 
-    monkeypatch.setattr(models, "generate_plain", generate)
+    monkeypatch.setattr(generation, "generate_plain", generate)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -884,7 +885,7 @@ def no_generation(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("generation started before the input was validated")
 
-    monkeypatch.setattr(models, "generate_plain", refuse)
+    monkeypatch.setattr(generation, "generate_plain", refuse)
 
 
 @pytest.mark.parametrize(

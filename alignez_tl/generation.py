@@ -1,0 +1,361 @@
+"""Generation: the one loop every caller uses, and its seed, prompt-budget and stop rules.
+
+Every generation in the package comes here: `HookSteering.generate` (every steerer and
+baseline, steered or not, and `PromptSteerer`), preference writing (`generate_plain`)
+and the analyses. Three engines sit behind one call, chosen by `backend`:
+
+* `"hf"`: Hugging Face `generate` on the un-wrapped view of a `TransformerBridge`
+  (`fastpath.unwrapped_hf_model`), the hooks attached as native PyTorch hooks;
+* `"tl"`: TransformerLens `generate` under `model.hooks(...)` (the reference);
+* a `HookedTransformer` (no view): one unpadded row at a time, as its `generate` infers
+  padding from pad tokens and ignores an attention mask.
+
+`"auto"` takes `"hf"` where the model offers it. All three give the same greedy tokens.
+
+The rules, each written once:
+
+* **seed**: one encoded batch is generated inside `seeded(seed)`, which leaves the
+  caller's random state alone; `generate` gives its b-th batch `seed + b`.
+* **prompt budget**: `prompt_budget`: `max_new_tokens` must leave at least one prompt
+  token in the context; a longer prompt keeps its last `n_ctx - max_new_tokens` tokens
+  (`encode_for_generation`, with one warning).
+* **stops**: EOS and the chat template's end-of-turn token (`stop_token_ids`); each row
+  is cut at the first one (`trim_generated`).
+
+**Selection from the prefill.** A caller whose hooks depend on the prompt itself
+(per-query layer selection) passes `prefill=Prefill(site, layers)`. On the fast path
+with the KV cache, a batch then runs as: positions 0..P−2 once, unedited, into a
+`DynamicCache`; the last prompt token once, unedited, reading its activation at
+`layers` (`[rows, len(layers), d_model]`, float32); the cache cropped back to P−1; then
+`generate` from that cache, so the last prompt token runs again, now with the edits,
+and decoding follows. The extra cost is one token's forward, not a second pass over the
+prompts. `hooks_for` receives the activations as a fourth argument; the hooks it
+returns then see the last prompt token alone as their first call (`prompt_len=1`). The
+other engines (and `use_past_kv_cache=False`, a batch with a prompt cut to fit the
+context, or a cache that cannot be cropped) pass None: the caller selects as before,
+with its own pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from . import models
+from ._checks import require_model
+from .fastpath import native_hooks, unwrapped_hf_model
+from .hooks import capture_hook, hook_name
+from .models import Encoded, is_bridge, model_device, pad_id, require_tokenizer
+
+__all__ = [
+    "BACKENDS",
+    "Prefill",
+    "encode_for_generation",
+    "generate",
+    "generate_plain",
+    "prompt_budget",
+    "seeded",
+    "stop_token_ids",
+    "trim_generated",
+]
+
+BACKENDS = ("auto", "hf", "tl")
+
+
+# --------------------------------------------------------------------------- the rules
+
+
+def stop_token_ids(model: Any) -> list[int]:
+    """Tokens that end an answer: EOS plus the chat template's end-of-turn token."""
+    tok = require_tokenizer(model, "generation")
+    ids = set()
+    if getattr(tok, "eos_token_id", None) is not None:
+        ids.add(int(tok.eos_token_id))
+    vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
+    for special in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):
+        if special in vocab:
+            ids.add(int(vocab[special]))
+    return sorted(ids)
+
+
+def trim_generated(ids: Sequence[int], stops: Sequence[int]) -> list[int]:
+    """Cut a generated row at its first stop token (the stop token is dropped)."""
+    out = []
+    for t in ids:
+        if int(t) in stops:
+            break
+        out.append(int(t))
+    return out
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: Union[str, torch.device, None] = None) -> Iterator[None]:
+    """Seed torch inside the block only; the caller's random state is restored after."""
+    device = torch.device(device or "cpu")
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def prompt_budget(
+    model: Any, max_new_tokens: int, what: str = "max_new_tokens", n_ctx: Optional[int] = None
+) -> Optional[int]:
+    """How many prompt tokens fit in the context next to `max_new_tokens` new ones.
+
+    `n_ctx` defaults to the model's context length; None when neither states one.
+    Raises `ValueError` when the new tokens alone fill the context (no room for even one
+    prompt token). `models.encode(reserve=...)` applies this same rule.
+    """
+    if n_ctx is None:
+        n_ctx = int(getattr(getattr(model, "cfg", None), "n_ctx", 0) or 0)
+    if n_ctx <= 0:
+        return None
+    if max_new_tokens >= n_ctx:
+        raise ValueError(
+            f"{what}={max_new_tokens} does not fit the model's context of {n_ctx} tokens "
+            f"(the prompt needs at least one): use {what} < {n_ctx}"
+        )
+    return n_ctx - max_new_tokens
+
+
+def encode_for_generation(model: Any, texts: list[str], chat: Optional[bool], max_new_tokens: int) -> Encoded:
+    """`models.encode` leaving room for `max_new_tokens` in the context (`prompt_budget`).
+
+    A longer prompt keeps its last tokens (the end of a chat prompt is the part that
+    asks for the answer), with one warning that says so.
+    """
+    return models.encode(model, texts, chat=chat, reserve=max_new_tokens)
+
+
+# --------------------------------------------------------------------------- the engines
+
+
+@dataclass(frozen=True)
+class Prefill:
+    """What to read from the unedited last prompt token before the edits: `site` at `layers`."""
+
+    site: str
+    layers: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Sampling:
+    max_new_tokens: int
+    do_sample: bool
+    temperature: float
+    top_p: Optional[float]
+    top_k: Optional[int]  # None: the engine's default (Hugging Face: the generation config's)
+    use_cache: bool
+
+
+#: `hooks(activations)` for one batch: the prefill activations, or None.
+_BatchHooks = Callable[[Optional[Tensor]], list]
+
+
+class _Engine:
+    """One model's generation engine: the fast-path view, or TransformerLens batched or row by row."""
+
+    def __init__(self, model: Any, backend: str, *, rows_alone: bool = False) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.model = model
+        self.view: Optional[nn.Module] = unwrapped_hf_model(model) if backend in ("auto", "hf") else None
+        if backend == "hf" and self.view is None:
+            raise ValueError(
+                "backend='hf' needs a TransformerBridge (not in compatibility mode) whose weights "
+                "the fast path can view"
+            )
+        # A HookedTransformer's generate derives padding from pad tokens and ignores a given
+        # attention mask, so it gets one unpadded row at a time (with that row's hooks).
+        # `rows_alone` keeps preference writing's TransformerLens rows alone on a bridge too.
+        self.row_by_row = self.view is None and (rows_alone or not is_bridge(model))
+        self.stops = stop_token_ids(model)
+        self.pad = pad_id(model.tokenizer)
+        self.device = model_device(model)
+
+    def run(
+        self, batch: Encoded, hooks: _BatchHooks, sampling: _Sampling, prefill: Optional[Prefill]
+    ) -> list[list[int]]:
+        """Generate one encoded batch; each row's new token ids, cut at the first stop token."""
+        ids = batch.input_ids.to(self.device)
+        mask = batch.attention_mask.to(self.device)
+        s = sampling
+        if self.view is not None:
+            kwargs: dict[str, Any] = dict(
+                max_new_tokens=s.max_new_tokens,
+                do_sample=s.do_sample,
+                eos_token_id=self.stops,
+                pad_token_id=self.pad,
+                use_cache=s.use_cache,
+            )
+            if s.do_sample:
+                kwargs.update(temperature=s.temperature, top_p=s.top_p)
+                if s.top_k is not None:
+                    kwargs["top_k"] = s.top_k
+            else:
+                kwargs.update(temperature=None, top_p=None, top_k=None)
+            acts = None
+            # a prompt cut to fit the context keeps the two-pass selection (which reads the
+            # prompt cut to the context only), so that its tokens stay the same
+            if prefill is not None and s.use_cache and not batch.n_truncated:
+                acts, cache = _read_prefill(self.view, ids, mask, prefill)
+                if cache is not None:
+                    kwargs["past_key_values"] = cache
+            with native_hooks(self.view, hooks(acts)):
+                # a Hugging Face model: nn.Module does not declare `generate`
+                out = self.view.generate(input_ids=ids, attention_mask=mask, **kwargs)  # type: ignore[operator]
+        else:
+            kwargs = dict(
+                max_new_tokens=s.max_new_tokens,
+                do_sample=s.do_sample,
+                stop_at_eos=True,
+                eos_token_id=self.stops,
+                verbose=False,
+                use_past_kv_cache=s.use_cache,
+            )
+            if s.do_sample:
+                kwargs.update(temperature=s.temperature, top_p=s.top_p)
+                if s.top_k is not None:
+                    kwargs["top_k"] = s.top_k or None
+            if batch.padded:
+                kwargs["attention_mask"] = mask
+            with self.model.hooks(fwd_hooks=hooks(None)):
+                out = self.model.generate(ids, **kwargs)
+        return [trim_generated(row.tolist(), self.stops) for row in out[:, ids.shape[1] :]]
+
+
+def _read_prefill(view: nn.Module, ids: Tensor, mask: Tensor, prefill: Prefill) -> tuple[Optional[Tensor], Any]:
+    """Run the prompt unedited into a KV cache, read the last token at `prefill`, crop it off.
+
+    Returns `(activations [rows, len(layers), d_model] float32, the cache holding
+    positions 0..P-2)`, or `(None, None)` where the cache cannot be cropped exactly (a
+    sliding-window layer).
+    """
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache = DynamicCache(config=view.config)  # type: ignore[arg-type]  # a Hugging Face config
+    replicated = getattr(cache, "layer_class_to_replicate", None)
+    if any(type(layer) is not DynamicLayer for layer in cache.layers) or replicated not in (None, DynamicLayer):
+        return None, None
+    # the position ids Hugging Face generate gives a left-padded prompt
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    common: dict[str, Any] = dict(past_key_values=cache, use_cache=True)
+    if "logits_to_keep" in inspect.signature(view.forward).parameters:
+        common["logits_to_keep"] = 1  # as generate's prefill: no logits for the prompt
+    if ids.shape[1] > 1:
+        view(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], **common)
+    store: dict[int, Tensor] = {}
+    reads = [(hook_name(prefill.site, layer), capture_hook(store, layer)) for layer in prefill.layers]
+    with native_hooks(view, reads):
+        view(input_ids=ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:], **common)
+    cache.crop(-1)  # drop the last prompt token: generate runs it again, edited
+    return torch.stack([store[layer] for layer in prefill.layers], dim=1), cache
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _check_count(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def generate(
+    model: Any,
+    texts: Sequence[str],
+    hooks_for: Optional[Callable[..., list]] = None,
+    *,
+    chat: Optional[bool] = None,
+    max_new_tokens: int = 64,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: Optional[float] = None,
+    top_k: Optional[int] = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    use_past_kv_cache: bool = True,
+    backend: str = "auto",
+    prefill: Optional[Prefill] = None,
+    verbose: bool = False,
+    desc: str = "generation",
+) -> list[list[int]]:
+    """Batched generation of `texts`, with per-batch hooks; the loop every caller shares.
+
+    Each batch of `batch_size` texts is encoded left-padded (`encode_for_generation`)
+    and generated inside `seeded(seed + batch index)`. `hooks_for(start, stop, batch)`
+    returns the `(hook_name, fn)` pairs for rows `start:stop` (None: no hooks); with
+    `prefill`, it is called as `hooks_for(start, stop, batch, activations)` (see the
+    module docstring). `backend`: `"auto"`, `"hf"` or `"tl"` (the module docstring).
+    `top_k` None leaves the engine's default. Returns each row's new token ids, cut at
+    the first stop token.
+    """
+    if isinstance(texts, str):
+        raise TypeError("expected a list of prompt texts, got a single string")
+    _check_count("max_new_tokens", max_new_tokens)
+    _check_count("batch_size", batch_size)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    require_model(model, "generation")
+    prompt_budget(model, max_new_tokens)  # refuses max_new_tokens >= the context, before any work
+    engine = _Engine(model, backend)
+    sampling = _Sampling(max_new_tokens, do_sample, temperature, top_p, top_k, use_past_kv_cache)
+
+    def bind(start: int, stop: int, batch: Encoded) -> _BatchHooks:
+        if hooks_for is None:
+            return lambda acts: []
+        if prefill is None:
+            return lambda acts: hooks_for(start, stop, batch)
+        return lambda acts: hooks_for(start, stop, batch, acts)
+
+    all_ids: list[list[int]] = []
+    starts = range(0, len(texts), batch_size)
+    for bi, start in enumerate(tqdm(starts, desc=desc, disable=not verbose, leave=False)):
+        stop = min(start + batch_size, len(texts))
+        with seeded(seed + bi, engine.device), torch.inference_mode():
+            if engine.row_by_row:
+                for i in range(start, stop):
+                    one = encode_for_generation(model, [texts[i]], chat, max_new_tokens)
+                    all_ids.extend(engine.run(one, bind(i, i + 1, one), sampling, prefill))
+            else:
+                batch = encode_for_generation(model, list(texts[start:stop]), chat, max_new_tokens)
+                all_ids.extend(engine.run(batch, bind(start, stop, batch), sampling, prefill))
+    return all_ids
+
+
+def generate_plain(
+    model: Any,
+    batch: Encoded,
+    *,
+    max_new_tokens: int,
+    do_sample: bool = True,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    top_k: int = 0,
+    seed: int = 0,
+) -> list[list[int]]:
+    """One encoded batch with no hooks, seeded with `seed` (preference writing).
+
+    The loop of `generate`, on the fastest engine the model offers; where there is no
+    fast path, each row runs alone (unpadded). Returns the new token ids of each row,
+    cut at the first stop token.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    engine = _Engine(model, "auto", rows_alone=True)
+    sampling = _Sampling(max_new_tokens, do_sample, temperature, top_p, top_k, True)
+    with seeded(seed, engine.device), torch.inference_mode():
+        if not engine.row_by_row:
+            return engine.run(batch, lambda acts: [], sampling, None)
+        out: list[list[int]] = []
+        for row, mask in zip(batch.input_ids, batch.attention_mask):
+            real = row[mask.bool()].unsqueeze(0)
+            out.extend(engine.run(Encoded(real, torch.ones_like(real)), lambda acts: [], sampling, None))
+        return out
