@@ -420,7 +420,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .prompts import PromptFileError, builtin_prompts, load_prompts
     from .settings import DEFAULT_METHODS
 
-    for flag in ("quick", "n_prompts", "n_fit", "kl_targets", "rank", "etas"):
+    for flag in ("quick", "n_prompts", "n_fit", "kl_targets", "rank", "etas", "elicit_prefill"):
         if getattr(args, flag) not in (None, False):
             raise CLIError(f"--{flag.replace('_', '-')} applies to --sweep or --compose only")
     if args.per_category and args.prompts:
@@ -563,6 +563,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_compose(args: argparse.Namespace) -> int:
     """`alignez eval --compose a,b`: the two-objective trade-off (compose.run_compose)."""
     from .compose import DEFAULT_ETAS, check_compose, run_compose
+    from .preferences import LIST_PREFILL
 
     for flag in ("sweep", "kl_targets", "rank", "methods", "judge", "pairs_file", "prompts", "per_category"):
         if getattr(args, flag) not in (None, False):
@@ -587,6 +588,7 @@ def _cmd_compose(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         edit=args.edit,
         top_n=args.top_n,
+        elicit_prefill=LIST_PREFILL if args.elicit_prefill == "list" else (args.elicit_prefill or ""),
     )
     if args.quick:  # smoke-sized: every step runs, the numbers mean little
         settings.update(
@@ -895,6 +897,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--etas",
         default=None,
         help="--compose: comma-separated weights of A, strictly between 0 and 1 (default: 0.1,0.2,...,0.9)",
+    )
+    p.add_argument(
+        "--elicit-prefill",
+        nargs="?",
+        const="list",
+        default=None,
+        metavar="TEXT",
+        help="--compose: start each elicitation reply with TEXT; the flag alone (or 'list') starts a "
+        "numbered list of traits (preferences.LIST_PREFILL) (default: no prefill, the paper's prompt)",
     )
     p.add_argument(
         "--quick", action="store_true", help="--sweep or --compose at smoke-test size (8 prompts, one KL target)"

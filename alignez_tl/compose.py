@@ -98,6 +98,7 @@ def run_compose(
     n_characteristics: int = 3,
     elicit_tokens: int = 40,
     response_tokens: int = 64,
+    elicit_prefill: str = "",
     batch_size: int = 16,
     n_boot: int = 2000,
     say: Callable[..., None] = lambda *a: None,
@@ -139,6 +140,7 @@ def run_compose(
             n_characteristics=n_characteristics,
             elicit_tokens=elicit_tokens,
             response_tokens=response_tokens,
+            elicit_prefill=elicit_prefill,
             seed=seed,
             batch_size=batch_size,
             verbose=verbose,
@@ -204,6 +206,7 @@ def run_compose(
             "n_characteristics": n_characteristics,
             "elicit_tokens": elicit_tokens,
             "response_tokens": response_tokens,
+            "elicit_prefill": elicit_prefill,
             "batch_size": batch_size,
             "n_boot": n_boot,
         },
@@ -212,6 +215,7 @@ def run_compose(
         "n_fit_prompts": len(fit_queries),
         "score_unit": {obj: SCORE_UNIT[obj] for obj in (obj_a, obj_b)},
         "pairs": {obj: len(p) for obj, p in pairs.items()},
+        "fallback": {obj: p.fallback_report()["overall"] for obj, p in pairs.items()},
         "steerers": {obj: s.describe() for obj, s in steerers.items()},
         "overlap": Steerer.compose([steerers[obj_a], steerers[obj_b]]).overlap()[0][1],
         "points": points,
@@ -319,6 +323,12 @@ def markdown(results: dict[str, Any]) -> str:
         f"{b} = {results['score_unit'][b]}. Intervals: 95% percentile bootstrap over prompts ({cfg['n_boot']} "
         f"resamples); Δ is paired by prompt. Mean |cos| between the two objectives' directions: "
         f"{results['overlap']:.3f}.",
+        "",
+        "Characteristics on the fallback 'be {keyword}' (the elicitation gave none): "
+        + ", ".join(
+            f"{o} {results['fallback'][o]['fallback']} of {results['fallback'][o]['characteristics']}" for o in (a, b)
+        )
+        + ".",
         "",
         f"| condition | w({a}) | w({b}) | {a} [95% CI] | Δ{a} vs base | {b} [95% CI] | Δ{b} vs base | changed % |",
         "|---|---|---|---|---|---|---|---|",

@@ -115,6 +115,7 @@ def test_the_cli_refuses_bad_compose_input_before_loading(tmp_path, capsys, monk
         (["--compose", "tone,harmless", "--etas", "a"], "comma-separated"),
         (["--compose", "tone,harmless", "--sweep", "tone"], "does not apply"),
         (["--etas", "0.5"], "--compose only"),
+        (["--elicit-prefill"], "--compose only"),
     ):
         code = cli.main(["eval", "--out", str(tmp_path / "o"), *argv])
         assert code == 2 and message.lower() in capsys.readouterr().err.lower(), argv
@@ -125,8 +126,10 @@ def test_a_quick_compose_from_the_command_line(tiny_dir, tmp_path, capsys):
     out = tmp_path / "compose"
     argv = ["eval", "--model", tiny_dir, "--compose", "tone,harmless", "--quick", "--quiet", "--out", str(out)]
     argv += ["--n-prompts", "3", "--n-fit", "2", "--etas", "0.5", "--max-new-tokens", "5", "--alpha", "1"]
+    argv += ["--elicit-prefill"]
     code = cli.main(argv)
     assert code == 0, capsys.readouterr().err
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert results["n_prompts"] == 3 and [p["eta"] for p in results["points"]] == [None, 1.0, 0.5, 0.0]
     assert (out / "tradeoff.png").is_file()
+    assert results["config"]["elicit_prefill"].startswith("Your answer to this query should")
