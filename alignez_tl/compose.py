@@ -285,7 +285,7 @@ def plot_tradeoff(results: dict[str, Any]) -> Any:
         elif p["eta"] == 0.0:
             style = dict(fmt="D", color="#2e7d32", ms=8, label=f"{b} only (η=0)")
         else:
-            style = dict(fmt="o", color="#1565c0", ms=5)
+            style = dict(fmt="o", color="#1565c0", ms=5, ecolor="#90caf9")
         ax.errorbar(x, y, xerr=[[ex[0]], [ex[1]]], yerr=[[ey[0]], [ey[1]]], capsize=2, elinewidth=0.8, **style)
         ax.annotate(f"η={p['eta']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     base = results["points"][0]
