@@ -411,6 +411,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.compose:
+        return _cmd_compose(args)
     if args.sweep:
         return _cmd_sweep(args)
     from .eval_cli import EvalError, check_judge, parse_methods, run_eval
@@ -418,9 +420,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .prompts import PromptFileError, builtin_prompts, load_prompts
     from .settings import DEFAULT_METHODS
 
-    for flag in ("quick", "n_prompts", "n_fit", "kl_targets", "rank"):
+    for flag in ("quick", "n_prompts", "n_fit", "kl_targets", "rank", "etas", "elicit_prefill"):
         if getattr(args, flag) not in (None, False):
-            raise CLIError(f"--{flag.replace('_', '-')} applies to --sweep only")
+            raise CLIError(f"--{flag.replace('_', '-')} applies to --sweep or --compose only")
     if args.per_category and args.prompts:
         raise CLIError("--per-category applies to the built-in prompts only")
     try:
@@ -555,6 +557,55 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         )
     _say(args, (final / "results.md").read_text(encoding="utf-8"))
     print(f"wrote {final}/ (results.json, results.md, frontier.png, generations.jsonl, pairs.jsonl)")
+    return 0
+
+
+def _cmd_compose(args: argparse.Namespace) -> int:
+    """`alignez eval --compose a,b`: the two-objective trade-off (compose.run_compose)."""
+    from .compose import DEFAULT_ETAS, check_compose, run_compose
+    from .preferences import LIST_PREFILL
+
+    for flag in ("sweep", "kl_targets", "rank", "methods", "judge", "pairs_file", "prompts", "per_category"):
+        if getattr(args, flag) not in (None, False):
+            raise CLIError(f"--{flag.replace('_', '-')} does not apply to --compose")
+    try:
+        etas: Any = DEFAULT_ETAS if args.etas is None else [float(v) for v in args.etas.split(",") if v.strip()]
+    except ValueError:
+        raise CLIError(f"--etas takes comma-separated numbers, got {args.etas!r}") from None
+    if args.quick and args.etas is None:
+        etas = (0.25, 0.5, 0.75)
+    try:
+        objectives, etas = check_compose(args.compose, etas)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    settings: dict[str, Any] = dict(
+        seed=args.seed,
+        batch_size=args.batch_size,
+        n_characteristics=args.n_characteristics,
+        elicit_tokens=args.elicit_tokens,
+        response_tokens=args.response_tokens,
+        n_boot=args.n_boot,
+        alpha=args.alpha,
+        edit=args.edit,
+        top_n=args.top_n,
+        elicit_prefill=LIST_PREFILL if args.elicit_prefill == "list" else (args.elicit_prefill or ""),
+    )
+    if args.quick:  # smoke-sized: every step runs, the numbers mean little
+        settings.update(
+            n_prompts=8, n_fit=4, n_characteristics=2, elicit_tokens=24, response_tokens=24, max_new_tokens=16
+        )
+        settings["n_boot"] = min(settings["n_boot"], 500)
+    for name in ("n_prompts", "n_fit", "max_new_tokens"):
+        if getattr(args, name, None) is not None:
+            settings[name] = getattr(args, name)
+    final = _out_dir(args.out, args.force, f"compose-{'-'.join(objectives)}")
+    model = _load(args)
+    with staged_folder(final) as out:
+        run_compose(
+            model, objectives, etas, out=out, say=lambda *parts: _say(args, *parts), verbose=not args.quiet, **settings
+        )
+    _say(args, (final / "results.md").read_text(encoding="utf-8"))
+    print(f"wrote {final}/ (results.json, results.md, tradeoff.png, generations.jsonl, pairs-*.jsonl)")
     return 0
 
 
@@ -835,7 +886,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="efficacy sweep of one objective on held-out prompts: every activation method calibrated "
         "to target KLs on neutral text, with mirror and null controls (docs/evaluation.md)",
     )
-    p.add_argument("--quick", action="store_true", help="--sweep at smoke-test size (8 prompts, one KL target)")
+    p.add_argument(
+        "--compose",
+        default=None,
+        metavar="A,B",
+        help="two objectives at once (tone, harmless, math): base, each alone, and eta*A + (1-eta)*B for "
+        "each eta, every answer set scored by both offline scorers; writes tradeoff.png (docs/evaluation.md)",
+    )
+    p.add_argument(
+        "--etas",
+        default=None,
+        help="--compose: comma-separated weights of A, strictly between 0 and 1 (default: 0.1,0.2,...,0.9)",
+    )
+    p.add_argument(
+        "--elicit-prefill",
+        nargs="?",
+        const="list",
+        default=None,
+        metavar="TEXT",
+        help="--compose: start each elicitation reply with TEXT; the flag alone (or 'list') starts a "
+        "numbered list of traits (preferences.LIST_PREFILL) (default: no prefill, the paper's prompt)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="--sweep or --compose at smoke-test size (8 prompts, one KL target)"
+    )
     p.add_argument("--n-prompts", type=_POSITIVE, default=None, help="--sweep: evaluation prompts (default: 120)")
     p.add_argument(
         "--n-fit",
