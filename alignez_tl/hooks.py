@@ -9,7 +9,7 @@ it is testable without a model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from jaxtyping import Float
@@ -50,8 +50,8 @@ def hook_name(site: str, layer: int) -> str:
     return SITES[site].format(layer=int(layer))
 
 
-def check_layers(layers: Sequence[int], n_layers: int) -> list[int]:
-    """Validate layer indices against the model depth; returns them as sorted unique ints."""
+def check_layers(layers: Sequence[Any], n_layers: int) -> list[int]:
+    """Validate layer indices (any user input) against the model depth; returns sorted unique ints."""
     out = []
     for layer in layers:
         if isinstance(layer, bool) or not isinstance(layer, int):
@@ -85,11 +85,12 @@ def capture_hook(store: dict, key: object, last_index: Optional[Tensor] = None, 
 
     `last_index[b]` is the position of row b's last real token (default: the final
     position, right for left-padded or unpadded batches). The stored tensor is
-    `[batch, d_model]` float32, detached. With `stop=True` the hook then raises
-    `StopForward`, so no later layer runs.
+    `[batch, d_model]` float32, detached (`[batch, n_heads, d_head]` at a per-head site
+    such as `attn.hook_z`). With `stop=True` the hook then raises `StopForward`, so no
+    later layer runs.
     """
 
-    def fn(activation: Float[Tensor, "batch pos d_model"], hook: object) -> None:
+    def fn(activation: Float[Tensor, "batch pos *features"], hook: object) -> None:
         if last_index is None:
             rows = activation[:, -1]
         else:
