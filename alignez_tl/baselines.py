@@ -347,19 +347,9 @@ class VectorSteerer(Baseline):
             reasons.append(f"d_model {self.d_model} (vector) vs {sig['d_model']} (model)")
         if self.layer >= sig["n_layers"]:
             reasons.append(f"layer {self.layer} does not exist in a {sig['n_layers']}-layer model")
-        if self.model:
-            if self.model.get("n_layers") != sig["n_layers"]:
-                reasons.append(f"n_layers {self.model.get('n_layers')} vs {sig['n_layers']}")
-            if bool(self.model.get("compatibility_mode")) != sig["compatibility_mode"]:
-                reasons.append("TransformerLens compatibility mode differs: residual numerics differ")
-            if strict and self.model.get("model_id") != sig["model_id"]:
-                reasons.append(f"model id {self.model.get('model_id')!r} vs {sig['model_id']!r}")
-        if reasons:
-            raise SubspaceMismatchError(
-                f"this {self.method} steering vector does not fit: "
-                + "; ".join(reasons)
-                + (". Pass strict=False to accept a different model id only." if strict else "")
-            )
+        if self.model and self.model.get("n_layers") != sig["n_layers"]:
+            reasons.append(f"n_layers {self.model.get('n_layers')} vs {sig['n_layers']}")
+        _refuse_mismatch(f"this {self.method} steering vector does not fit", reasons, self.model, sig, strict)
 
     def hooks(
         self,
@@ -463,6 +453,24 @@ class VectorSteerer(Baseline):
         return (
             f"{type(self).__name__}(layer={self.layer}, coef={self.coef:g}, site={self.site!r}, "
             f"positions={self.positions!r}, |vector|={float(self.vector.norm()):.4g})"
+        )
+
+
+def _refuse_mismatch(what: str, reasons: list[str], fitted: dict, sig: dict, strict: bool) -> None:
+    """Add the checks every fitted steerer shares (compatibility mode, model id) and raise if any failed.
+
+    `fitted` is the model signature recorded at fit time (may be empty), `sig` the model's.
+    """
+    if fitted:
+        if bool(fitted.get("compatibility_mode")) != sig["compatibility_mode"]:
+            reasons.append("TransformerLens compatibility mode differs: residual numerics differ")
+        if strict and fitted.get("model_id") != sig["model_id"]:
+            reasons.append(f"model id {fitted.get('model_id')!r} vs {sig['model_id']!r}")
+    if reasons:
+        raise SubspaceMismatchError(
+            f"{what}: "
+            + "; ".join(reasons)
+            + (". Pass strict=False to accept a different model id only." if strict else "")
         )
 
 
@@ -1188,17 +1196,7 @@ class ITISteerer(Baseline):
             reasons.append(f"heads {list(self.heads)} do not exist in a model of shape {shape}")
         elif int(self.directions.shape[1]) != shape[2]:
             reasons.append(f"d_head {int(self.directions.shape[1])} (ITI) vs {shape[2]} (model)")
-        if self.model:
-            if bool(self.model.get("compatibility_mode")) != sig["compatibility_mode"]:
-                reasons.append("TransformerLens compatibility mode differs: numerics differ")
-            if strict and self.model.get("model_id") != sig["model_id"]:
-                reasons.append(f"model id {self.model.get('model_id')!r} vs {sig['model_id']!r}")
-        if reasons:
-            raise SubspaceMismatchError(
-                "these ITI heads do not fit: "
-                + "; ".join(reasons)
-                + (". Pass strict=False to accept a different model id only." if strict else "")
-            )
+        _refuse_mismatch("these ITI heads do not fit", reasons, self.model, sig, strict)
 
     def hooks(
         self,
