@@ -40,8 +40,6 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from . import generation
-from ._checks import _as_queries
 from .hooks import POSITIONS, SITES, PositionTracker, check_layers, hook_name
 from .models import model_signature, render, require_tokenizer
 from .pairs import EmptySubspaceError, PairActivations, embed_pairs
@@ -747,64 +745,14 @@ class PromptSteerer(Baseline):
             )
         return text
 
-    def generate(
-        self,
-        model: Any,
-        queries: Sequence[str],
-        *,
-        prompts: Optional[Sequence[str]] = None,
-        max_new_tokens: int = 64,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_p: Optional[float] = None,
-        seed: int = 0,
-        batch_size: int = 8,
-        use_past_kv_cache: bool = True,
-        steer: bool = True,
-        chat: Optional[bool] = None,
-        verbose: bool = False,
-        return_tokens: bool = False,
-        backend: str = "auto",
-        monitor: Optional[dict] = None,
-        selections: Optional[list] = None,
-    ) -> Union[list[str], tuple[list[list[int]], list[str]]]:
-        """`Steerer.generate` with each query rendered with the system prompt.
+    generation_desc = "prompted generation"
 
-        Same arguments, same return value, same loop (`generation.generate`,
-        with no hooks; `monitor` and `selections` are left untouched, as there is no edit). The
-        prompt is tokenised exactly as an unsteered prompt is (chat text: no extra BOS).
-        `steer=False` renders without the system prompt (the unsteered path); explicit
-        `prompts` are used exactly as given, as in `Steerer`.
-        """
-        queries = _as_queries(queries)
-        text_chat: Optional[bool]
-        if prompts is not None:
-            if len(prompts) != len(queries):
-                raise ValueError(f"{len(prompts)} prompts for {len(queries)} queries")
-            texts, text_chat = list(prompts), False
-        elif steer:
-            texts, text_chat = [self.render(model, q, chat=chat) for q in queries], chat
-        else:
-            texts, text_chat = [render(model, q, chat=chat) for q in queries], chat
-        self.check_model(model)
-        all_ids = generation.generate(
-            model,
-            texts,
-            lambda start, stop, batch: [],
-            chat=text_chat,
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_p=top_p,
-            seed=seed,
-            batch_size=batch_size,
-            use_past_kv_cache=use_past_kv_cache,
-            backend=backend,
-            verbose=verbose,
-            desc="prompted generation" if steer else "generation",
-        )
-        decoded = [model.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in all_ids]
-        return (all_ids, decoded) if return_tokens else decoded
+    def prompt_text(self, model: Any, query: str, *, chat: Optional[bool] = None, steer: bool = True) -> str:
+        """With the system prompt when steering (`render`), without it for `steer=False` (the
+        unsteered path). `generate` is `HookSteering.generate` with these prompts and no hooks:
+        the prompt is tokenised exactly as an unsteered prompt is (chat text: no extra BOS), and
+        explicit `prompts` are used exactly as given."""
+        return self.render(model, query, chat=chat) if steer else render(model, query, chat=chat)
 
     def with_positions(self, positions: str) -> "PromptSteerer":
         """A copy (`positions` is checked; there is no activation edit, so it changes nothing)."""

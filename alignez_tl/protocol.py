@@ -123,6 +123,13 @@ class HookSteering:
         with model.hooks(fwd_hooks=hooks):
             yield hooks
 
+    generation_desc = "steered generation"  # the progress bar's label of steered generation
+
+    def prompt_text(self, model: Any, query: str, *, chat: Optional[bool] = None, steer: bool = True) -> str:
+        """The prompt `generate` feeds the model for `query`: `models.render` (the chat
+        template for instruct models). A method that steers through the prompt overrides it."""
+        return render(model, query, chat=chat)
+
     def generate(
         self,
         model: Any,
@@ -146,8 +153,8 @@ class HookSteering:
     ) -> GenerateResult:
         """Steered generation for many queries, batched, one `generate` call per batch.
 
-        Each query is rendered with `models.render` (chat template for instruct models),
-        unless `prompts` gives the exact prompt text per query. Every row of a batch gets
+        Each query is rendered with `prompt_text` (`models.render`: the chat template for
+        instruct models), unless `prompts` gives the exact prompt text per query. Every row of a batch gets
         its own hooks (`hooks(model, queries_of_the_batch, prompt_len=..., chat=...,
         monitor=...)`). Greedy by default. `steer=False` gives the unsteered answers
         through the same code path (the fair baseline).
@@ -169,7 +176,11 @@ class HookSteering:
         if prompts is not None and len(prompts) != len(queries):
             raise ValueError(f"{len(prompts)} prompts for {len(queries)} queries")
         self.check_model(model)
-        texts = list(prompts) if prompts is not None else [render(model, q, chat=chat) for q in queries]
+        texts = (
+            list(prompts)
+            if prompts is not None
+            else [self.prompt_text(model, q, chat=chat, steer=steer) for q in queries]
+        )
 
         if selections is not None and any(len(s) != len(queries) for s in selections):
             raise ValueError(f"selections must hold one entry per query ({len(queries)}) for every objective")
@@ -203,7 +214,7 @@ class HookSteering:
             backend=backend,
             prefill=prefill,
             verbose=verbose,
-            desc="steered generation" if steer else "generation",
+            desc=self.generation_desc if steer else "generation",
         )
         decoded = [model.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in all_ids]
         return (all_ids, decoded) if return_tokens else decoded
