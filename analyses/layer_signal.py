@@ -26,7 +26,6 @@ and recommends layers by a rule stated in words in `LayerSignal.rule`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -49,6 +48,7 @@ from alignez_tl.subspace import (
     null_signs,
     quantile_rows,
 )
+from analyses._common import clean, single_thread
 
 logger = logging.getLogger(__name__)
 
@@ -154,24 +154,6 @@ def _probe_scores(model: tuple, x: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- result
-
-
-def _clean(value: Any) -> Any:
-    """JSON-ready: numpy → Python, NaN/inf → None."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _clean(value.tolist())
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        return v if math.isfinite(v) else None
-    if isinstance(value, Tensor):
-        return _clean(value.detach().cpu().tolist())
-    return value
 
 
 @dataclass
@@ -338,7 +320,7 @@ class LayerSignal:
             query_layers=self.query_layers,
             chosen_frequency=self.chosen_frequency,
         )
-        return _clean(out)
+        return clean(out)
 
     def summary(self) -> str:
         """A text table, one row per layer (`*` marks recommended layers)."""
@@ -526,22 +508,6 @@ def _splits(n: int, holdout: float, seed: int, repeats: int) -> list[tuple[np.nd
 
 
 # --------------------------------------------------------------------------- analysis
-
-
-@contextlib.contextmanager
-def _single_thread():
-    """Run torch on one intra-op thread inside the block, then restore the setting.
-
-    The analysis does thousands of tiny ops (small SVDs, projections); with torch's
-    thread pool on a busy machine each one pays a synchronisation cost (measured: 30 s
-    instead of 0.8 s for 30 layers x 20 splits on a loaded 2-core machine).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _held_out(
@@ -927,7 +893,7 @@ def layer_signal(
         sig[name] = np.zeros(L, dtype=np.int64)
     spectrum: list[np.ndarray] = []
     matches = []
-    with _single_thread():
+    with single_thread():
         for i, layer in enumerate(layers):
             sub: LayerSubspace = subspace.layers[layer]
             P, N = pos_t[:, i], neg_t[:, i]

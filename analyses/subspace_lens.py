@@ -41,7 +41,6 @@ when the pairs are a `PairActivations` already):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -55,6 +54,7 @@ from torch import Tensor
 from alignez_tl.baselines import diffmean_vector
 from alignez_tl.pairs import PairActivations, embed_pairs
 from alignez_tl.subspace import AlignmentSubspace, fit_layer
+from analyses._common import clean, single_thread
 from analyses.attribution import final_norm_scale, frozen_norm_readout
 
 logger = logging.getLogger(__name__)
@@ -89,38 +89,7 @@ def _cos(u: Tensor, v: Tensor) -> float:
     return float(u @ v) / (nu * nv)
 
 
-@contextlib.contextmanager
-def _single_thread():
-    """Many tiny SVDs: one intra-op thread avoids the thread pool's wake-up cost."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 # --------------------------------------------------------------------------- result
-
-
-def _clean(value: Any) -> Any:
-    """JSON-ready: numpy → Python, NaN/inf → None."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _clean(value.tolist())
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        return v if math.isfinite(v) else None
-    if isinstance(value, Tensor):
-        return _clean(value.detach().cpu().tolist())
-    return value
 
 
 def _nanmean(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -251,7 +220,7 @@ class SubspaceLens:
             model=self.model,
             settings=self.settings,
         )
-        return _clean(out)
+        return clean(out)
 
     def summary(self, *, vocab_layers: Optional[Sequence[int]] = None, n_tokens: int = 6) -> str:
         """A text table, one row per layer, then θ_1's top tokens at a few layers."""
@@ -552,7 +521,7 @@ def subspace_lens(
     else:
         source = "unknown (site is not resid_post or the last layer was not embedded): sigma = 1, ranking only"
 
-    with _single_thread():
+    with single_thread():
         vocab = {} if model is None else _vocab(model, subspace, chosen, 1.0 if sigma is None else sigma, top_k_tokens)
         for layer in chosen:
             vocab.setdefault(layer, [])
