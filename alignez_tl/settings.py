@@ -357,8 +357,7 @@ class SteerSettings(_Settings):
         elif check_number("scale", self.scale) <= 0:
             raise ValueError(f"a numeric scale must be positive, got {self.scale}")
         check_choice("direction_filter", self.direction_filter, FILTERS)
-        if isinstance(self.top_n, bool) or not isinstance(self.top_n, int) or self.top_n < 1:
-            raise ValueError(f"top_n must be a positive int, got {self.top_n!r}")
+        check_positive_int("top_n", self.top_n)
         object.__setattr__(self, "layers", _tuple_of_ints("layers", self.layers))
         check_choice("positions", self.positions, POSITIONS)
 
