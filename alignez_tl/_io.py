@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -28,12 +28,29 @@ def check_writable_folder(folder: PathLike) -> Path:
         raise NotADirectoryError(f"cannot write in {folder}: {probe} is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write in {folder}: {probe} is not writable")
+    # os.access says yes to root everywhere, also in /sys or on a read-only mount: the
+    # proof is a temporary file actually created (and removed) where the output goes.
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".alignez-probe.", suffix=".tmp")
+    except OSError as exc:
+        raise PermissionError(f"cannot write in {folder}: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(tmp)
     return folder
 
 
-def atomic_write(path: PathLike, write: Callable[[str], Any]) -> Path:
-    """Call `write(tmp_path)` on a temporary file next to `path`, then rename it over `path`."""
+def resolve_output(path: PathLike) -> Path:
+    """The file an output path really names: a symlink is written through to its target."""
     path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def atomic_write(path: PathLike, write: Callable[[str], Any]) -> Path:
+    """Call `write(tmp_path)` on a temporary file next to `path`, then rename it over `path`.
+
+    A `path` that is a symlink keeps its link: the new content replaces the link's target.
+    """
+    path = resolve_output(path)
     folder = path.parent if str(path.parent) else Path(".")
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"cannot write {path}: {folder} is not a folder")
@@ -116,3 +133,70 @@ def staged_folder(final: PathLike) -> Iterator[Path]:
                     folder.rmdir()
                 except OSError:
                     break
+
+
+LOCK_SUFFIX = ".alignez-lock"
+
+
+def _lock_path(target: Path) -> Path:
+    return target.parent / f".{target.name}{LOCK_SUFFIX}"
+
+
+@contextlib.contextmanager
+def output_lock(target: PathLike) -> Iterator[Optional[Path]]:
+    """Hold `target` for one run: a second run writing to the same output is refused.
+
+    A hidden lock file next to the target, created exclusively, holds this process's
+    id; it is removed when the block ends. A lock left by a process that no longer runs
+    (killed with SIGKILL) is taken over. Raises `FileExistsError` naming the running
+    process. Yields None (no lock) when the target's folder does not exist yet.
+    """
+    target = resolve_output(target)
+    if not target.parent.is_dir():
+        yield None
+        return
+    lock = _lock_path(target)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder is not None and holder != os.getpid() and pid_alive(holder):
+                raise FileExistsError(
+                    f"{target} is being written by another alignez run (process {holder}); wait for it "
+                    f"to finish, or, if no such run exists, remove {lock}"
+                ) from None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock)  # stale: its process is gone
+            continue
+        except OSError:  # not writable there: the command's own check says so, with the reason
+            yield None
+            return
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        break
+    else:  # pragma: no cover - lost the race for a stale lock twice
+        raise FileExistsError(f"{target} is being written by another alignez run (lock {lock})")
+    try:
+        yield lock
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+
+
+def _lock_holder(lock: Path) -> Optional[int]:
+    try:
+        text = lock.read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0
+    return True

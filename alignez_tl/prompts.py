@@ -91,9 +91,14 @@ def builtin_prompts(categories: Optional[list[str]] = None, per_category: Option
 def load_prompts(path: Union[str, Path]) -> list[dict]:
     """Prompts from a JSONL file (`query`, optional `category`) or a text file (one per line)."""
     path = Path(path)
+    if path.is_dir():
+        raise PromptFileError(f"{path} is a folder; pass a prompts file (JSONL, or one query per line)")
     if not path.is_file():
         raise PromptFileError(f"no prompts file at {path}")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PromptFileError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
         text = data.decode("utf-8-sig")  # a leading byte-order mark is not part of line 1
     except UnicodeDecodeError as exc:

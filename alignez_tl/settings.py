@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Mapping, Optional, TypeVar, Union, get_args
 
 __all__ = [
+    "SEED_LIMIT",
     "DEFAULT_EDIT",
     "DEFAULT_METHODS",
     "EDITS",
@@ -48,6 +49,7 @@ __all__ = [
     "check_number",
     "check_positive_int",
     "check_rank_args",
+    "check_seed",
     "default_alpha",
 ]
 
@@ -91,6 +93,18 @@ def default_alpha(edit: str = DEFAULT_EDIT, mode: str = "boost") -> float:
 
 
 # --------------------------------------------------------------------------- checks
+
+
+SEED_LIMIT = 2**32  # seeds are 0..2**32-1, what every random generator used here takes
+
+
+def check_seed(name: str, value: Any) -> int:
+    """`value` if it is an int in 0..SEED_LIMIT-1 (bools refused), else an error naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"{name} must be in 0..{SEED_LIMIT - 1}, got {value}")
+    return value
 
 
 def check_positive_int(name: str, value: Any) -> int:
@@ -225,8 +239,7 @@ class PreferenceSettings(_Settings):
             check_positive_int(name, getattr(self, name))
         if not isinstance(self.do_sample, bool):
             raise TypeError(f"do_sample must be True or False, got {self.do_sample!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise TypeError(f"seed must be an int, got {self.seed!r}")
+        check_seed("seed", self.seed)
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise ValueError(f"top_k must be an int >= 0 (0 turns it off), got {self.top_k!r}")
         if self.do_sample:
@@ -275,8 +288,7 @@ def check_rank_args(
         or not (0.0 < null_quantile < 1.0)
     ):
         raise ValueError(f"null_quantile must be a number strictly between 0 and 1 (e.g. 0.95); got {null_quantile!r}")
-    if isinstance(null_seed, bool) or not isinstance(null_seed, int):
-        raise TypeError(f"null_seed must be an int (the seed of the sign draws); got {null_seed!r}")
+    check_seed("null_seed", null_seed)
     if not isinstance(null_test, bool):
         raise TypeError(f"null_test must be True or False; got {null_test!r}")
 

@@ -415,7 +415,11 @@ class AlignmentSubspace:
             raise ValueError(f"unknown site {self.site!r}; choose one of {', '.join(SITES)}")
         if isinstance(self.d_model, bool) or not isinstance(self.d_model, int) or self.d_model < 1:
             raise ValueError(f"d_model must be a positive int, got {self.d_model!r}")
+        if not self.layers:
+            raise ValueError("an AlignmentSubspace needs at least one layer; layers is empty")
         for key, sub in self.layers.items():
+            if isinstance(key, bool) or not isinstance(key, int) or key < 0:
+                raise ValueError(f"layer keys are ints >= 0, got {key!r}")
             if not isinstance(sub, LayerSubspace):
                 raise TypeError(f"layers[{key!r}] must be a LayerSubspace, got {type(sub).__name__}")
             if key != sub.layer:
@@ -633,6 +637,10 @@ class AlignmentSubspace:
                 int(key): {f: int(info[f]) for f in ("rank", "n_singular", "n_pairs", "n_kept")}
                 for key, info in layer_info.items()
             }
+            if not counts:
+                raise ValueError("it lists no layers; a subspace file holds at least one")
+            if min(counts) < 0:
+                raise ValueError(f"layer {min(counts)} is negative; layers are numbered from 0")
         except (KeyError, TypeError, ValueError) as exc:
             what = f"field {exc} is missing" if isinstance(exc, KeyError) else str(exc)
             raise SubspaceFileError(f"{path}: the provenance header is malformed ({what})") from None
