@@ -7,16 +7,20 @@ its output location before any model work starts, and writes each file atomicall
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
+import signal
 import sys
 import textwrap
+import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from ._io import atomic_write_jsonl, atomic_write_text, check_writable_folder, staged_folder
-from .errors import AlignezError, CLIError
+from .errors import AlignezError, CLIError, ResumeError
 from .settings import (
     EDITS,
     FILTERS,
@@ -111,10 +115,21 @@ def _read_queries(args: argparse.Namespace) -> list[str]:
     return queries
 
 
-def _check_out_file(path: str, force: bool) -> Path:
+def _check_resume(args: argparse.Namespace) -> bool:
+    """`--resume` and `--force` contradict each other: refused together."""
+    resume = bool(getattr(args, "resume", False))
+    if resume and args.force:
+        raise CLIError(
+            "--resume and --force contradict each other: --resume continues the output an interrupted "
+            "run left, --force starts it over; pass one of them"
+        )
+    return resume
+
+
+def _check_out_file(path: str, force: bool, resume: bool = False) -> Path:
     out = Path(path)
-    if out.exists() and not force:
-        raise CLIError(f"{out} exists; pass --force to overwrite it")
+    if out.exists() and not force and not resume:
+        raise CLIError(f"{out} exists; pass --force to overwrite it (or --resume to continue an interrupted run)")
     if out.is_dir():
         raise CLIError(f"{out} is a folder; give a file path")
     try:
@@ -124,12 +139,14 @@ def _check_out_file(path: str, force: bool) -> Path:
     return out
 
 
-def _out_dir(path: Optional[str], force: bool, prefix: str) -> Path:
+def _out_dir(path: Optional[str], force: bool, prefix: str, resume: bool = False) -> Path:
     """The run's output folder, checked (nothing is created until `staged_folder` runs)."""
+    if resume and not path:
+        raise CLIError("--resume needs --out: the folder of the run to continue")
     out = Path(path) if path else Path(f"alignez-out/{prefix}-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    if out.is_dir() and any(out.iterdir()) and not force and not resume:
         raise CLIError(f"--out {out} is not empty; pass --force to write into it")
     try:
         check_writable_folder(out)
@@ -204,6 +221,7 @@ def _pref_settings_of(args: argparse.Namespace, **fixed: Any) -> Any:
             response_tokens=args.response_tokens,
             seed=args.seed,
             batch_size=args.batch_size,
+            max_prompt_tokens=getattr(args, "max_prompt_tokens", PreferenceSettings.max_prompt_tokens),
         )
         return PreferenceSettings(**{**values, **fixed})
     except (TypeError, ValueError) as exc:
@@ -232,39 +250,58 @@ def _side_by_side(rows: Sequence[dict], width: int = 100) -> str:
     return "\n".join(out)
 
 
-def _generate_rows(args, model, steerer, queries) -> list[dict]:
-    base = steerer.generate(
-        model,
-        queries,
-        max_new_tokens=args.max_new_tokens,
-        steer=False,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        verbose=not args.quiet,
-    )
-    steered = steerer.generate(
-        model,
-        queries,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        verbose=not args.quiet,
-    )
-    selections = steerer.select(model, queries)
-    rows = []
-    for i, q in enumerate(queries):
-        per_objective = [sel[i] for sel in selections]
-        rows.append(
-            {
-                "query": q,
-                "base": base[i],
-                "steered": steered[i],
-                "changed": base[i] != steered[i],
-                "layers": sorted({layer for sel in per_objective for layer in sel.layers}),
-                "selection": [sel.to_dict() for sel in per_objective],
-            }
-        )
+def _generate_rows(
+    args, model, steerer, queries, *, done: Sequence[dict] = (), write: Optional[Callable[[list[dict]], None]] = None
+) -> list[dict]:
+    """Base and steered answers, one batch of `--batch-size` queries at a time.
+
+    Batch b is generated with seed `--seed + b`, as one `generate` call over all queries
+    seeds its b-th batch, so the rows do not depend on where a run starts: `done` (the
+    rows of a resumed file, whole batches) is kept and the next batch follows. `write`
+    receives each batch's rows as soon as they are done. Progress: rows done / total,
+    with an ETA (tqdm), unless --quiet.
+    """
+    from tqdm.auto import tqdm
+
+    _check_prompts(args, model, queries)
+    bs = args.batch_size
+    rows = list(done)
+    if len(rows) % bs and len(rows) < len(queries):
+        raise CLIError(f"{len(rows)} rows were written, not a whole number of batches of {bs}; pass --force")
+    gen = dict(max_new_tokens=args.max_new_tokens, batch_size=bs, verbose=False)
+    with tqdm(total=len(queries), initial=len(rows), unit="row", desc="rows", disable=args.quiet) as bar:
+        for start in range(len(rows), len(queries), bs):
+            chunk = queries[start : start + bs]
+            seed = args.seed + start // bs
+            base = steerer.generate(model, chunk, steer=False, seed=seed, **gen)
+            steered = steerer.generate(model, chunk, seed=seed, **gen)
+            selections = steerer.select(model, chunk)
+            new = []
+            for i, q in enumerate(chunk):
+                per_objective = [sel[i] for sel in selections]
+                new.append(
+                    {
+                        "query": q,
+                        "base": base[i],
+                        "steered": steered[i],
+                        "changed": base[i] != steered[i],
+                        "layers": sorted({layer for sel in per_objective for layer in sel.layers}),
+                        "selection": [sel.to_dict() for sel in per_objective],
+                    }
+                )
+            if write is not None:
+                write(new)
+            rows += new
+            bar.update(len(new))
     return rows
+
+
+def _check_prompts(args: argparse.Namespace, model: Any, queries: Sequence[str]) -> None:
+    """--max-prompt-tokens: refuse a query whose rendered prompt is longer, before any generation."""
+    from .generation import check_prompt_tokens
+    from .models import render
+
+    check_prompt_tokens(model, [render(model, q) for q in queries], getattr(args, "max_prompt_tokens", None))
 
 
 def _steer_settings(args: argparse.Namespace, steerer: Any) -> dict[str, Any]:
@@ -624,10 +661,13 @@ def cmd_prefs(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         top_p=args.top_p,
     )
-    out = _check_out_file(args.out, args.force)
+    resume = _check_resume(args)
+    out = _check_out_file(args.out, args.force, resume)
+    if resume:
+        _precheck_resume(out)
     model = _load(args)
-    prefs = generate_preferences(model, queries, **settings.to_dict(), verbose=not args.quiet)
-    prefs.save(out)
+    args.resume_hint = out
+    prefs = generate_preferences(model, queries, **settings.to_dict(), verbose=not args.quiet, out=out, resume=resume)
     print(f"wrote {len(prefs)} pairs to {out}")
     return 0
 
@@ -675,10 +715,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from ._stream import RowWriter, compare_headers, dump_line
+    from .models import model_signature
     from .subspace import AlignmentSubspace, SubspaceFileError, SubspaceMismatchError
 
     queries = _read_queries(args)
-    out = _check_out_file(args.out, args.force)
+    resume = _check_resume(args)
+    out = _check_out_file(args.out, args.force, resume)
+    existing = _precheck_resume(out) if resume else None
     try:
         sub = AlignmentSubspace.load(args.subspace)
     except SubspaceFileError as exc:
@@ -689,11 +733,51 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sub.check_model(model)
     except SubspaceMismatchError as exc:
         raise CLIError(str(exc)) from None
-    rows = _generate_rows(args, model, steerer, queries)
-    atomic_write_jsonl(out, rows)
+    _check_prompts(args, model, queries)
+    header = {
+        "type": "header",
+        "format": GENERATIONS_FORMAT,
+        "version": 1,
+        "command": "generate",
+        "model": model_signature(model)["model_id"],
+        "objective": sub.objective_name,
+        "subspace_sha256": hashlib.sha256(Path(args.subspace).read_bytes()).hexdigest(),
+        "settings": {**_steer_settings(args, steerer), "batch_size": args.batch_size},
+    }
+    done: list[dict] = []
+    if existing is not None:
+        compare_headers(existing.header, header, out)
+        done = _check_done_rows(out, existing.rows, queries)
+    args.resume_hint = out
+    with RowWriter(out, dump_line(header), existing.end_of(len(done)) if existing else None) as writer:
+        rows = _generate_rows(args, model, steerer, queries, done=done, write=writer.write)
     _say(args, _side_by_side(rows))
-    print(f"wrote {len(rows)} generations to {out}")
+    print(f"wrote {len(rows)} generations to {out}" + (f" ({len(done)} kept from before)" if done else ""))
     return 0
+
+
+GENERATIONS_FORMAT = "alignez-generations"
+
+
+def _precheck_resume(out: Path) -> Any:
+    """The complete lines of the file `--resume` continues (None: missing, start fresh), read
+    before the model loads; a file that is not a streamed output is refused here."""
+    from ._stream import read_existing
+
+    return read_existing(out)
+
+
+def _check_done_rows(path: Path, rows: list[dict], queries: Sequence[str]) -> list[dict]:
+    """The rows of a resumed file, checked: row i answers query i."""
+    if len(rows) > len(queries):
+        raise ResumeError(f"cannot resume {path}: it holds {len(rows)} rows, but {len(queries)} queries are given")
+    for i, row in enumerate(rows):
+        if row.get("query") != queries[i]:
+            raise ResumeError(
+                f"cannot resume {path}: row {i} answers {row.get('query')!r}, but query {i} is now "
+                f"{queries[i]!r}: pass the same queries, or start over (--force instead of --resume)"
+            )
+    return rows
 
 
 # --------------------------------------------------------------------------- parser
@@ -719,6 +803,26 @@ def _common(p: argparse.ArgumentParser) -> None:
         help=f"prompts per forward/generate call (default: {PreferenceSettings.batch_size})",
     )
     p.add_argument("--threads", type=_COUNT, default=0, help="torch CPU threads (default: torch's choice)")
+
+
+def _long_run_options(p: argparse.ArgumentParser, resume: bool = True) -> None:
+    """--max-prompt-tokens (every generating command) and --resume (the streamed ones)."""
+    p.add_argument(
+        "--max-prompt-tokens",
+        type=_POSITIVE,
+        default=PreferenceSettings.max_prompt_tokens,
+        metavar="N",
+        help="refuse, before any generation, a query whose prompt has more than N tokens "
+        f"(default: {PreferenceSettings.max_prompt_tokens})",
+    )
+    if resume:
+        p.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue the output an interrupted run left (same command and settings): its complete "
+            "rows are kept and the rest is generated; the result is the file one uninterrupted run writes. "
+            "A missing output starts fresh; not with --force",
+        )
 
 
 def _gen_options(p: argparse.ArgumentParser, elicit: int, response: int) -> None:
@@ -820,6 +924,7 @@ def build_parser() -> argparse.ArgumentParser:
     _steer_options(p, max_new=48)
     p.add_argument("--no-report", action="store_true", help="skip the analyses and the HTML report")
     _analysis_options(p)
+    _long_run_options(p, resume=False)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
@@ -957,6 +1062,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=EvalSettings.n_boot,
         help=f"bootstrap resamples (default: {EvalSettings.n_boot})",
     )
+    _long_run_options(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
@@ -988,6 +1094,7 @@ def build_parser() -> argparse.ArgumentParser:
         "list of traits (preferences.LIST_PREFILL), which stops chat models from "
         "answering the query instead (default: no prefill, the paper's prompt)",
     )
+    _long_run_options(p)
     p.set_defaults(func=cmd_prefs)
 
     p = sub.add_parser(
@@ -1037,6 +1144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", help='a file of queries: one per line, or JSONL with a "query" field')
     p.add_argument("--out", default="generations.jsonl", help="output JSONL (default: generations.jsonl)")
     _steer_options(p, max_new=64)
+    _long_run_options(p)
     p.set_defaults(func=cmd_generate)
     return parser
 
@@ -1056,19 +1164,47 @@ def _log_to_stdout(quiet: bool) -> None:
         logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Any:
+    """SIGTERM ends a command as Ctrl-C does (KeyboardInterrupt): every completed row is kept."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    hint = getattr(args, "resume_hint", None)
+    if hint is None:
+        return f"alignez {args.command}: interrupted; files already written are complete"
+    return (
+        f"alignez {args.command}: interrupted; {hint} keeps every completed row: rerun the same command "
+        "with --resume to continue"
+    )
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _log_to_stdout(args.quiet)
     try:
-        return int(args.func(args))
+        with _sigterm_interrupts():
+            return int(args.func(args))
     except AlignezError as exc:  # a refusal of the library or the command: one line, no traceback
         if args.debug:
             traceback.print_exc()
         print(f"alignez {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"alignez {args.command}: interrupted; files already written are complete", file=sys.stderr)
+        print(_interrupted(args), file=sys.stderr)
         return 130
     except Exception:
         traceback.print_exc()
