@@ -18,7 +18,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, BinaryIO, Callable, Optional, Sequence, Union
 
 from .errors import ResumeError
 
@@ -143,6 +143,7 @@ class RowWriter:
 
     def __init__(self, path: PathLike, header: str, keep: Optional[int] = None) -> None:
         self.path = Path(path)
+        self._fh: BinaryIO
         if keep is None:
             self._fh = open(self.path, "wb")
             self.write_lines([header])

@@ -462,6 +462,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise CLIError(f"--{flag.replace('_', '-')} applies to --sweep or --compose only")
     if args.per_category and args.prompts:
         raise CLIError("--per-category applies to the built-in prompts only")
+    resume = _check_resume(args)
     try:
         settings = EvalSettings(
             model=args.model,
@@ -486,8 +487,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
             read_pairs(args.pairs_file, objective=args.objective)  # checked before the model is loaded
     except (EvalError, PromptFileError, TypeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
-    final = _out_dir(args.out, args.force, "eval")
+    final = _out_dir(args.out, args.force, "eval", resume)
+    if resume:
+        for name in ("pairs.jsonl", "generations.jsonl"):
+            _precheck_resume(final / name)
     model = _load(args)
+    args.resume_hint = final
     try:
         with staged_folder(final) as out:
             run_eval(
@@ -499,6 +504,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 verbose=not args.quiet,
                 prompts_file=args.prompts,
                 pairs_file=args.pairs_file,
+                resume=resume,
             )
     except EvalError as exc:
         raise CLIError(str(exc)) from None
@@ -576,6 +582,8 @@ def _sweep_config(args: argparse.Namespace) -> Any:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .efficacy import run_sweep
 
+    if args.resume:
+        raise CLIError("--resume applies to alignez eval without --sweep or --compose")
     config = _sweep_config(args)
     judge_spec = config.judge.partition(":")[2] if config.task == "helpful" and config.judge != "self" else None
     final = _out_dir(args.out, args.force, f"sweep-{config.task}")
@@ -602,6 +610,8 @@ def _cmd_compose(args: argparse.Namespace) -> int:
     from .compose import DEFAULT_ETAS, check_compose, run_compose
     from .preferences import LIST_PREFILL
 
+    if args.resume:
+        raise CLIError("--resume applies to alignez eval without --sweep or --compose")
     for flag in ("sweep", "kl_targets", "rank", "methods", "judge", "pairs_file", "prompts", "per_category"):
         if getattr(args, flag) not in (None, False):
             raise CLIError(f"--{flag.replace('_', '-')} does not apply to --compose")
