@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
+import signal
 import sys
 import textwrap
+import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from ._io import atomic_write_jsonl, atomic_write_text, check_writable_folder, output_lock, staged_folder
-from .errors import AlignezError, CLIError
+from .errors import AlignezError, CLIError, ResumeError
 from .settings import (
     EDITS,
     FILTERS,
@@ -115,12 +118,23 @@ def _read_queries(args: argparse.Namespace) -> list[str]:
     return queries
 
 
-def _check_out_file(path: str, force: bool) -> Path:
+def _check_resume(args: argparse.Namespace) -> bool:
+    """`--resume` and `--force` contradict each other: refused together."""
+    resume = bool(getattr(args, "resume", False))
+    if resume and args.force:
+        raise CLIError(
+            "--resume and --force contradict each other: --resume continues the output an interrupted "
+            "run left, --force starts it over; pass one of them"
+        )
+    return resume
+
+
+def _check_out_file(path: str, force: bool, resume: bool = False) -> Path:
     if path.endswith(("/", os.sep)):
         raise CLIError(f"--out {path} ends with a slash, which names a folder; give a file path inside it")
     out = Path(path)
-    if out.exists() and not force:
-        raise CLIError(f"{out} exists; pass --force to overwrite it")
+    if out.exists() and not force and not resume:
+        raise CLIError(f"{out} exists; pass --force to overwrite it (or --resume to continue an interrupted run)")
     if out.is_dir():
         raise CLIError(f"{out} is a folder; give a file path")
     try:
@@ -130,12 +144,14 @@ def _check_out_file(path: str, force: bool) -> Path:
     return out
 
 
-def _out_dir(path: Optional[str], force: bool, prefix: str) -> Path:
+def _out_dir(path: Optional[str], force: bool, prefix: str, resume: bool = False) -> Path:
     """The run's output folder, checked (nothing is created until `staged_folder` runs)."""
+    if resume and not path:
+        raise CLIError("--resume needs --out: the folder of the run to continue")
     out = Path(path) if path else Path(f"alignez-out/{prefix}-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    if out.is_dir() and any(out.iterdir()) and not force and not resume:
         raise CLIError(f"--out {out} is not empty; pass --force to write into it")
     try:
         check_writable_folder(out)
@@ -213,6 +229,7 @@ def _pref_settings_of(args: argparse.Namespace, **fixed: Any) -> Any:
             response_tokens=args.response_tokens,
             seed=args.seed,
             batch_size=args.batch_size,
+            max_prompt_tokens=getattr(args, "max_prompt_tokens", PreferenceSettings.max_prompt_tokens),
         )
         return PreferenceSettings(**{**values, **fixed})
     except (TypeError, ValueError) as exc:
@@ -241,39 +258,58 @@ def _side_by_side(rows: Sequence[dict], width: int = 100) -> str:
     return "\n".join(out)
 
 
-def _generate_rows(args, model, steerer, queries) -> list[dict]:
-    base = steerer.generate(
-        model,
-        queries,
-        max_new_tokens=args.max_new_tokens,
-        steer=False,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        verbose=not args.quiet,
-    )
-    steered = steerer.generate(
-        model,
-        queries,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        verbose=not args.quiet,
-    )
-    selections = steerer.select(model, queries)
-    rows = []
-    for i, q in enumerate(queries):
-        per_objective = [sel[i] for sel in selections]
-        rows.append(
-            {
-                "query": q,
-                "base": base[i],
-                "steered": steered[i],
-                "changed": base[i] != steered[i],
-                "layers": sorted({layer for sel in per_objective for layer in sel.layers}),
-                "selection": [sel.to_dict() for sel in per_objective],
-            }
-        )
+def _generate_rows(
+    args, model, steerer, queries, *, done: Sequence[dict] = (), write: Optional[Callable[[list[dict]], None]] = None
+) -> list[dict]:
+    """Base and steered answers, one batch of `--batch-size` queries at a time.
+
+    Batch b is generated with seed `--seed + b`, as one `generate` call over all queries
+    seeds its b-th batch, so the rows do not depend on where a run starts: `done` (the
+    rows of a resumed file, whole batches) is kept and the next batch follows. `write`
+    receives each batch's rows as soon as they are done. Progress: rows done / total,
+    with an ETA (tqdm), unless --quiet.
+    """
+    from tqdm.auto import tqdm
+
+    _check_prompts(args, model, queries)
+    bs = args.batch_size
+    rows = list(done)
+    if len(rows) % bs and len(rows) < len(queries):
+        raise CLIError(f"{len(rows)} rows were written, not a whole number of batches of {bs}; pass --force")
+    gen = dict(max_new_tokens=args.max_new_tokens, batch_size=bs, verbose=False)
+    with tqdm(total=len(queries), initial=len(rows), unit="row", desc="rows", disable=args.quiet) as bar:
+        for start in range(len(rows), len(queries), bs):
+            chunk = queries[start : start + bs]
+            seed = args.seed + start // bs
+            base = steerer.generate(model, chunk, steer=False, seed=seed, **gen)
+            steered = steerer.generate(model, chunk, seed=seed, **gen)
+            selections = steerer.select(model, chunk)
+            new = []
+            for i, q in enumerate(chunk):
+                per_objective = [sel[i] for sel in selections]
+                new.append(
+                    {
+                        "query": q,
+                        "base": base[i],
+                        "steered": steered[i],
+                        "changed": base[i] != steered[i],
+                        "layers": sorted({layer for sel in per_objective for layer in sel.layers}),
+                        "selection": [sel.to_dict() for sel in per_objective],
+                    }
+                )
+            if write is not None:
+                write(new)
+            rows += new
+            bar.update(len(new))
     return rows
+
+
+def _check_prompts(args: argparse.Namespace, model: Any, queries: Sequence[str]) -> None:
+    """--max-prompt-tokens: refuse a query whose rendered prompt is longer, before any generation."""
+    from .generation import check_prompt_tokens
+    from .models import render
+
+    check_prompt_tokens(model, [render(model, q) for q in queries], getattr(args, "max_prompt_tokens", None))
 
 
 def _steer_settings(args: argparse.Namespace, steerer: Any) -> dict[str, Any]:
@@ -434,6 +470,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise CLIError(f"--{flag.replace('_', '-')} applies to --sweep or --compose only")
     if args.per_category and args.prompts:
         raise CLIError("--per-category applies to the built-in prompts only")
+    resume = _check_resume(args)
     try:
         settings = EvalSettings(
             model=args.model,
@@ -458,8 +495,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
             read_pairs(args.pairs_file, objective=args.objective)  # checked before the model is loaded
     except (EvalError, PromptFileError, TypeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
-    final = _out_dir(args.out, args.force, "eval")
+    final = _out_dir(args.out, args.force, "eval", resume)
+    if resume:
+        for name in ("pairs.jsonl", "generations.jsonl"):
+            _precheck_resume(final / name)
     model = _load(args)
+    args.resume_hint = final
     try:
         with staged_folder(final) as out:
             run_eval(
@@ -471,6 +512,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 verbose=not args.quiet,
                 prompts_file=args.prompts,
                 pairs_file=args.pairs_file,
+                resume=resume,
             )
     except EvalError as exc:
         raise CLIError(str(exc)) from None
@@ -548,6 +590,8 @@ def _sweep_config(args: argparse.Namespace) -> Any:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .efficacy import run_sweep
 
+    if args.resume:
+        raise CLIError("--resume applies to alignez eval without --sweep or --compose")
     config = _sweep_config(args)
     judge_spec = config.judge.partition(":")[2] if config.task == "helpful" and config.judge != "self" else None
     final = _out_dir(args.out, args.force, f"sweep-{config.task}")
@@ -574,6 +618,8 @@ def _cmd_compose(args: argparse.Namespace) -> int:
     from .compose import DEFAULT_ETAS, check_compose, run_compose
     from .preferences import LIST_PREFILL
 
+    if args.resume:
+        raise CLIError("--resume applies to alignez eval without --sweep or --compose")
     for flag in ("sweep", "kl_targets", "rank", "methods", "judge", "pairs_file", "prompts", "per_category"):
         if getattr(args, flag) not in (None, False):
             raise CLIError(f"--{flag.replace('_', '-')} does not apply to --compose")
@@ -633,10 +679,13 @@ def cmd_prefs(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         top_p=args.top_p,
     )
-    out = _check_out_file(args.out, args.force)
+    resume = _check_resume(args)
+    out = _check_out_file(args.out, args.force, resume)
+    if resume:
+        _precheck_resume(out)
     model = _load(args)
-    prefs = generate_preferences(model, queries, **settings.to_dict(), verbose=not args.quiet)
-    prefs.save(out)
+    args.resume_hint = out
+    prefs = generate_preferences(model, queries, **settings.to_dict(), verbose=not args.quiet, out=out, resume=resume)
     print(f"wrote {len(prefs)} pairs to {out}")
     return 0
 
@@ -684,10 +733,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from ._stream import RowWriter, compare_headers, dump_line
+    from .models import model_signature
     from .subspace import AlignmentSubspace, SubspaceFileError, SubspaceMismatchError
 
     queries = _read_queries(args)
-    out = _check_out_file(args.out, args.force)
+    resume = _check_resume(args)
+    out = _check_out_file(args.out, args.force, resume)
+    existing = _precheck_resume(out) if resume else None
     try:
         sub = AlignmentSubspace.load(args.subspace)
     except SubspaceFileError as exc:
@@ -698,11 +751,51 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sub.check_model(model)
     except SubspaceMismatchError as exc:
         raise CLIError(str(exc)) from None
-    rows = _generate_rows(args, model, steerer, queries)
-    atomic_write_jsonl(out, rows)
+    _check_prompts(args, model, queries)
+    header = {
+        "type": "header",
+        "format": GENERATIONS_FORMAT,
+        "version": 1,
+        "command": "generate",
+        "model": model_signature(model)["model_id"],
+        "objective": sub.objective_name,
+        "subspace_sha256": hashlib.sha256(Path(args.subspace).read_bytes()).hexdigest(),
+        "settings": {**_steer_settings(args, steerer), "batch_size": args.batch_size},
+    }
+    done: list[dict] = []
+    if existing is not None:
+        compare_headers(existing.header, header, out)
+        done = _check_done_rows(out, existing.rows, queries)
+    args.resume_hint = out
+    with RowWriter(out, dump_line(header), existing.end_of(len(done)) if existing else None) as writer:
+        rows = _generate_rows(args, model, steerer, queries, done=done, write=writer.write)
     _say(args, _side_by_side(rows))
-    print(f"wrote {len(rows)} generations to {out}")
+    print(f"wrote {len(rows)} generations to {out}" + (f" ({len(done)} kept from before)" if done else ""))
     return 0
+
+
+GENERATIONS_FORMAT = "alignez-generations"
+
+
+def _precheck_resume(out: Path) -> Any:
+    """The complete lines of the file `--resume` continues (None: missing, start fresh), read
+    before the model loads; a file that is not a streamed output is refused here."""
+    from ._stream import read_existing
+
+    return read_existing(out)
+
+
+def _check_done_rows(path: Path, rows: list[dict], queries: Sequence[str]) -> list[dict]:
+    """The rows of a resumed file, checked: row i answers query i."""
+    if len(rows) > len(queries):
+        raise ResumeError(f"cannot resume {path}: it holds {len(rows)} rows, but {len(queries)} queries are given")
+    for i, row in enumerate(rows):
+        if row.get("query") != queries[i]:
+            raise ResumeError(
+                f"cannot resume {path}: row {i} answers {row.get('query')!r}, but query {i} is now "
+                f"{queries[i]!r}: pass the same queries, or start over (--force instead of --resume)"
+            )
+    return rows
 
 
 # --------------------------------------------------------------------------- parser
@@ -730,6 +823,26 @@ def _common(p: argparse.ArgumentParser) -> None:
         help=f"prompts per forward/generate call (default: {PreferenceSettings.batch_size})",
     )
     p.add_argument("--threads", type=_COUNT, default=0, help="torch CPU threads (default: torch's choice)")
+
+
+def _long_run_options(p: argparse.ArgumentParser, resume: bool = True) -> None:
+    """--max-prompt-tokens (every generating command) and --resume (the streamed ones)."""
+    p.add_argument(
+        "--max-prompt-tokens",
+        type=_POSITIVE,
+        default=PreferenceSettings.max_prompt_tokens,
+        metavar="N",
+        help="refuse, before any generation, a query whose prompt has more than N tokens "
+        f"(default: {PreferenceSettings.max_prompt_tokens})",
+    )
+    if resume:
+        p.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue the output an interrupted run left (same command and settings): its complete "
+            "rows are kept and the rest is generated; the result is the file one uninterrupted run writes. "
+            "A missing output starts fresh; not with --force",
+        )
 
 
 def _gen_options(p: argparse.ArgumentParser, elicit: int, response: int) -> None:
@@ -831,6 +944,7 @@ def build_parser() -> argparse.ArgumentParser:
     _steer_options(p, max_new=48)
     p.add_argument("--no-report", action="store_true", help="skip the analyses and the HTML report")
     _analysis_options(p)
+    _long_run_options(p, resume=False)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
@@ -968,6 +1082,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=EvalSettings.n_boot,
         help=f"bootstrap resamples (default: {EvalSettings.n_boot})",
     )
+    _long_run_options(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
@@ -999,6 +1114,7 @@ def build_parser() -> argparse.ArgumentParser:
         "list of traits (preferences.LIST_PREFILL), which stops chat models from "
         "answering the query instead (default: no prefill, the paper's prompt)",
     )
+    _long_run_options(p)
     p.set_defaults(func=cmd_prefs)
 
     p = sub.add_parser(
@@ -1048,6 +1164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", help='a file of queries: one per line, or JSONL with a "query" field')
     p.add_argument("--out", default="generations.jsonl", help="output JSONL (default: generations.jsonl)")
     _steer_options(p, max_new=64)
+    _long_run_options(p)
     p.set_defaults(func=cmd_generate)
     return parser
 
@@ -1107,6 +1224,33 @@ def _check_model_shape(args: argparse.Namespace) -> None:
             raise CLIError(f"{option} {value} is out of range: the model has layers 0..{n_layers - 1}")
 
 
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Any:
+    """SIGTERM ends a command as Ctrl-C does (KeyboardInterrupt): every completed row is kept."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    hint = getattr(args, "resume_hint", None)
+    if hint is None:
+        return f"alignez {args.command}: interrupted; files already written are complete"
+    return (
+        f"alignez {args.command}: interrupted; {hint} keeps every completed row: rerun the same command "
+        "with --resume to continue"
+    )
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1118,7 +1262,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         out = getattr(args, "out", None)
         try:
             lock = output_lock(out) if out else contextlib.nullcontext()
-            with lock:
+            with lock, _sigterm_interrupts():
                 return int(args.func(args))
         except FileExistsError as exc:
             if "another alignez run" not in str(exc):
@@ -1130,7 +1274,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"alignez {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"alignez {args.command}: interrupted; files already written are complete", file=sys.stderr)
+        print(_interrupted(args), file=sys.stderr)
         return 130
     except Exception:
         traceback.print_exc()

@@ -23,6 +23,8 @@ __all__ = [
     "ModelSpecError",
     "PreferenceFileError",
     "PromptFileError",
+    "PromptTooLongError",
+    "ResumeError",
     "SubspaceFileError",
     "SubspaceMismatchError",
 ]
@@ -73,3 +75,13 @@ class JudgeError(AlignezError, RuntimeError):
 
 class CLIError(AlignezError):
     """A user error of the `alignez` command: printed as one line, exit status 2."""
+
+
+class ResumeError(AlignezError, ValueError):
+    """`--resume` (or `resume=True`) on an output it cannot continue: written with another
+    model, objective or settings (the message names the field), or not a streamed file."""
+
+
+class PromptTooLongError(AlignezError, ValueError):
+    """A prompt has more tokens than `max_prompt_tokens` (`--max-prompt-tokens`): refused
+    before any generation, naming the query and its token count."""

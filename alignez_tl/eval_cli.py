@@ -14,13 +14,14 @@ per method), `comparisons.jsonl`, `generations.jsonl`, `pairs.jsonl` and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ._io import atomic_write, atomic_write_jsonl, atomic_write_text
+from ._io import atomic_write, atomic_write_text
 from .errors import EvalError
 from .settings import METHODS, EvalSettings
 
@@ -145,6 +146,74 @@ def markdown_table(results: dict[str, Any], side: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+GENERATIONS_FORMAT = "alignez-eval-generations"
+
+
+def _stream_generations(
+    settings: EvalSettings,
+    model: Any,
+    path: Path,
+    methods: dict[str, Any],
+    queries: list[str],
+    categories: list[str],
+    resume: bool,
+    verbose: bool,
+) -> list[dict]:
+    """generations.jsonl, one row per prompt, written (and kept on a resume) per batch.
+
+    Batch b of `batch_size` prompts is generated with seed `seed + b`, as one `generate`
+    call over all prompts seeds its b-th batch, so where a run starts does not change a row.
+    """
+    from tqdm.auto import tqdm
+
+    from ._stream import RowWriter, compare_headers, dump_line, read_existing
+    from .models import model_signature
+
+    recorded = settings.to_dict()
+    for name in ("judge", "n_boot"):  # they do not change an answer: a resume may change them
+        recorded.pop(name)
+    recorded["prefs"].pop("max_prompt_tokens")
+    header = {
+        "type": "header",
+        "format": GENERATIONS_FORMAT,
+        "version": 1,
+        "model": model_signature(model)["model_id"],
+        "objective": settings.objective,
+        "pairs_sha256": hashlib.sha256((path.parent / "pairs.jsonl").read_bytes()).hexdigest(),
+        "settings": recorded,
+    }
+    existing = read_existing(path) if resume else None
+    rows: list[dict] = []
+    if existing is not None:
+        compare_headers(existing.header, header, path)
+        rows = existing.rows
+        if len(rows) > len(queries) or any(r.get("query") != q for r, q in zip(rows, queries)):
+            raise EvalError(
+                f"cannot resume {path}: its rows answer other prompts than these; pass the same prompts, or "
+                "start over (--force instead of --resume)"
+            )
+    bs, seed = settings.prefs.batch_size, settings.seed
+    if len(rows) % bs and len(rows) < len(queries):
+        raise EvalError(f"cannot resume {path}: {len(rows)} rows are not whole batches of {bs}; start over")
+    first = settings.methods[0]
+    gen = dict(max_new_tokens=settings.max_new_tokens, batch_size=bs, verbose=False)
+    with RowWriter(path, dump_line(header), existing.end_of(len(rows)) if existing else None) as writer:
+        with tqdm(total=len(queries), initial=len(rows), unit="row", desc="rows", disable=not verbose) as bar:
+            for start in range(len(rows), len(queries), bs):
+                chunk = queries[start : start + bs]
+                b_seed = seed + start // bs
+                base = methods[first].generate(model, chunk, steer=False, seed=b_seed, **gen)
+                answers = {name: m.generate(model, chunk, seed=b_seed, **gen) for name, m in methods.items()}
+                new = [
+                    {"query": q, "category": c, "base": base[i], **{n: answers[n][i] for n in methods}}
+                    for i, (q, c) in enumerate(zip(chunk, categories[start : start + bs]))
+                ]
+                writer.write(new)
+                rows = rows + new
+                bar.update(len(new))
+    return rows
+
+
 def run_eval(
     settings: EvalSettings,
     model: Any,
@@ -155,12 +224,20 @@ def run_eval(
     verbose: bool = False,
     prompts_file: Optional[str] = None,
     pairs_file: Optional[str] = None,
+    resume: bool = False,
 ) -> Path:
     """Steps 1–5 of the protocol on a loaded `model`; returns the path of results.json.
 
     `pairs_file` (a labelled JSONL, `PreferenceSet.from_labelled`, or a saved
     PreferenceSet) replaces step 1: every method is fitted on those pairs instead of
     self-generated ones.
+
+    `pairs.jsonl` (self-generated pairs) and `generations.jsonl` are streamed: a header
+    line, then whole rows per batch, so an interrupted run keeps every completed row.
+    `resume=True` continues them in `out` (a file written with another model, objective
+    or settings is refused, naming the field) and gives the files of one uninterrupted
+    run; the subspace is fitted again (it is deterministic) and the judging, side
+    effects and result files follow as usual.
     """
     from .eval.effects import generation_stats, side_effects
     from .eval.judges import pairwise_compare
@@ -174,9 +251,13 @@ def run_eval(
     n_layers = int(model.cfg.n_layers)
     if settings.layer is not None and settings.layer >= n_layers:
         raise EvalError(f"--layer {settings.layer} is out of range: the model has layers 0..{n_layers - 1}")
-    judge = make_judge(settings.judge, model, verbose)
+    from .generation import check_prompt_tokens
+    from .models import render
+
     queries = [p["query"] for p in prompts]
     categories = [p["category"] for p in prompts]
+    check_prompt_tokens(model, [render(model, q) for q in queries], settings.prefs.max_prompt_tokens)
+    judge = make_judge(settings.judge, model, verbose)
     batch_size, seed = settings.prefs.batch_size, settings.seed
     if pairs_file:
         try:
@@ -184,25 +265,21 @@ def run_eval(
         except PreferenceFileError as exc:
             raise EvalError(str(exc)) from None
         say(f"[1/5] {len(prefs)} pairs from {pairs_file}")
+        prefs.save(out / "pairs.jsonl")
     else:
         say(f"[1/5] self-generating {settings.objective} preference pairs for {len(queries)} prompts")
-        prefs = generate_preferences(model, queries, **settings.prefs.to_dict(), verbose=verbose)
-    prefs.save(out / "pairs.jsonl")
+        prefs = generate_preferences(
+            model, queries, **settings.prefs.to_dict(), verbose=verbose, out=out / "pairs.jsonl", resume=resume
+        )
     say("[2/5] fitting AlignEZ and the baselines on the same pairs")
     sub = fit_subspace(model, prefs, **settings.fit.to_dict(), verbose=verbose)
     sub.save(out / "subspace.safetensors")
     methods, baseline_layer = build_methods(settings, model, prefs, sub, queries)
     say("[3/5] generating base and steered answers")
-    gen = dict(max_new_tokens=settings.max_new_tokens, batch_size=batch_size, seed=seed, verbose=verbose)
-    base = methods[settings.methods[0]].generate(model, queries, steer=False, **gen)
-    answers = {name: m.generate(model, queries, **gen) for name, m in methods.items()}
-    atomic_write_jsonl(
-        out / "generations.jsonl",
-        [
-            {"query": q, "category": c, "base": base[i], **{n: answers[n][i] for n in methods}}
-            for i, (q, c) in enumerate(zip(queries, categories))
-        ],
-    )
+    path = out / "generations.jsonl"
+    rows = _stream_generations(settings, model, path, methods, queries, categories, resume, verbose)
+    base = [r["base"] for r in rows]
+    answers = {name: [r[name] for r in rows] for name in methods}
     say(f"[4/5] judging with {settings.judge}")
     results: dict[str, Any] = {}
     all_comparisons = []

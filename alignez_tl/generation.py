@@ -19,6 +19,9 @@ The rules, each written once:
 * **prompt budget**: `prompt_budget`: `max_new_tokens` must leave at least one prompt
   token in the context; a longer prompt keeps its last `n_ctx - max_new_tokens` tokens
   (`encode_for_generation`, with one warning).
+* **prompt limit**: `check_prompt_tokens`: with `max_prompt_tokens`, a prompt over that
+  many tokens is refused (`PromptTooLongError`, naming the query and its count) before
+  any generation, instead of running out of memory.
 * **stops**: EOS and the chat template's end-of-turn token (`stop_token_ids`); each row
   is cut at the first one (`trim_generated`).
 
@@ -49,6 +52,7 @@ from tqdm.auto import tqdm
 
 from . import models
 from ._checks import require_model
+from .errors import PromptTooLongError
 from .fastpath import native_hooks, unwrapped_hf_model
 from .hooks import capture_hook, hook_name
 from .models import Encoded, is_bridge, model_device, pad_id, require_tokenizer
@@ -57,6 +61,7 @@ from .settings import SEED_LIMIT
 __all__ = [
     "BACKENDS",
     "Prefill",
+    "check_prompt_tokens",
     "encode_for_generation",
     "generate",
     "generate_plain",
@@ -126,6 +131,30 @@ def prompt_budget(
             f"(the prompt needs at least one): use {what} < {n_ctx}"
         )
     return n_ctx - max_new_tokens
+
+
+def check_prompt_tokens(
+    model: Any, texts: Sequence[str], limit: Optional[int], *, per_query: int = 1, offset: int = 0
+) -> None:
+    """Refuse (`PromptTooLongError`) a prompt of more than `limit` tokens; None: no limit.
+
+    `texts` are the prompts as fed to the model (rendered); `per_query` of them belong
+    to each query (preference writing asks two per query), and the message names the
+    query's index, `offset` plus the position in `texts` divided by `per_query`.
+    """
+    if limit is None:
+        return
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"max_prompt_tokens must be a positive int or None, got {limit!r}")
+    tok = require_tokenizer(model, "counting prompt tokens")
+    for i, text in enumerate(texts):
+        n = len(tok(text, add_special_tokens=False)["input_ids"])
+        if n > limit:
+            raise PromptTooLongError(
+                f"query {offset + i // per_query} (counting from 0) has {n:,} tokens; the limit "
+                f"(max_prompt_tokens, --max-prompt-tokens) is {limit:,}: shorten or drop that query, "
+                "or raise the limit if the model and memory allow"
+            )
 
 
 def encode_for_generation(model: Any, texts: list[str], chat: Optional[bool], max_new_tokens: int) -> Encoded:
@@ -287,6 +316,7 @@ def generate(
     use_past_kv_cache: bool = True,
     backend: str = "auto",
     prefill: Optional[Prefill] = None,
+    max_prompt_tokens: Optional[int] = None,
     verbose: bool = False,
     desc: str = "generation",
 ) -> list[list[int]]:
@@ -297,8 +327,9 @@ def generate(
     returns the `(hook_name, fn)` pairs for rows `start:stop` (None: no hooks); with
     `prefill`, it is called as `hooks_for(start, stop, batch, activations)` (see the
     module docstring). `backend`: `"auto"`, `"hf"` or `"tl"` (the module docstring).
-    `top_k` None leaves the engine's default. Returns each row's new token ids, cut at
-    the first stop token.
+    `top_k` None leaves the engine's default. `max_prompt_tokens` refuses a longer
+    prompt before any work (`check_prompt_tokens`; None: no limit). Returns each row's
+    new token ids, cut at the first stop token.
     """
     if isinstance(texts, str):
         raise TypeError("expected a list of prompt texts, got a single string")
@@ -308,6 +339,7 @@ def generate(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     require_model(model, "generation")
     prompt_budget(model, max_new_tokens)  # refuses max_new_tokens >= the context, before any work
+    check_prompt_tokens(model, texts, max_prompt_tokens)
     engine = _Engine(model, backend)
     sampling = _Sampling(max_new_tokens, do_sample, temperature, top_p, top_k, use_past_kv_cache)
 

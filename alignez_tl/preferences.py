@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from . import generation, models
 from ._checks import require_model
 from ._io import atomic_write_text
-from .errors import PreferenceFileError
+from .errors import PreferenceFileError, ResumeError
 from .objectives import Objective, get_objective
 from .settings import PreferenceSettings
 
@@ -931,7 +931,7 @@ def _batch_seed(seed: int, phase: str, batch: int) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
-def _generate_texts(
+def _iter_texts(
     model: Any,
     prompts: list[str],
     *,
@@ -941,27 +941,37 @@ def _generate_texts(
     seed: int,
     verbose: bool,
     prefill: str = "",
+    first_batch: int = 0,
     **gen: Any,
-) -> list[tuple[str, int]]:
-    """Render, batch and generate; returns (decoded text, number of new tokens) per prompt.
+) -> Iterator[tuple[int, list[tuple[str, int]]]]:
+    """Render, batch and generate, one batch at a time from batch `first_batch` on.
 
-    `prefill` starts every reply: the start of the assistant turn with a chat template,
-    appended to the prompt without one. The returned text begins with it.
+    Yields `(index of the batch's first prompt, [(decoded text, new tokens)] per prompt)`.
+    Batch `b` always holds prompts `b * batch_size` onwards and is seeded from `b`, so a
+    resumed run that starts at a later batch gives the same texts. `prefill` starts every
+    reply: the start of the assistant turn with a chat template, appended to the prompt
+    without one. The returned text begins with it.
     """
     tok = model.tokenizer
-    if chat:
-        rendered = [models.render(model, p, prefill, chat=True) for p in prompts]
-    else:
-        rendered = [p + prefill for p in prompts]
-    starts = range(0, len(rendered), batch_size)
-    out: list[tuple[str, int]] = []
-    for b, start in enumerate(tqdm(starts, desc=phase, unit="batch", disable=not verbose)):
+    rendered = _rendered(model, prompts, chat, prefill)
+    starts = range(first_batch * batch_size, len(rendered), batch_size)
+    for b, start in enumerate(tqdm(starts, desc=phase, unit="batch", disable=not verbose), start=first_batch):
         batch = generation.encode_for_generation(
             model, rendered[start : start + batch_size], chat, gen["max_new_tokens"]
         )
         rows = generation.generate_plain(model, batch, seed=_batch_seed(seed, phase, b), **gen)
-        out.extend(((prefill + tok.decode(ids, skip_special_tokens=True)).strip(), len(ids)) for ids in rows)
-    return out
+        yield start, [((prefill + tok.decode(ids, skip_special_tokens=True)).strip(), len(ids)) for ids in rows]
+
+
+def _rendered(model: Any, prompts: list[str], chat: bool, prefill: str) -> list[str]:
+    if chat:
+        return [models.render(model, p, prefill, chat=True) for p in prompts]
+    return [p + prefill for p in prompts]
+
+
+def _generate_texts(model: Any, prompts: list[str], **kwargs: Any) -> list[tuple[str, int]]:
+    """`_iter_texts` collected: (decoded text, number of new tokens) per prompt from `first_batch` on."""
+    return [row for _, rows in _iter_texts(model, prompts, **kwargs) for row in rows]
 
 
 def _pair_characteristics(pos: list[str], neg: list[str], obj: Objective) -> tuple[list[str], list[str], bool, bool]:
@@ -1035,12 +1045,12 @@ def _package_versions() -> dict[str, Optional[str]]:
     }
 
 
-def _log_fallbacks(prefs: PreferenceSet, plan: list[_Plan]) -> None:
+def _log_fallbacks(prefs: PreferenceSet) -> None:
     """Log how many elicitation replies and characteristics fell back to "be {kw}"."""
     report = prefs.fallback_report()["overall"]
-    metas = {id(meta): meta for *_, meta in plan}.values()  # one per query
-    n_replies = 2 * len(metas)
-    empty = sum(meta["fallback_positive"] + meta["fallback_negative"] for meta in metas)
+    firsts = [p for p in prefs.pairs if p.index == 0 and p.sample == 0]  # one per query
+    n_replies = 2 * len(firsts)
+    empty = sum(bool(p.meta.get("fallback_positive")) + bool(p.meta.get("fallback_negative")) for p in firsts)
     message = (
         f"elicitation: {empty} of {n_replies} replies gave no usable characteristic; "
         f"{report['fallback']} of {report['characteristics']} characteristics "
@@ -1072,8 +1082,11 @@ def generate_preferences(
     top_k: int = PreferenceSettings.top_k,
     seed: int = PreferenceSettings.seed,
     batch_size: int = PreferenceSettings.batch_size,
+    max_prompt_tokens: int = PreferenceSettings.max_prompt_tokens,
     chat: Optional[bool] = None,
     verbose: bool = True,
+    out: Optional[PathLike] = None,
+    resume: bool = False,
 ) -> PreferenceSet:
     """Let the model write its own preference pairs for `queries` (docs/method.md, "1.").
 
@@ -1104,10 +1117,21 @@ def generate_preferences(
             same seed, settings and model give the same set.
         batch_size: prompts per `generate` call (rows are left-padded; results depend on
             it through padding, so it is recorded).
+        max_prompt_tokens: an elicitation prompt (the rendered query) of more tokens is
+            refused with `PromptTooLongError` before any generation, naming the query.
         chat: wrap prompts in the chat template (None: when the tokenizer has one).
         verbose: show progress bars, and log (``logging``, logger
             ``alignez_tl.preferences``) how many characteristics fell back to
             ``"be {kw}"``: a warning when more than half did, info otherwise.
+        out: stream the set to this JSONL file as it is written: the header line first,
+            then each query's pairs as soon as its answers are done (one write, flush
+            and fsync per batch), so an interrupted run keeps every finished query. The
+            finished file is the one `PreferenceSet.save` writes.
+        resume: with `out`, continue the file an interrupted run left: its queries that
+            are complete are kept, not generated again (a partial last line is dropped),
+            and the result is the same file an uninterrupted run writes. A file written
+            with another model, objective or settings is refused (`ResumeError`, naming
+            the field); a missing file starts fresh.
 
     Returns:
         A `PreferenceSet` with up to ``len(queries) * n_characteristics * n_responses``
@@ -1132,7 +1156,10 @@ def generate_preferences(
         top_k=top_k,
         seed=seed,
         batch_size=batch_size,
+        max_prompt_tokens=max_prompt_tokens,
     )
+    if resume and out is None:
+        raise ValueError("resume=True needs out=<the file to continue>")
     require_model(model, "generate_preferences")
     models.require_tokenizer(model, "generate_preferences")
     generation.prompt_budget(model, elicit_tokens, "elicit_tokens")
@@ -1144,39 +1171,12 @@ def generate_preferences(
             "chat=True, but the model's tokenizer has no chat template; pass chat=None "
             "(use the template when there is one) or chat=False"
         )
-
-    sampling: dict[str, Any] = dict(do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k)
-    common: dict[str, Any] = dict(chat=chat, batch_size=batch_size, seed=seed, verbose=verbose, **sampling)
-
     elicit_prompts = [obj.elicit_prompt(q, positive=s) for q in queries for s in (True, False)]
-    replies = _generate_texts(
-        model,
-        elicit_prompts,
-        phase="elicit",
-        max_new_tokens=elicit_tokens,
-        prefill=elicit_prefill,
-        **common,
+    generation.check_prompt_tokens(
+        model, _rendered(model, elicit_prompts, chat, elicit_prefill), max_prompt_tokens, per_query=2
     )
 
-    plan = _plan_pairs(queries, elicit_prompts, replies, obj, n_characteristics, elicit_tokens)
-    # Pair k's j-th sample answers prompts 2 * (k * n_responses + j) (positive) and the one
-    # after it (negative): with n_responses=1 the prompts, batches and seeds are those of
-    # a single answer per characteristic.
-    respond_prompts = []
-    for query, _, char_pos, char_neg, _ in plan:
-        for _ in range(n_responses):
-            respond_prompts.append(obj.respond_prompt(query, char_pos, positive=True))
-            respond_prompts.append(obj.respond_prompt(query, char_neg, positive=False))
-    answers = _generate_texts(model, respond_prompts, phase="respond", max_new_tokens=response_tokens, **common)
-
-    pairs = []
-    for k, (query, index, cp, cn, meta) in enumerate(plan):
-        for j in range(n_responses):
-            row = 2 * (k * n_responses + j)
-            (pos_text, pos_len), (neg_text, neg_len) = answers[row], answers[row + 1]
-            pair_meta = dict(meta, tokens_positive=pos_len, tokens_negative=neg_len)
-            pairs.append(PreferencePair(query, pos_text, neg_text, cp, cn, obj.name, index, pair_meta, sample=j))
-
+    sampling: dict[str, Any] = dict(do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k)
     settings = {
         "objective": obj.name,
         "n_queries": len(queries),
@@ -1192,7 +1192,195 @@ def generate_preferences(
         "model_id": models.model_signature(model)["model_id"],
         **_package_versions(),
     }
+    header = _header(obj, settings)
+    run = _Run(model, queries, obj, elicit_prompts, n_characteristics, n_responses, elicit_tokens, response_tokens)
+    done: list[PreferencePair] = []
+    writer = None
+    if out is not None:
+        keep = None
+        if resume:
+            done, keep = _resumable(Path(out), header, run)
+        from ._stream import RowWriter
+
+        writer = RowWriter(out, _dump_line(header), keep)
+    pairs = list(done)
+    common: dict[str, Any] = dict(chat=chat, batch_size=batch_size, seed=seed, verbose=verbose, **sampling)
+    try:
+        for group in run.stream(done, elicit_prefill=elicit_prefill, **common):
+            if writer is not None:
+                writer.write_lines([_dump_line({"type": "pair", **asdict(p)}) for p in group])
+            pairs.extend(group)
+    finally:
+        if writer is not None:
+            writer.close()
     prefs = PreferenceSet(pairs, obj, settings)
     if verbose:
-        _log_fallbacks(prefs, plan)
+        _log_fallbacks(prefs)
     return prefs
+
+
+def _header(obj: Objective, settings: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "header",
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "objective": obj.to_dict(),
+        "settings": settings,
+    }
+
+
+def _groups(pairs: list[PreferencePair]) -> list[list[PreferencePair]]:
+    """Pairs split by query: each query's first pair has index 0 and sample 0."""
+    groups: list[list[PreferencePair]] = []
+    for p in pairs:
+        if (p.index == 0 and p.sample == 0) or not groups:
+            groups.append([])
+        groups[-1].append(p)
+    return groups
+
+
+def _resumable(path: Path, header: dict[str, Any], run: "_Run") -> tuple[list[PreferencePair], Optional[int]]:
+    """The complete queries' pairs of an interrupted file, and the bytes to keep (None: start fresh)."""
+    from ._stream import compare_headers, read_existing
+
+    existing = read_existing(path)
+    if existing is None:
+        return [], None
+    _check_header(path, 1, existing.header)
+    compare_headers(existing.header, header, path)
+    pairs = [_pair_from_record(path, lineno, r) for lineno, r in enumerate(existing.rows, start=2)]
+    groups = _groups(pairs)
+    if len(groups) > len(run.queries):
+        raise ResumeError(
+            f"cannot resume {path}: it holds pairs of {len(groups)} queries, but {len(run.queries)} are given"
+        )
+    for qi, group in enumerate(groups):
+        if any(p.query != run.queries[qi] for p in group):
+            raise ResumeError(
+                f"cannot resume {path}: it holds pairs for {group[0].query!r} as query {qi}, but query {qi} is "
+                f"now {run.queries[qi]!r}: pass the same queries, or start over (--force instead of --resume)"
+            )
+    if groups and len(groups[-1]) != run.expected_pairs(len(groups) - 1, groups[-1][0].meta):
+        groups.pop()  # the last query was cut off between two of its lines: generate it again
+    kept = [p for g in groups for p in g]
+    return kept, existing.end_of(len(kept))
+
+
+class _Run:
+    """The two phases of one `generate_preferences` call, streamed query by query."""
+
+    def __init__(
+        self,
+        model: Any,
+        queries: list[str],
+        obj: Objective,
+        elicit_prompts: list[str],
+        n_characteristics: int,
+        n_responses: int,
+        elicit_tokens: int,
+        response_tokens: int,
+    ) -> None:
+        self.model, self.queries, self.obj, self.elicit_prompts = model, queries, obj, elicit_prompts
+        self.n_characteristics, self.n_responses = n_characteristics, n_responses
+        self.elicit_tokens, self.response_tokens = elicit_tokens, response_tokens
+
+    def plan(self, first: int, replies: list[tuple[str, int]]) -> list[_Plan]:
+        """The planned pairs of queries `first`, `first + 1`, ... from their elicitation replies."""
+        n = len(replies) // 2
+        return _plan_pairs(
+            self.queries[first : first + n],
+            self.elicit_prompts[2 * first : 2 * (first + n)],
+            replies,
+            self.obj,
+            self.n_characteristics,
+            self.elicit_tokens,
+        )
+
+    def expected_pairs(self, qi: int, meta: dict[str, Any]) -> int:
+        """How many pairs query `qi` has, from the elicitation replies its pairs record."""
+        try:
+            replies = [
+                (meta["elicited_positive"], meta["elicit_tokens_positive"]),
+                (meta["elicited_negative"], meta["elicit_tokens_negative"]),
+            ]
+        except KeyError:
+            return -1
+        return len(self.plan(qi, replies)) * self.n_responses
+
+    def respond_prompts(self, plan: Iterable[tuple[str, str, str]]) -> list[str]:
+        """Pair k's j-th sample answers prompts 2 * (k * n_responses + j) (positive) and the
+        one after it (negative): with n_responses=1 the prompts, batches and seeds are those
+        of a single answer per characteristic."""
+        out = []
+        for query, char_pos, char_neg in plan:
+            for _ in range(self.n_responses):
+                out.append(self.obj.respond_prompt(query, char_pos, positive=True))
+                out.append(self.obj.respond_prompt(query, char_neg, positive=False))
+        return out
+
+    def stream(
+        self, done: list[PreferencePair], *, elicit_prefill: str, batch_size: int, verbose: bool, **common: Any
+    ) -> Iterator[list[PreferencePair]]:
+        """Each remaining query's pairs, in query order, as soon as its answers are done.
+
+        `done` holds the pairs of the first queries (a resumed file). Both phases start
+        at the batch that holds the first remaining prompt, so every batch holds the same
+        prompts, with the same seed, as in an uninterrupted run.
+        """
+        first = len(_groups(done)) if done else 0
+        n = len(self.queries)
+        if first == n:
+            return
+        e_batch = 2 * first // batch_size
+        replies = _generate_texts(
+            self.model,
+            self.elicit_prompts,
+            phase="elicit",
+            max_new_tokens=self.elicit_tokens,
+            prefill=elicit_prefill,
+            first_batch=e_batch,
+            batch_size=batch_size,
+            verbose=verbose,
+            **common,
+        )[2 * first - e_batch * batch_size :]
+        plan = self.plan(first, replies)
+        prompts = self.respond_prompts((p.query, p.char_positive, p.char_negative) for p in done if p.sample == 0)
+        r0 = len(prompts)  # == 2 * len(done)
+        prompts += self.respond_prompts((q, cp, cn) for q, _, cp, cn, _ in plan)
+        answers: dict[int, tuple[str, int]] = {}
+        # the plan entries of each remaining query, in order
+        by_query: list[list[int]] = []
+        for k, (_, index, *_rest) in enumerate(plan):
+            if index == 0:
+                by_query.append([])
+            by_query[-1].append(k)
+        row_of = lambda k, j: r0 + 2 * (k * self.n_responses + j)  # noqa: E731
+        next_query = 0
+        bar = tqdm(total=n, initial=first, desc="respond", unit="query", disable=not verbose)
+        try:
+            for start, rows in _iter_texts(
+                self.model,
+                prompts,
+                phase="respond",
+                max_new_tokens=self.response_tokens,
+                first_batch=r0 // batch_size,
+                batch_size=batch_size,
+                verbose=False,
+                **common,
+            ):
+                answers.update((start + i, row) for i, row in enumerate(rows) if start + i >= r0)
+                while next_query < len(by_query) and row_of(by_query[next_query][-1], self.n_responses) - 1 in answers:
+                    group = []
+                    for k in by_query[next_query]:
+                        query, index, cp, cn, meta = plan[k]
+                        for j in range(self.n_responses):
+                            (pos_text, pos_len), (neg_text, neg_len) = answers[row_of(k, j)], answers[row_of(k, j) + 1]
+                            pair_meta = dict(meta, tokens_positive=pos_len, tokens_negative=neg_len)
+                            group.append(
+                                PreferencePair(query, pos_text, neg_text, cp, cn, self.obj.name, index, pair_meta, j)
+                            )
+                    next_query += 1
+                    bar.update(1)
+                    yield group
+        finally:
+            bar.close()

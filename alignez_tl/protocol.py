@@ -150,6 +150,7 @@ class HookSteering:
         backend: str = "auto",
         monitor: Optional[dict] = None,
         selections: Optional[list] = None,
+        max_prompt_tokens: Optional[int] = None,
     ) -> GenerateResult:
         """Steered generation for many queries, batched, one `generate` call per batch.
 
@@ -167,7 +168,9 @@ class HookSteering:
         selection), the fast path with the KV cache reads it from the prompt's own forward
         pass (`generation.Prefill`); the other paths, and explicit `prompts`, select with a
         pass of their own, as `hooks()` does. `selections` (per objective, one entry per
-        query: `Steerer.select`'s output) skips selection altogether.
+        query: `Steerer.select`'s output) skips selection altogether. `max_prompt_tokens`
+        refuses a prompt longer than that many tokens before any work
+        (`generation.check_prompt_tokens`; None: no limit).
 
         Returns the decoded new text of each query, cut at the first stop token, or
         `(new_token_ids, texts)` with `return_tokens=True`.
@@ -213,6 +216,7 @@ class HookSteering:
             use_past_kv_cache=use_past_kv_cache,
             backend=backend,
             prefill=prefill,
+            max_prompt_tokens=max_prompt_tokens,
             verbose=verbose,
             desc=self.generation_desc if steer else "generation",
         )

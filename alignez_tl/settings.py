@@ -76,6 +76,10 @@ DEFAULT_METHODS: tuple[Method, ...] = ("alignez", "diffmean", "pca", "prompt")
 
 DEFAULT_EDIT: Edit = "oriented"
 
+#: The longest prompt (in tokens) generation takes by default: a longer one is refused
+#: before any work (`generation.check_prompt_tokens`) instead of running out of memory.
+DEFAULT_MAX_PROMPT_TOKENS = 2048
+
 # One default step size per (edit, mode), used by the Python API and every CLI command.
 _DEFAULT_ALPHA: dict[tuple[str, str], float] = {
     ("paper", "boost"): 1.0,  # the paper's values
@@ -231,11 +235,19 @@ class PreferenceSettings(_Settings):
     top_k: int = 0
     seed: int = 0
     batch_size: int = 16
+    max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS
 
     def __post_init__(self) -> None:
         if not isinstance(self.objective, str) or not self.objective.strip():
             raise ValueError(f"objective must be a registered objective's name, got {self.objective!r}")
-        for name in ("n_characteristics", "n_responses", "elicit_tokens", "response_tokens", "batch_size"):
+        for name in (
+            "n_characteristics",
+            "n_responses",
+            "elicit_tokens",
+            "response_tokens",
+            "batch_size",
+            "max_prompt_tokens",
+        ):
             check_positive_int(name, getattr(self, name))
         if not isinstance(self.do_sample, bool):
             raise TypeError(f"do_sample must be True or False, got {self.do_sample!r}")

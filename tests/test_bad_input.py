@@ -1043,6 +1043,142 @@ def test_b48_malformed_labelled_pair_file_names_the_line(tmp_path, capsys, no_mo
     assert code == 2 and f"{bad}:3: missing field" in err and not out.exists()
 
 
+# --------------------------------------------------------------------------- interrupted runs and --resume
+
+
+def _tiny_subspace(tiny_dir, prefs_file, tmp_path) -> Path:
+    sub = tmp_path / "sub.safetensors"
+    argv = ["fit", "--model", tiny_dir, "--prefs", str(prefs_file), "--tau", "1.0", "--quiet", "--out", str(sub)]
+    assert cli.main(argv) == 0
+    return sub
+
+
+def _generate_argv(tiny_dir, sub, out, *queries, batch_size=1, max_new=4):
+    argv = ["generate", "--model", tiny_dir, "--subspace", str(sub), "--out", str(out), "--quiet"]
+    argv += ["--alpha", "4", "--max-new-tokens", str(max_new), "--batch-size", str(batch_size)]
+    for q in queries:
+        argv += ["--query", q]
+    return argv
+
+
+def test_b60_resume_header_mismatch_refused(tiny_dir, prefs_file, tmp_path, capsys):
+    sub = _tiny_subspace(tiny_dir, prefs_file, tmp_path)
+    out = tmp_path / "gens.jsonl"
+    argv = _generate_argv(tiny_dir, sub, out, "How do I bake bread?", "Hi")
+    assert run_cli(argv, capsys)[0] == 0
+    before = out.read_bytes()
+    changed = [a if a != "4" else "5" for a in argv]  # --alpha 5
+    code, _, err = run_cli(changed + ["--resume"], capsys)
+    last = err.strip().splitlines()[-1]  # one line (after the model's loading bar)
+    assert code == 2 and "Traceback" not in err
+    assert last.startswith(f"alignez generate: error: cannot resume {out}: it was written with another settings.alpha")
+    assert "(4.0 in the file, 5.0 now)" in err and "--force instead of --resume" in err
+    assert out.read_bytes() == before  # untouched
+    pairs = tmp_path / "pairs-out.jsonl"
+    prefs = ["prefs", "--model", tiny_dir, "--query", "Hi", "--elicit-tokens", "4", "--response-tokens", "4"]
+    prefs += ["--quiet", "--out", str(pairs)]
+    assert run_cli(prefs, capsys)[0] == 0
+    code, _, err = run_cli(prefs + ["--resume", "--seed", "1"], capsys)
+    assert code == 2 and "another settings.seed (0 in the file, 1 now)" in err
+    code, _, err = run_cli(prefs + ["--resume", "--objective", "harmless"], capsys)
+    assert code == 2 and "it was written with another objective" in err
+
+
+def test_b61_resume_with_force_refused(tmp_path, capsys, no_model_load):
+    out = tmp_path / "gens.jsonl"
+    for argv in (
+        ["generate", "--subspace", str(tmp_path / "s.safetensors"), "--query", "Hi", "--out", str(out)],
+        ["prefs", "--query", "Hi", "--out", str(out)],
+        ["eval", "--out", str(tmp_path / "run")],
+    ):
+        code, _, err = run_cli(argv + ["--resume", "--force"], capsys)
+        assert code == 2 and "--resume and --force contradict each other" in err, err
+    code, _, err = run_cli(["eval", "--resume"], capsys)
+    assert code == 2 and "--resume needs --out" in err
+    code, _, err = run_cli(["eval", "--sweep", "tone", "--resume", "--out", str(tmp_path / "s")], capsys)
+    assert code == 2 and "--resume applies to alignez eval without --sweep or --compose" in err
+    assert not out.exists() and not (tmp_path / "run").exists()
+
+
+def test_b62_prompt_over_max_prompt_tokens_refused(tiny_dir, prefs_file, llama, tmp_path, capsys):
+    from alignez_tl.errors import PromptTooLongError
+    from alignez_tl.generation import generate
+
+    sub = _tiny_subspace(tiny_dir, prefs_file, tmp_path)
+    long_query = "tell me about bread " * 40
+    out = tmp_path / "gens.jsonl"
+    argv = _generate_argv(tiny_dir, sub, out, "Hi", long_query) + ["--max-prompt-tokens", "64"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]  # one line (after the model's loading bar)
+    assert re.match(r"alignez generate: error: query 1 \(counting from 0\) has \d{3,} tokens; the limit ", last)
+    assert "--max-prompt-tokens) is 64" in last
+    assert not out.exists()  # refused before the output was opened
+    pairs = tmp_path / "pairs-out.jsonl"
+    argv = ["prefs", "--model", tiny_dir, "--query", long_query, "--max-prompt-tokens", "64", "--out", str(pairs)]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and "query 0 (counting from 0) has" in err and not pairs.exists()
+    with pytest.raises(PromptTooLongError, match="query 1 .* has [0-9,]+ tokens"):
+        generate(llama, ["Hi", long_query], max_prompt_tokens=64)
+    with pytest.raises(PromptTooLongError, match="query 0"):
+        generate_preferences(llama, [long_query], max_prompt_tokens=64, verbose=False)
+
+
+def test_b63_sigterm_keeps_complete_rows(tiny_dir, prefs_file, tmp_path):
+    sub = _tiny_subspace(tiny_dir, prefs_file, tmp_path)
+    queries = tmp_path / "queries.txt"
+    queries.write_text("".join(f"Question number {i}: how do I bake bread?\n" for i in range(40)))
+    out = tmp_path / "gens.jsonl"
+    argv = ["generate", "--model", tiny_dir, "--subspace", str(sub), "--queries", str(queries), "--out", str(out)]
+    argv += ["--quiet", "--alpha", "4", "--max-new-tokens", "150", "--batch-size", "1", "--threads", "1"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alignez_tl.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.exists() and out.read_bytes().count(b"\n") >= 3:  # the header and two rows
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"alignez generate: interrupted; {out} keeps every completed row: rerun the same command with --resume "
+        "to continue"
+    )
+    data = out.read_bytes()
+    assert data.endswith(b"\n")  # only complete rows
+    header, *rows = [json.loads(line) for line in data.decode("utf-8").splitlines()]
+    assert header["type"] == "header" and 2 <= len(rows) < 40
+    assert [r["query"] for r in rows] == queries.read_text().splitlines()[: len(rows)]
+
+
+def test_b64_truncated_last_line_dropped_on_resume(tiny_dir, prefs_file, tmp_path, capsys):
+    sub = _tiny_subspace(tiny_dir, prefs_file, tmp_path)
+    queries = ["How do I bake bread?", "Hi", "What is rain?"]
+    full = tmp_path / "full.jsonl"
+    assert run_cli(_generate_argv(tiny_dir, sub, full, *queries), capsys)[0] == 0
+    lines = full.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 4
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(b"".join(lines[:2]) + lines[2][: len(lines[2]) // 2])  # header, row 0, half of row 1
+    code, stdout, err = run_cli(_generate_argv(tiny_dir, sub, cut, *queries) + ["--resume"], capsys)
+    assert code == 0, err
+    assert cut.read_bytes() == full.read_bytes()
+    assert "(1 kept from before)" in stdout
+
+
 # --------------------------------------------------------------------------- the page and the tests agree
 
 

@@ -122,7 +122,8 @@ def test_prefs_fit_generate_end_to_end_on_a_tiny_model(tiny_dir, tmp_path, capsy
         capsys,
     )
     assert code == 0, err
-    [row] = [json.loads(line) for line in gens.read_text(encoding="utf-8").splitlines()]
+    header, row = [json.loads(line) for line in gens.read_text(encoding="utf-8").splitlines()]
+    assert header["type"] == "header" and header["format"] == "alignez-generations"  # streamed: header first
     assert set(row) >= {"query", "base", "steered", "changed", "layers"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gens.jsonl", "pairs.jsonl", "sub.safetensors"]
 

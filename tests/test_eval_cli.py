@@ -56,7 +56,8 @@ def check_outputs(out, n_prompts, methods):
         assert abs(overall["net_win"] - (overall["win"] - overall["lose"])) < 1e-9
     comps = [json.loads(line) for line in (out / "comparisons.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(comps) == n_prompts * len(methods)
-    gens = [json.loads(line) for line in (out / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
+    header, *gens = [json.loads(line) for line in (out / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert header["type"] == "header" and header["format"] == "alignez-eval-generations"  # streamed: header first
     assert len(gens) == n_prompts and all(set(methods) <= set(g) for g in gens)
     table = (out / "results.md").read_text(encoding="utf-8")
     assert all(f"| {name} |" in table for name in methods)
