@@ -1202,6 +1202,13 @@ def _check_model_shape(args: argparse.Namespace) -> None:
 
     if not hasattr(args, "model"):
         return
+    if not str(args.model).strip():
+        from .models import EMBEDDED_MODELS
+
+        raise CLIError(
+            f"--model is empty: give an embedded key ({', '.join(EMBEDDED_MODELS)}), a Hugging Face name "
+            "or a local checkpoint folder"
+        )
     try:
         shape = model_shape(args.model)
     except ModelSpecError as exc:

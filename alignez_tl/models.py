@@ -266,6 +266,7 @@ def model_shape(spec: Union[str, os.PathLike, None]) -> Optional[dict[str, int]]
     folder: Optional[Path] = None
     if os.path.isdir(spec):
         folder = Path(spec)
+        _require_config(spec)
     elif _is_hub_name(spec):
         cached = _cached_hub_file(spec, "config.json")
         folder = Path(cached).parent if cached else None
@@ -284,6 +285,14 @@ def model_shape(spec: Union[str, os.PathLike, None]) -> Optional[dict[str, int]]
     if layers is None or ctx is None:
         return None
     return {"n_layers": int(layers), "n_ctx": int(ctx)}
+
+
+def _require_config(folder: str) -> None:
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise ModelSpecError(
+            f"the folder {folder!r} holds no config.json; pass the folder of a Hugging Face checkpoint "
+            "(config.json, the weights and the tokenizer files), e.g. one written by save_pretrained"
+        )
 
 
 def _is_hub_name(spec: str) -> bool:
@@ -415,11 +424,7 @@ def load_model(
     elif os.path.isdir(spec):
         path = spec
         model_id = os.path.basename(os.path.normpath(spec))
-        if not os.path.isfile(os.path.join(spec, "config.json")):
-            raise ModelSpecError(
-                f"the folder {spec!r} holds no config.json; pass the folder of a Hugging Face checkpoint "
-                "(config.json, the weights and the tokenizer files), e.g. one written by save_pretrained"
-            )
+        _require_config(spec)
     elif os.path.exists(spec):
         raise ModelSpecError(f"{spec!r} is a file; pass the folder that holds config.json")
     elif _is_hub_name(spec):

@@ -1179,6 +1179,288 @@ def test_b64_truncated_last_line_dropped_on_resume(tiny_dir, prefs_file, tmp_pat
     assert "(1 kept from before)" in stdout
 
 
+# --------------------------------------------------------------------------- refusals before any work (round 3)
+
+
+def test_b49_seed_out_of_range_refused(tmp_path, capsys, no_model_load):
+    out = tmp_path / "g.jsonl"
+    for seed in ("99999999999999999999", "-1", str(2**32)):
+        code, _, err = run_cli(
+            ["generate", "--subspace", "s", "--query", "q", "--seed", seed, "--out", str(out)], capsys
+        )
+        assert code == 2 and f"argument --seed: expected an integer in 0..4294967295, got {int(seed)}" in err
+        assert "Traceback" not in err and not out.exists()
+    from alignez_tl.generation import seeded
+    from alignez_tl.settings import PreferenceSettings
+
+    with pytest.raises(ValueError, match=r"seed must be in 0\.\.4294967295, got -1"):
+        PreferenceSettings(seed=-1)
+    with pytest.raises(ValueError, match="seed must be an int in 0..4294967295"):
+        with seeded(10**20):
+            pass
+
+
+def test_b50_options_beyond_the_models_context_or_depth_refused_before_loading(
+    tiny_dir, tmp_path, capsys, no_model_load
+):
+    sub = tmp_path / "s.safetensors"
+    sub.write_bytes(b"unused: refused before the file is read")
+    out = tmp_path / "out.jsonl"
+    cases = [
+        (
+            ["generate", "--subspace", str(sub), "--query", "q", "--max-new-tokens", "256"],
+            "--max-new-tokens 256 does not fit",
+        ),
+        (["prefs", "--query", "q", "--elicit-tokens", "300"], "--elicit-tokens 300 does not fit"),
+        (["fit", "--prefs", str(sub), "--layers", "1,4"], "--layers 4 is out of range: the model has layers 0..3"),
+    ]
+    for args, message in cases:
+        code, _, err = run_cli([*args, "--model", tiny_dir, "--out", str(out)], capsys)
+        assert code == 2 and message in err and "Traceback" not in err, err
+        assert not out.exists()
+    assert (
+        "context of 256 tokens (the prompt needs at least one): use a value below 256"
+        in run_cli(
+            ["generate", "--model", tiny_dir, "--subspace", str(sub), "--query", "q", "--max-new-tokens", "999"], capsys
+        )[2]
+    )
+
+
+def test_b51_model_folder_without_config_refused(tmp_path, capsys, no_model_load):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"\x00")
+    out = tmp_path / "p.jsonl"
+    code, _, err = run_cli(["prefs", "--model", str(folder), "--query", "hi", "--out", str(out)], capsys)
+    assert code == 2 and f"the folder {str(folder)!r} holds no config.json" in err and not out.exists()
+    with pytest.raises(ModelSpecError, match="holds no config.json"):
+        load_model(str(folder), verbose=False)
+
+
+def test_b52_hub_name_neither_cached_nor_reachable_refused_at_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(ModelSpecError, match="not in the local Hugging Face cache and the hub is switched off"):
+        load_model("nobody/no-such-model", verbose=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    out = tmp_path / "p.jsonl"
+    code, _, err = run_cli(["prefs", "--model", "nobody/no-such-model", "--query", "hi", "--out", str(out)], capsys)
+    assert code == 2 and "http://127.0.0.1:9 cannot be reached" in err and "pass the local folder" in err
+    assert "Traceback" not in err and not out.exists()
+    assert time.monotonic() - start < 30  # transformers alone retries for about a minute
+
+
+def test_b53_subspace_file_without_layers_or_with_a_negative_layer_refused(saved, tmp_path):
+    path, tensors, meta = saved
+    empty = rewrite(tmp_path / "empty.safetensors", {}, {**meta, "layers": {}})
+    with pytest.raises(SubspaceFileError, match="it lists no layers; a subspace file holds at least one"):
+        AlignmentSubspace.load(empty)
+    first = sorted(meta["layers"], key=int)[0]
+    negative = {
+        k.replace(f"layer.{first}.", "layer.-1."): v for k, v in tensors.items() if k.startswith(f"layer.{first}.")
+    }
+    neg = rewrite(tmp_path / "neg.safetensors", negative, {**meta, "layers": {"-1": meta["layers"][first]}})
+    with pytest.raises(SubspaceFileError, match="layer -1 is negative; layers are numbered from 0"):
+        AlignmentSubspace.load(neg)
+    good = AlignmentSubspace.load(path)
+    with pytest.raises(ValueError, match="needs at least one layer"):
+        AlignmentSubspace(layers={}, site=good.site, d_model=good.d_model)
+
+
+def test_b54_output_folder_that_only_looks_writable_refused_before_work(tmp_path, capsys, monkeypatch, no_model_load):
+    # os.access says yes to root everywhere (/sys, /proc, read-only mounts): only a real file proves it
+    monkeypatch.setattr(os, "access", lambda *a, **k: True)
+    code, _, err = run_cli(["prefs", "--query", "hi", "--out", "/proc/self/pairs.jsonl"], capsys)
+    assert code == 2 and "cannot write in /proc/self" in err and "Traceback" not in err
+
+
+def test_b55_second_run_to_the_same_output_refused(tiny_dir, prefs_file, tmp_path, capsys):
+    out = tmp_path / "sub.safetensors"
+    lock = tmp_path / ".sub.safetensors.alignez-lock"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(str(other.pid))  # a live run holds the output
+        args = ["fit", "--model", tiny_dir, "--prefs", str(prefs_file), "--tau", "1.0", "--quiet", "--out", str(out)]
+        code, _, err = run_cli(args, capsys)
+        assert code == 2 and f"{out} is being written by another alignez run (process {other.pid})" in err
+        assert not out.exists() and lock.read_text() == str(other.pid)
+    finally:
+        other.kill()
+        other.wait()
+    # the lock of a process that is gone (killed with SIGKILL) is taken over, and removed at the end
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert AlignmentSubspace.load(out).site == "resid_post" and not lock.exists()
+
+
+def test_b56_symlinked_output_is_written_through(tiny_dir, prefs_file, tmp_path, capsys):
+    target = tmp_path / "store" / "helpful.safetensors"
+    target.parent.mkdir()
+    link = tmp_path / "latest.safetensors"
+    link.symlink_to(target)  # dangling: the first run creates the target
+    args = ["fit", "--model", tiny_dir, "--prefs", str(prefs_file), "--tau", "1.0", "--quiet", "--out", str(link)]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    first = target.read_bytes()
+    code, _, err = run_cli(args + ["--force"], capsys)
+    assert code == 0, err
+    assert link.is_symlink() and target.read_bytes() == first  # replaced through the link, same fit
+    assert sorted(p.name for p in target.parent.iterdir()) == ["helpful.safetensors"]
+
+
+def test_b57_stale_conversion_folder_removed(tmp_path, monkeypatch):
+    from alignez_tl import models
+
+    monkeypatch.setenv("ALIGNEZ_CACHE", str(tmp_path))
+    folder = tmp_path / "models"
+    done = folder / "smollm2-135m-instruct"
+    done.mkdir(parents=True)
+    (done / "config.json").write_text("{}")
+    (done / "model.safetensors").write_bytes(b"")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = folder / f".smollm2-135m-instruct-{dead.pid}-x1y2"
+    live = folder / f".smollm2-135m-instruct-{os.getpid()}-a3b4"
+    old = folder / ".smollm2-135m-instruct-qwerty"  # a release without the pid in the name
+    other = folder / f".qwen2.5-coder-0.5b-instruct-{dead.pid}-zz"
+    for d in (stale, live, old, other):
+        (d / "model").mkdir(parents=True)
+        (d / "model" / "part.bin").write_bytes(b"\x00" * 1024)
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    assert models._convert_embedded(models.EMBEDDED_MODELS["smollm2-135m-instruct"], verbose=False) == done
+    assert not stale.exists() and not old.exists()
+    assert live.exists() and other.exists()  # a conversion under way, and another model's folder
+
+
+def test_b58_compose_refusals_before_any_work(tmp_path, capsys, no_model_load):
+    out = tmp_path / "compose"
+    cases = [
+        (["--compose", "tone"], "compose takes exactly two objectives, got 1"),
+        (["--compose", "tone,tone"], "compose needs two different objectives, got 'tone' twice"),
+        (["--compose", "tone,nosuch"], "nosuch"),
+        (["--compose", "tone,harmless", "--etas", "0.5,1.5"], "etas must be numbers strictly between 0 and 1"),
+        (["--compose", "tone,harmless", "--etas", "half"], "--etas takes comma-separated numbers, got 'half'"),
+        (["--compose", "tone,harmless", "--sweep", "tone"], "--sweep does not apply to --compose"),
+    ]
+    for args, message in cases:
+        code, _, err = run_cli(["eval", *args, "--out", str(out)], capsys)
+        assert code == 2 and message in err and "Traceback" not in err, (args, err)
+        assert not out.exists()
+
+
+def test_b59_duplicate_layers_refused(tmp_path, capsys, no_model_load, prefs_file):
+    out = tmp_path / "s.safetensors"
+    code, _, err = run_cli(["fit", "--prefs", str(prefs_file), "--layers", "1,2,1", "--out", str(out)], capsys)
+    assert code == 2 and "--layers lists layer 1 more than once ('1,2,1'); give each layer once" in err
+    assert not out.exists()
+
+
+def test_b75_cache_folder_not_writable_refused(tmp_path, capsys, monkeypatch):
+    from alignez_tl import models
+
+    monkeypatch.setenv("ALIGNEZ_CACHE", "/proc/self/alignez-cache")
+    out = tmp_path / "p.jsonl"
+    monkeypatch.setattr(models.EmbeddedModel, "package_dirs", lambda self: [tmp_path])  # the wheel is "installed"
+    code, _, err = run_cli(["prefs", "--query", "hi", "--out", str(out)], capsys)
+    assert code == 2 and "cannot convert smollm2-135m-instruct into the cache folder /proc/self/alignez-cache" in err
+    assert "point $ALIGNEZ_CACHE at a writable folder" in err and "Traceback" not in err and not out.exists()
+
+
+def test_b76_query_file_that_is_a_folder_refused(tmp_path, capsys, no_model_load):
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    code, _, err = run_cli(["prefs", "--queries", str(folder), "--out", str(tmp_path / "p.jsonl")], capsys)
+    assert code == 2 and f"{folder} is a folder; pass a prompts file" in err
+    with pytest.raises(PromptFileError, match="is a folder"):
+        load_prompts(folder)
+
+
+def test_b77_file_output_ending_in_a_slash_refused(tmp_path, capsys, no_model_load, prefs_file):
+    out = str(tmp_path / "sub") + "/"
+    code, _, err = run_cli(["fit", "--prefs", str(prefs_file), "--out", out], capsys)
+    assert code == 2 and "ends with a slash, which names a folder; give a file path inside it" in err
+    assert not (tmp_path / "sub").exists()
+
+
+def test_b78_unknown_objective_refused_before_loading(tmp_path, capsys, no_model_load):
+    for cmd in (["demo", "--out", str(tmp_path / "d")], ["prefs", "--query", "hi", "--out", str(tmp_path / "p.jsonl")]):
+        code, _, err = run_cli([*cmd, "--objective", "nonsense"], capsys)
+        assert code == 2 and "unknown objective 'nonsense'; valid: helpful" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_b79_wrong_kind_of_file_refused(tmp_path, capsys, no_model_load, saved, prefs_file):
+    sub_path = saved[0]
+    code, _, err = run_cli(["fit", "--prefs", str(sub_path), "--out", str(tmp_path / "s.safetensors")], capsys)
+    assert code == 2 and "not UTF-8 text; a preference file is JSONL written by PreferenceSet.save" in err
+    code, _, err = run_cli(
+        ["generate", "--subspace", str(prefs_file), "--query", "hi", "--out", str(tmp_path / "g.jsonl")], capsys
+    )
+    assert code == 2 and f"{prefs_file} is not a readable safetensors file" in err
+    assert "Traceback" not in err and sorted(p.name for p in tmp_path.iterdir()) == ["pairs.jsonl"]
+
+
+def test_b80_steering_layers_without_directions_refused(sub_llama):
+    import dataclasses
+
+    layer = sub_llama.layer_indices[0]
+    ls = sub_llama.layers[layer]
+    empty = dataclasses.replace(
+        ls,
+        directions=ls.directions[:0],
+        proj_mean=ls.proj_mean[:0],
+        proj_rms=ls.proj_rms[:0],
+        mean_diff_proj=ls.mean_diff_proj[:0],
+    )
+    sub = dataclasses.replace(sub_llama, layers={**sub_llama.layers, layer: empty})
+    with pytest.raises(
+        ValueError, match=re.escape(f"layers ({layer},) have no directions (every pair was filtered out there)")
+    ):
+        Steerer(sub, layers=[layer])
+    other = sub_llama.layer_indices[1]
+    assert Steerer(sub, layers=[layer, other]).describe()  # one layer with directions is enough
+
+
+def test_b81_bad_sweep_options_refused_before_loading(tmp_path, capsys, no_model_load):
+    out = tmp_path / "e"
+    cases = [
+        (["--sweep", "nosuch"], "argument --sweep: invalid choice: 'nosuch'"),
+        (["--sweep", "tone", "--kl-targets", "abc"], "--kl-targets takes comma-separated numbers, got 'abc'"),
+        (["--sweep", "tone", "--kl-targets", "-1"], "kl_targets must be positive numbers"),
+        (["--methods", "nosuch"], "--methods takes a comma-separated subset of"),
+    ]
+    for args, message in cases:
+        code, _, err = run_cli(["eval", *args, "--out", str(out)], capsys)
+        assert code == 2 and message in err and "Traceback" not in err, (args, err)
+        assert not out.exists()
+
+
+def test_b82_bad_scale_refused_before_loading(tmp_path, capsys, no_model_load, saved):
+    out = tmp_path / "g.jsonl"
+    for scale, message in (
+        ("-1", "a numeric scale must be positive, got -1.0"),
+        ("abc", "--scale takes fitted, paper or a positive number, got 'abc'"),
+    ):
+        code, _, err = run_cli(
+            ["generate", "--subspace", str(saved[0]), "--query", "q", "--scale", scale, "--out", str(out)], capsys
+        )
+        assert code == 2 and message in err and not out.exists()
+
+
+def test_b83_empty_model_spec_refused(tmp_path, capsys, no_model_load):
+    out = tmp_path / "p.jsonl"
+    code, _, err = run_cli(["prefs", "--model", "", "--query", "hi", "--out", str(out)], capsys)
+    assert code == 2 and "--model is empty: give an embedded key" in err
+    assert "Traceback" not in err and not out.exists()
+    with pytest.raises(ModelSpecError, match="empty model spec"):
+        load_model("  ", verbose=False)
+
+
 # --------------------------------------------------------------------------- the page and the tests agree
 
 

@@ -404,3 +404,18 @@ def test_library_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, 
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "ZeroDivisionError: oops" in err and "this is a bug in alignez-tl" in err
+
+
+def test_quiet_shows_no_progress_bar_of_any_library(tiny_dir, tmp_path, capfd):
+    """--quiet: neither our bars nor transformers' 'Loading weights' bar reach the terminal."""
+    from alignez_tl import PreferenceSet, cli
+
+    prefs = tmp_path / "pairs.jsonl"
+    PreferenceSet.from_pairs(["How do I rest?"], ["Sleep eight hours."], ["No."], "helpful").save(prefs)
+    out = tmp_path / "s.safetensors"
+    assert (
+        cli.main(["fit", "--model", tiny_dir, "--prefs", str(prefs), "--tau", "1.0", "--quiet", "--out", str(out)]) == 0
+    )
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "it/s" not in err, err
+    assert out.is_file()
