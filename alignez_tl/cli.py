@@ -1259,6 +1259,12 @@ def _interrupted(args: argparse.Namespace) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    # An argument that was not valid UTF-8 arrives with lone surrogates; messages that quote
+    # it must still print (Python's own stderr does this; a redirected or captured one may not).
+    reconfigure = getattr(sys.stderr, "reconfigure", None)
+    if reconfigure is not None:
+        with contextlib.suppress(ValueError, OSError):
+            reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     _log_to_stdout(args.quiet)
