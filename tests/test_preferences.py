@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -329,9 +330,9 @@ UNICODE_PAIRS = [
 
 def make_set() -> PreferenceSet:
     obj = Objective("tone", "warm", "cold", mode="suppress", description="températures 🌡")
-    return PreferenceSet(
-        copy.deepcopy(UNICODE_PAIRS), obj, {"seed": 3, "temperature": 0.7, "model_id": "tiny", "chat": True}
-    )
+    # the rows carry the header's objective name: a file mixing objectives is refused on load
+    pairs = [dataclasses.replace(p, objective=obj.name) for p in copy.deepcopy(UNICODE_PAIRS)]
+    return PreferenceSet(pairs, obj, {"seed": 3, "temperature": 0.7, "model_id": "tiny", "chat": True})
 
 
 def test_save_load_round_trip_unicode(tmp_path):
