@@ -25,6 +25,7 @@ __all__ = [
     "PromptFileError",
     "SubspaceFileError",
     "SubspaceMismatchError",
+    "EditStrengthError",
 ]
 
 
@@ -73,3 +74,8 @@ class JudgeError(AlignezError, RuntimeError):
 
 class CLIError(AlignezError):
     """A user error of the `alignez` command: printed as one line, exit status 2."""
+
+
+class EditStrengthError(AlignezError, ValueError):
+    """The steering edit is not finite, or (where a limit is set, as on the command line)
+    absurdly large next to the activation it edits: alpha is far too large."""
