@@ -144,9 +144,12 @@ class RowWriter:
     def __init__(self, path: PathLike, header: str, keep: Optional[int] = None) -> None:
         self.path = Path(path)
         self._fh: BinaryIO
+        self._fresh = keep is None
+        self._rows = 0
         if keep is None:
             self._fh = open(self.path, "wb")
             self.write_lines([header])
+            self._rows = 0  # the header is not a row
         else:
             self._fh = open(self.path, "r+b")
             self._fh.truncate(keep)
@@ -158,6 +161,7 @@ class RowWriter:
             return
         self._fh.write("".join(line + "\n" for line in lines).encode("utf-8"))
         self._sync()
+        self._rows += len(lines)
 
     def write(self, rows: Sequence[dict[str, Any]], dump: Callable[[dict[str, Any]], str] = dump_line) -> None:
         self.write_lines([dump(r) for r in rows])
@@ -172,5 +176,8 @@ class RowWriter:
     def __enter__(self) -> "RowWriter":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
         self.close()
+        if exc_type is not None and self._fresh and self._rows == 0:
+            # failed before its first row: a header alone is nothing to keep or resume
+            self.path.unlink(missing_ok=True)

@@ -41,7 +41,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .hooks import POSITIONS, SITES, PositionTracker, check_layers, hook_name
-from .models import model_signature, render, require_tokenizer
+from .models import any_id, basis_mismatch, model_signature, render, require_tokenizer
 from .pairs import EmptySubspaceError, PairActivations, embed_pairs
 from .protocol import HookSteering
 from .settings import check_number
@@ -455,20 +455,19 @@ class VectorSteerer(Baseline):
 
 
 def _refuse_mismatch(what: str, reasons: list[str], fitted: dict, sig: dict, strict: bool) -> None:
-    """Add the checks every fitted steerer shares (compatibility mode, model id) and raise if any failed.
+    """Add the checks every fitted steerer shares (residual basis, model id) and raise if any failed.
 
     `fitted` is the model signature recorded at fit time (may be empty), `sig` the model's.
     """
     if fitted:
-        if bool(fitted.get("compatibility_mode")) != sig["compatibility_mode"]:
-            reasons.append("TransformerLens compatibility mode differs: residual numerics differ")
+        reasons.extend(basis_mismatch(fitted, sig, what="vector", strict=strict))
         if strict and fitted.get("model_id") != sig["model_id"]:
             reasons.append(f"model id {fitted.get('model_id')!r} vs {sig['model_id']!r}")
     if reasons:
         raise SubspaceMismatchError(
             f"{what}: "
             + "; ".join(reasons)
-            + (". Pass strict=False to accept a different model id only." if strict else "")
+            + (". Pass strict=False to accept a different model id only." if any_id(reasons) else "")
         )
 
 

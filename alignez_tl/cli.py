@@ -258,6 +258,9 @@ def _side_by_side(rows: Sequence[dict], width: int = 100) -> str:
     return "\n".join(out)
 
 
+CLI_EDIT_RATIO_LIMIT = 1000.0  # see hooks.refuse_edit_ratio and docs/steering.md
+
+
 def _generate_rows(
     args, model, steerer, queries, *, done: Sequence[dict] = (), write: Optional[Callable[[list[dict]], None]] = None
 ) -> list[dict]:
@@ -271,6 +274,8 @@ def _generate_rows(
     """
     from tqdm.auto import tqdm
 
+    from .hooks import refuse_edit_ratio
+
     _check_prompts(args, model, queries)
     bs = args.batch_size
     rows = list(done)
@@ -282,7 +287,10 @@ def _generate_rows(
             chunk = queries[start : start + bs]
             seed = args.seed + start // bs
             base = steerer.generate(model, chunk, steer=False, seed=seed, **gen)
-            steered = steerer.generate(model, chunk, seed=seed, **gen)
+            # an edit over 1000 times the activation's norm replaces it: refused (exit 2) at the
+            # first edited forward pass instead of writing noise (or empty answers) with exit 0
+            with refuse_edit_ratio(CLI_EDIT_RATIO_LIMIT):
+                steered = steerer.generate(model, chunk, seed=seed, **gen)
             selections = steerer.select(model, chunk)
             new = []
             for i, q in enumerate(chunk):
@@ -428,6 +436,34 @@ def _json(data: Any) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
+def _check_prefs_match(path: Any, prefs: Any, sub: Any) -> None:
+    """Refuse a preference set the subspace was not fitted on (the report would analyse the
+    wrong pairs under the subspace's title); warn when the subspace predates the pair hash."""
+    fitted = sub.objective
+    theirs = prefs.objective.to_dict()
+    for field_name in ("name", "mode"):
+        if fitted.get(field_name) is not None and fitted.get(field_name) != theirs.get(field_name):
+            raise CLIError(
+                f"--prefs {path} holds pairs for objective {theirs.get('name')!r} ({theirs.get('mode')}), but the "
+                f"subspace was fitted for {fitted.get('name')!r} ({fitted.get('mode')}); pass the preference file "
+                "the subspace was fitted on"
+            )
+    recorded = sub.settings.get("pairs_hash")
+    if recorded is None:
+        print(
+            f"alignez analyze: warning: the subspace records no pair hash (fitted before alignez-tl recorded "
+            f"it, or not from a preference file), so whether --prefs {path} is the set it was fitted on "
+            "cannot be checked",
+            file=sys.stderr,
+        )
+    elif recorded != prefs.pair_hash():
+        raise CLIError(
+            f"--prefs {path} is not the preference set the subspace was fitted on (pair hash "
+            f"{prefs.pair_hash()[:19]}... vs {str(recorded)[:19]}... recorded at fit time); pass the file "
+            "given to `alignez fit`"
+        )
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .preferences import PreferenceSet
     from .subspace import AlignmentSubspace, SubspaceFileError, SubspaceMismatchError
@@ -440,6 +476,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         prefs = PreferenceSet.load(args.prefs)
     except (SubspaceFileError, ValueError, OSError) as exc:
         raise CLIError(str(exc)) from None
+    _check_prefs_match(args.prefs, prefs, sub)
+    if len(prefs) < 4:  # the layer signal holds pairs out: checked here, before the model loads
+        raise CLIError(
+            f"--prefs {args.prefs} holds {len(prefs)} pair(s); the analyses need at least 4 (2 to fit on and 1 "
+            "held out, per split): generate preferences for more queries"
+        )
     steerer = _steerer(args, sub)
     final = _out_dir(args.out, args.force, "analyze")
     model = _load(args)

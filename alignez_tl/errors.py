@@ -27,6 +27,7 @@ __all__ = [
     "ResumeError",
     "SubspaceFileError",
     "SubspaceMismatchError",
+    "EditStrengthError",
 ]
 
 
@@ -85,3 +86,8 @@ class ResumeError(AlignezError, ValueError):
 class PromptTooLongError(AlignezError, ValueError):
     """A prompt has more tokens than `max_prompt_tokens` (`--max-prompt-tokens`): refused
     before any generation, naming the query and its token count."""
+
+
+class EditStrengthError(AlignezError, ValueError):
+    """The steering edit is not finite, or (where a limit is set, as on the command line)
+    absurdly large next to the activation it edits: alpha is far too large."""

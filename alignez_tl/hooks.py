@@ -8,18 +8,25 @@ it is testable without a model.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import math
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .errors import EditStrengthError
 from .settings import EDITS, MODES, POSITIONS  # the allowed values, defined once as Literal aliases
 
 __all__ = [
     "EDITS",
     "SITES",
+    "EditGuard",
+    "EditStrengthWarning",
     "EditTerm",
     "PositionTracker",
     "StopForward",
@@ -30,6 +37,7 @@ __all__ = [
     "edit_steps",
     "hook_name",
     "project_out_hook",
+    "refuse_edit_ratio",
     "stop_hook",
 ]
 
@@ -259,7 +267,93 @@ class PositionTracker:
         return span
 
 
-def edit_hook(terms: Sequence[EditTerm], tracker: PositionTracker, monitor: Optional[dict] = None) -> HookFn:
+class EditStrengthWarning(UserWarning):
+    """The steering edit is more than 10 times the norm of the activation it edits
+    (measured on the first edited forward pass): alpha is probably too large.
+
+    `ratio` is the measured ratio, `hook` the hook point where it was measured.
+    """
+
+    def __init__(self, message: str, ratio: float = float("nan"), hook: str = "") -> None:
+        super().__init__(message)
+        self.ratio = ratio
+        self.hook = hook
+
+
+EDIT_RATIO_WARN = 10.0  # an edit this many times the activation's norm warns (EditStrengthWarning)
+_REFUSE_RATIO: contextvars.ContextVar[Optional[float]] = contextvars.ContextVar("refuse_edit_ratio", default=None)
+
+
+@contextlib.contextmanager
+def refuse_edit_ratio(limit: Optional[float]) -> Iterator[None]:
+    """Inside this block, edit hooks built here raise `EditStrengthError` when the edit's
+    norm exceeds `limit` times the activation's (None: only warn). The command line uses
+    1000: an edit that large replaces the activation, and the answer is noise."""
+    token = _REFUSE_RATIO.set(limit)
+    try:
+        yield
+    finally:
+        _REFUSE_RATIO.reset(token)
+
+
+@dataclass
+class EditGuard:
+    """The edit-strength check shared by the hooks of one generation (`Steerer.hooks`).
+
+    Each hook measures `max ‖delta‖ / ‖x‖` over its edited positions on its **first**
+    call only (the prompt's forward pass: one device sync per hook and generation, none
+    per generated token) and records it in `ratios`. Above `EDIT_RATIO_WARN` the first
+    hook to see it warns (`EditStrengthWarning`, once per guard); a non-finite edit, or
+    one above `refuse_above` (default: the `refuse_edit_ratio` in force), raises
+    `EditStrengthError`.
+    """
+
+    alpha: Optional[float] = None
+    refuse_above: Optional[float] = field(default_factory=lambda: _REFUSE_RATIO.get())
+    warned: bool = False
+    ratios: dict[str, float] = field(default_factory=dict)
+
+    def check(self, name: str, x: Tensor, delta: Tensor) -> None:
+        with torch.no_grad():
+            edit_norm = delta.double().norm(dim=-1)
+            act_norm = x.double().norm(dim=-1).clamp_min(1e-30)
+            ratio = float((edit_norm / act_norm).max()) if edit_norm.numel() else 0.0
+            finite = bool(torch.isfinite(delta).all())
+        self.ratios[name] = ratio
+        a = "" if self.alpha is None else f"alpha={self.alpha:g} "
+        if not finite or not math.isfinite(ratio):
+            raise EditStrengthError(
+                f"the steering edit at {name} is not finite ({a}overflows the activations' "
+                f"{str(x.dtype).replace('torch.', '')}): alpha is far too large; use a value around 1 "
+                "(the edit moves each direction by up to |alpha| times its fitted scale)"
+            )
+        if self.refuse_above is not None and ratio > self.refuse_above:
+            raise EditStrengthError(
+                f"{a}is far too large for this model: the edit's norm is {ratio:.3g} times the "
+                f"activation's at {name} (more than {self.refuse_above:g}; measured on the first edited "
+                "forward pass), so the steered answer would be noise; use a value around 1"
+            )
+        if ratio > EDIT_RATIO_WARN and not self.warned:
+            self.warned = True
+            warnings.warn(
+                EditStrengthWarning(
+                    f"{a}is probably too large for this model: the edit's norm is {ratio:.3g} times the "
+                    f"activation's at {name} (measured on the first edited forward pass; above "
+                    f"{EDIT_RATIO_WARN:g} the edit swamps the activation)",
+                    ratio=ratio,
+                    hook=name,
+                ),
+                stacklevel=2,
+            )
+
+
+def edit_hook(
+    terms: Sequence[EditTerm],
+    tracker: PositionTracker,
+    monitor: Optional[dict] = None,
+    guard: Optional[EditGuard] = None,
+    name: str = "",
+) -> HookFn:
     """A hook that adds every term's edit, each computed from the same input activation.
 
     Work is done in float32 (float64 for float64 activations) and cast back to the
@@ -268,9 +362,14 @@ def edit_hook(terms: Sequence[EditTerm], tracker: PositionTracker, monitor: Opti
     `monitor`, when given, counts over every edited (row, position, direction) with a
     non-zero coefficient: `monitor["edited"]` in all, `monitor["negative"]` of them with
     `⟨x, θ⟩ < 0` before the edit (where the paper's boost pushes away from θ).
+
+    `guard` (default: a fresh `EditGuard`) checks the edit's norm against the
+    activation's on this hook's first call only (`name` labels its messages).
     """
     if not terms:
         raise ValueError("edit_hook needs at least one term")
+    guard = guard if guard is not None else EditGuard()
+    first = [True]
 
     def fn(activation: Float[Tensor, "batch pos d_model"], hook: object) -> Tensor:
         start, stop = tracker.window(activation.shape[1])
@@ -293,6 +392,9 @@ def edit_hook(terms: Sequence[EditTerm], tracker: PositionTracker, monitor: Opti
                 active = (coef != 0).expand_as(proj)
                 monitor["edited"] = monitor.get("edited", 0) + int(active.sum())
                 monitor["negative"] = monitor.get("negative", 0) + int((active & (proj < 0)).sum())
+        if first[0]:  # the first edited forward only: no device sync per generated token
+            first[0] = False
+            guard.check(name or str(getattr(hook, "name", "the edited hook")), x, delta)
         out = activation.clone()
         out[:, start:stop] = (x + delta).to(activation.dtype)
         return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -41,6 +42,7 @@ __all__ = [
     "Encoded",
     "HookedModel",
     "ModelSpecError",
+    "basis_mismatch",
     "cache_dir",
     "encode",
     "is_bridge",
@@ -52,6 +54,7 @@ __all__ = [
     "padding_kwargs",
     "render",
     "require_tokenizer",
+    "residual_basis",
 ]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -476,7 +479,12 @@ def _quiet_boot(verbose: bool):
 
 
 def model_signature(model: Any) -> dict[str, Any]:
-    """What a saved subspace records about the model it was fitted on."""
+    """What a saved subspace records about the model it was fitted on.
+
+    Besides the id, class and shape: the facts that decide whether a direction in the
+    residual stream means the same on another model (`residual_basis`): the norm type,
+    whether the weights were processed, and whether the residual stream is centred.
+    """
     cfg = model.cfg
     return {
         "model_id": str(getattr(cfg, "model_name", None) or type(model).__name__),
@@ -484,7 +492,148 @@ def model_signature(model: Any) -> dict[str, Any]:
         "n_layers": int(cfg.n_layers),
         "d_model": int(cfg.d_model),
         "compatibility_mode": bool(getattr(model, "compatibility_mode", False)),
+        **residual_basis(model),
     }
+
+
+# --------------------------------------------------------------------------- residual basis
+
+BASIS_FIELDS = ("norm", "weights_processed", "residual_centred")
+_NORMS = {"LN": "LayerNorm", "LNPre": "LayerNorm", "RMS": "RMSNorm", "RMSPre": "RMSNorm"}
+_CENTRE_SAMPLE = 256  # embedding rows read to tell whether the writing weights are centred
+
+
+def residual_basis(model: Any) -> dict[str, Any]:
+    """The facts that decide whether residual-stream directions travel between two models.
+
+    * `norm`: `"LayerNorm"`, `"RMSNorm"`, `"none"` (from `cfg.normalization_type`; a
+      folded `LNPre` / `RMSPre` counts as its norm).
+    * `weights_processed`: TransformerLens weight processing ran (`fold_ln`,
+      `center_writing_weights`, ...: `HookedTransformer.from_pretrained`'s default,
+      `TransformerBridge.enable_compatibility_mode()`); None when it cannot be told.
+    * `residual_centred`: the writing weights are centred (`center_writing_weights`, which
+      TransformerLens applies to LayerNorm models only), so every residual vector has
+      mean 0 over `d_model`: the stream differs from the unprocessed model's by a
+      per-position mean subtraction. Read from up to 256 rows of the embedding matrix
+      (centring makes each row's mean 0); None when the weights cannot be read (for
+      example offloaded to disk).
+
+    Folding a norm into the next layer's weights changes none of the sites a subspace is
+    fitted at (`resid_post`, `resid_pre`, `mlp_out`, `attn_out`); centring changes all
+    of them. `basis_mismatch` compares these facts.
+    """
+    raw = getattr(model.cfg, "normalization_type", None)
+    norm = "none" if raw is None else _NORMS.get(str(raw), str(raw))
+    centred = _embedding_centred(model)
+    if is_bridge(model):
+        processed: Optional[bool] = bool(getattr(model, "_weights_processed", False))
+    else:
+        processed = str(raw).endswith("Pre") or bool(centred)
+    return {"norm": norm, "weights_processed": processed, "residual_centred": centred}
+
+
+def _embedding_centred(model: Any) -> Optional[bool]:
+    try:
+        w_e = model.W_E
+    except Exception:  # a model class without the property, or weights it cannot read
+        return None
+    if not isinstance(w_e, Tensor) or w_e.ndim != 2 or w_e.is_meta or w_e.shape[0] == 0:
+        return None
+    rows = torch.linspace(0, w_e.shape[0] - 1, min(_CENTRE_SAMPLE, w_e.shape[0]), device=w_e.device).long()
+    with torch.no_grad():
+        sample = w_e.detach()[rows].to(torch.float64)
+        mean = sample.mean(-1).abs()
+        rms = sample.square().mean(-1).sqrt()
+        live = rms > 0
+        if not bool(live.any()):
+            return None
+        # an uncentred row has |mean| ~ rms / sqrt(d); rounding a centred row to bf16
+        # leaves ~0.002 rms / sqrt(d): all sampled rows below 0.05 rms / sqrt(d) = centred
+        bound = 0.05 * rms / math.sqrt(w_e.shape[1])
+        return bool((mean[live] <= bound[live]).all())
+
+
+def any_id(reasons: list[str]) -> bool:
+    """Whether a model-id mismatch is among `reasons` (the only one `strict=False` lifts)."""
+    return any(reason.startswith("model id ") for reason in reasons)
+
+
+def _on_off(value: Any) -> str:
+    return "on" if value else "off"
+
+
+def basis_mismatch(
+    fitted: dict[str, Any], current: dict[str, Any], *, what: str = "subspace", strict: bool = True
+) -> list[str]:
+    """Why directions fitted on the model `fitted` describes do not transfer to `current`.
+
+    Both are `model_signature` dicts. Decided by what changes the residual basis: the
+    norm type and whether the residual stream is centred. The model class and the
+    compatibility mode themselves do not matter: a `TransformerBridge`, a
+    `HookedTransformer` and a bridge in compatibility mode of the same RMSNorm model
+    give the same `resid_post`. Another norm type means another model: refused only
+    with `strict` (as another model id is); a centring mismatch is refused always.
+    When `fitted` predates these facts (a file written before they were recorded), the
+    old rule applies: another model class or
+    compatibility mode is refused. When one side's centring could not be read, a
+    LayerNorm model whose weight processing differs is refused (processing centres by
+    default). Each reason names the fact and the fix; an empty list means they fit.
+    """
+    if not fitted:
+        return []
+    reasons: list[str] = []
+    if not all(name in fitted for name in BASIS_FIELDS):  # written before the facts were recorded
+        if bool(fitted.get("compatibility_mode")) != bool(current.get("compatibility_mode")):
+            reasons.append(
+                f"compatibility mode {_on_off(fitted.get('compatibility_mode'))} ({what}) vs "
+                f"{_on_off(current.get('compatibility_mode'))} (model): residual numerics differ "
+                f"(this {what} file predates the residual-basis facts; refit it to have them compared instead)"
+            )
+        fitted_class = fitted.get("model_class")
+        if fitted_class and fitted_class != current.get("model_class"):
+            reasons.append(
+                f"model class {fitted_class} ({what}) vs {current.get('model_class')} (model): "
+                "residual numerics differ (a HookedTransformer's weight processing folds "
+                f"norms and centres the residual stream; this {what} file predates the residual-basis "
+                "facts: refit it to have them compared instead)"
+            )
+        return reasons
+    f_norm, m_norm = fitted.get("norm"), current.get("norm")
+    if f_norm is not None and m_norm is not None and f_norm != m_norm:
+        if strict:  # another model altogether, like another model id: strict=False accepts it
+            reasons.append(
+                f"norm {f_norm} ({what}) vs {m_norm} (model): another architecture; refit the {what} "
+                "on this model (strict=False accepts a different model)"
+            )
+        return reasons
+    f_c, m_c = fitted.get("residual_centred"), current.get("residual_centred")
+    if f_c is not None and m_c is not None:
+        if f_c and not m_c:
+            reasons.append(
+                f"residual stream centred ({what}) vs not centred (model): the {what} was fitted on a "
+                "model with centred writing weights (center_writing_weights), whose residual stream "
+                "lacks each position's mean; load the model with center_writing_weights=True "
+                "(HookedTransformer.from_pretrained's default, or bridge.enable_compatibility_mode()), "
+                f"or refit the {what} on this model"
+            )
+        elif m_c and not f_c:
+            reasons.append(
+                f"residual stream not centred ({what}) vs centred (model): this model's writing weights "
+                "are centred (center_writing_weights), which subtracts each position's mean from the "
+                "residual stream; load the model with fold_ln=False, center_writing_weights=False, "
+                "center_unembed=False (HookedTransformer.from_pretrained_no_processing, or a "
+                f"TransformerBridge without enable_compatibility_mode()), or refit the {what} on this model"
+            )
+        return reasons
+    f_p, m_p = fitted.get("weights_processed"), current.get("weights_processed")
+    layer_norm = (f_norm or m_norm) not in ("RMSNorm", "none")
+    if layer_norm and f_p is not None and m_p is not None and f_p != m_p:
+        reasons.append(
+            f"weights processed {_on_off(f_p)} ({what}) vs {_on_off(m_p)} (model) on a LayerNorm model, "
+            "and whether the residual stream is centred could not be read; load the model with the "
+            f"same processing (fold_ln / center_writing_weights) as at fit time, or refit the {what} on this model"
+        )
+    return reasons
 
 
 # --------------------------------------------------------------------------- prompts

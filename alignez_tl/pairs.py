@@ -390,7 +390,7 @@ def embed_pairs(
         assert isinstance(data, PreferenceSet)
         pos_texts, neg_texts = data.texts(model, chat=chat)
         objective = data.objective.to_dict()
-        provenance = {"seed": data.settings.get("seed")}
+        provenance = {"seed": data.settings.get("seed"), "pairs_hash": data.pair_hash()}
     else:
         require_tokenizer(model, "fitting from text pairs")
         pos_texts = [p for p, _ in data]

@@ -200,6 +200,17 @@ class PreferenceSet:
         neg = [models.render(model, p.query, p.negative, chat=chat) for p in self.pairs]
         return pos, neg
 
+    def pair_hash(self) -> str:
+        """A fingerprint of the pairs: ``"sha256:<hex>"`` of their (query, positive,
+        negative) texts in order. A subspace fitted on this set records it (in
+        `settings["pairs_hash"]`), so `alignez analyze` can tell the set it was fitted on
+        from another."""
+        digest = hashlib.sha256()
+        for p in self.pairs:
+            digest.update(json.dumps([p.query, p.positive, p.negative], ensure_ascii=False).encode("utf-8"))
+            digest.update(b"\n")
+        return f"sha256:{digest.hexdigest()}"
+
     def filter_empty(self) -> "PreferenceSet":
         """A new set without the pairs where either answer is empty (or only whitespace)."""
         kept = [p for p in self.pairs if p.positive.strip() and p.negative.strip()]
@@ -265,9 +276,13 @@ class PreferenceSet:
         ``{"type": "pair", ...}`` record. Non-ASCII text is written as is, except U+0085,
         U+2028 and U+2029, which are escaped so that no tool splits a record. The file is
         written to a temporary name in the same folder and renamed into place, so readers
-        never see a partial file.
+        never see a partial file. A set whose pairs `load` would refuse (another objective
+        than the set's, indices out of order: see `load`) raises `PreferenceFileError`
+        and writes nothing.
         """
         path = Path(path)
+        # refuse to write what `load` would refuse to read (the line numbers are the file's)
+        _check_rows_agree(path, self.objective, self.pairs, list(range(2, len(self.pairs) + 2)))
         header = {
             "type": "header",
             "format": FORMAT,
@@ -291,12 +306,15 @@ class PreferenceSet:
 
         Raises:
             PreferenceFileError: the file is not an alignez preference file, has a format
-                version this package cannot read, or a line is malformed (the message
-                gives ``path:line``).
+                version this package cannot read, a line is malformed, or a pair record
+                contradicts the header or the order `save` writes (another objective than
+                the header's; an index repeated or going back within its query; a sample
+                out of order). The message gives ``path:line``.
         """
         path = Path(path)
         header: Optional[dict[str, Any]] = None
         pairs: list[PreferencePair] = []
+        linenos: list[int] = []
         data = path.read_bytes()
         try:
             text = data.decode("utf-8")
@@ -315,12 +333,14 @@ class PreferenceSet:
                 header = _check_header(path, lineno, record)
             else:
                 pairs.append(_pair_from_record(path, lineno, record))
+                linenos.append(lineno)
         if header is None:
             raise PreferenceFileError(f"{path}: empty file; expected a header record on line 1")
         try:
             objective = Objective.from_dict(header["objective"])
         except (TypeError, ValueError) as exc:
             raise PreferenceFileError(f"{path}: invalid objective in the header: {exc}") from None
+        _check_rows_agree(path, objective, pairs, linenos)
         return cls(pairs, objective, header["settings"])
 
     @classmethod
@@ -565,6 +585,51 @@ def _check_header(path: Path, lineno: int, record: dict[str, Any]) -> dict[str, 
         if not isinstance(record.get(key), kind):
             raise PreferenceFileError(f"{where}: the header needs an object field {key!r}")
     return record
+
+
+def _check_rows_agree(path: Path, objective: Objective, pairs: list[PreferencePair], linenos: list[int]) -> None:
+    """Refuse pair records that contradict the header or the order `save` writes.
+
+    A pair record carries its objective's name (not its mode: that lives in the header's
+    objective only), the index of its characteristic within its query, and which sample
+    of that characteristic it is. Every writer (`generate_preferences`, `from_pairs`,
+    `from_labelled`) gives, per query, `(index, sample)` keys in increasing order, the
+    samples of one characteristic on consecutive lines. Refused: a record whose
+    objective is not the header's; a key that repeats or goes back within its query
+    (except a fresh start at index 0, sample 0: the same query asked again); a sample
+    that does not follow the previous sample of its characteristic.
+    """
+    last: dict[str, tuple[int, int, int]] = {}  # query -> (index, sample, line) of its latest record
+    prev: Optional[PreferencePair] = None
+    for pair, lineno in zip(pairs, linenos, strict=True):
+        where = f"{path}:{lineno}"
+        if pair.objective != objective.name:
+            raise PreferenceFileError(
+                f"{where}: the pair is for objective {pair.objective!r}, but the header's objective is "
+                f"{objective.name!r} (mode {objective.mode!r}); a preference file holds one objective: "
+                "regenerate it, or split it by objective"
+            )
+        if pair.index < 0 or pair.sample < 0:
+            raise PreferenceFileError(f"{where}: index and sample must be >= 0, got {pair.index} and {pair.sample}")
+        key = (pair.index, pair.sample)
+        if pair.sample > 0 and not (
+            prev is not None and prev.query == pair.query and (prev.index, prev.sample) == (pair.index, pair.sample - 1)
+        ):
+            raise PreferenceFileError(
+                f"{where}: sample {pair.sample} of characteristic {pair.index} does not follow sample "
+                f"{pair.sample - 1} of the same query and characteristic on the line before; the rows are "
+                "out of order (or a row was lost)"
+            )
+        seen = last.get(pair.query)
+        if seen is not None and key <= seen[:2] and key != (0, 0):
+            what = "repeats" if key == seen[:2] else "goes back from"
+            raise PreferenceFileError(
+                f"{where}: index {pair.index} (sample {pair.sample}) {what} index {seen[0]} (sample {seen[1]}) "
+                f"of the same query on line {seen[2]}; within a query the indices increase: the rows are "
+                "duplicated or out of order"
+            )
+        last[pair.query] = (pair.index, pair.sample, lineno)
+        prev = pair
 
 
 def _pair_from_record(path: Path, lineno: int, record: dict[str, Any]) -> PreferencePair:

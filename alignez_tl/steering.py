@@ -26,7 +26,7 @@ from torch import Tensor
 from ._checks import _as_queries, require_model
 from .activations import capture
 from .generation import Prefill
-from .hooks import EditTerm, PositionTracker, check_layers, edit_hook, hook_name
+from .hooks import EditGuard, EditTerm, PositionTracker, check_layers, edit_hook, hook_name
 from .models import render
 from .protocol import HookSteering
 from .settings import (
@@ -458,6 +458,7 @@ class Steerer(HookSteering):
             selections = self.select(model, queries, chat=chat, activations=activations)
         by_layer = self.edit_terms(selections)
         site = self.terms[0].subspace.site
+        guard = EditGuard(alpha=self.terms[0].alpha if len(self.terms) == 1 else None)  # one warning per set of hooks
         out = []
         for layer in sorted(by_layer):
             name = hook_name(site, layer)
@@ -465,7 +466,7 @@ class Steerer(HookSteering):
             if record is not None:
                 log = _NamedLog(record, name)
             tracker = PositionTracker(self.positions, prompt_len, log=log)
-            out.append((name, edit_hook(by_layer[layer], tracker, monitor)))
+            out.append((name, edit_hook(by_layer[layer], tracker, monitor, guard, name)))
         return out
 
     def edit_terms(self, selections: Optional[list[list[QuerySelection]]] = None) -> dict[int, list[EditTerm]]:

@@ -34,7 +34,7 @@ from ._checks import require_model
 from ._io import atomic_write
 from .errors import SubspaceFileError, SubspaceMismatchError
 from .hooks import SITES, check_layers
-from .models import model_signature
+from .models import any_id, basis_mismatch, model_signature
 from .pairs import EmptySubspaceError, PairActivations, check_text_pairs, embed_pairs
 from .settings import FitSettings, RankRule, Site, check_rank_args
 
@@ -394,7 +394,8 @@ class AlignmentSubspace:
         site: hook site the activations came from (`resid_post`, `mlp_out`, ...).
         d_model: residual width.
         model: `models.model_signature` of the model it was fitted on (model id, class,
-            n_layers, d_model, compatibility mode), or `{}` for bare activations.
+            n_layers, d_model, compatibility mode, and the residual-basis facts: norm type,
+            weights processed, residual stream centred), or `{}` for bare activations.
         objective: the objective's `to_dict()` (name, keywords, mode, templates).
         settings: fit settings (tau, variance, rank, max_rank, `rank_rule`; with the
             sign-flip null also n_null, null_quantile, null_seed, null_test), the pair
@@ -488,10 +489,14 @@ class AlignmentSubspace:
         """Refuse a model this subspace was not fitted on, saying why.
 
         Always refused: a different `d_model`, a layer beyond the model's depth, a
-        different `n_layers`, model class (`HookedTransformer` vs `TransformerBridge`) or
-        TransformerLens compatibility mode (different residual numerics), and, when
-        `site` is given, a different hook site. With `strict=True`
-        (default) a different model id is refused too.
+        different `n_layers`, a different residual basis (`models.basis_mismatch`: another
+        norm type, or a residual stream centred on one side only, as
+        `center_writing_weights` makes it), and, when `site` is given, a different hook
+        site. The model class and compatibility mode alone do not matter: a subspace
+        fitted on a `TransformerBridge` fits a `HookedTransformer` or a bridge in
+        compatibility mode of the same RMSNorm model. (Files written before the basis
+        facts were recorded keep the old rule: another model class or compatibility mode
+        is refused.) With `strict=True` (default) a different model id is refused too.
         """
         sig = model_signature(model)
         reasons = []
@@ -502,20 +507,7 @@ class AlignmentSubspace:
         if self.model:
             if self.model.get("n_layers") != sig["n_layers"]:
                 reasons.append(f"n_layers {self.model.get('n_layers')} vs {sig['n_layers']}")
-            if bool(self.model.get("compatibility_mode")) != sig["compatibility_mode"]:
-                on_off = lambda b: "on" if b else "off"  # noqa: E731
-                reasons.append(
-                    "compatibility mode "
-                    f"{on_off(self.model.get('compatibility_mode'))} (subspace) vs "
-                    f"{on_off(sig['compatibility_mode'])} (model): residual numerics differ"
-                )
-            fitted_class = self.model.get("model_class")
-            if fitted_class and fitted_class != sig["model_class"]:
-                reasons.append(
-                    f"model class {fitted_class} (subspace) vs {sig['model_class']} (model): "
-                    "residual numerics differ (a HookedTransformer's weight processing folds "
-                    "norms and centres the residual stream)"
-                )
+            reasons.extend(basis_mismatch(self.model, sig, strict=strict))
             if strict and self.model.get("model_id") != sig["model_id"]:
                 reasons.append(f"model id {self.model.get('model_id')!r} vs {sig['model_id']!r}")
         too_deep = [layer for layer in self.layers if layer >= sig["n_layers"]]
@@ -525,7 +517,7 @@ class AlignmentSubspace:
             raise SubspaceMismatchError(
                 "this subspace does not fit: "
                 + "; ".join(reasons)
-                + (". Pass strict=False to accept a different model id only." if strict else "")
+                + (". Pass strict=False to accept a different model id only." if any_id(reasons) else "")
             )
 
     # ------------------------------------------------------------------ files

@@ -45,3 +45,9 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def theta_label(j: int) -> str:
+    """The display name of direction index j (0-based in code): `θ{j+1}`, as the docs
+    (θ_1 is the first direction) and every panel of the report write it."""
+    return f"θ{int(j) + 1}"

@@ -51,6 +51,7 @@ from alignez_tl.generation import generate as generate_tokens
 from alignez_tl.hooks import hook_name, project_out_hook
 from alignez_tl.models import Encoded, encode, model_device, pad_id, padding_kwargs, render, require_tokenizer
 from alignez_tl.steering import QuerySelection, Steerer
+from analyses._common import theta_label
 
 __all__ = ["Ablation", "ablate_components", "projection_hooks"]
 
@@ -217,7 +218,7 @@ class Ablation:
         fig = Figure(figsize=(13, 7.2), dpi=100, layout="constrained")
         axes = fig.subplots(2, 3)
         x = list(range(len(self.components)))
-        labels = [f"θ{j}" for j in self.components]
+        labels = [theta_label(j) for j in self.components]
         w = 0.38
 
         def bars(ax, metric, ylabel, ref=None, ref_label=None):
@@ -283,7 +284,7 @@ class Ablation:
             fontsize=7.5,
             bbox=dict(boxstyle="round", fc="#f2f0f7", ec="#8172b2"),
         )
-        ax.set_xlabel("k (edit θ0..θ(k−1))")
+        ax.set_xlabel("k (edit θ1..θk)")
         ax.set_ylabel("nats")
         ax.set_title("cumulative top-k components")
         ax.legend(fontsize=7.5, loc="upper right")

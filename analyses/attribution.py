@@ -56,6 +56,7 @@ from alignez_tl.generation import generate as generate_tokens
 from alignez_tl.hooks import EditTerm, edit_steps, hook_name
 from alignez_tl.models import model_device, render, require_tokenizer
 from alignez_tl.steering import QuerySelection, Steerer
+from analyses._common import theta_label
 
 __all__ = [
     "Attribution",
@@ -152,9 +153,10 @@ class Attribution:
 
     @property
     def direction_labels(self) -> list[str]:
-        """`θj` for one objective, `o{p}.θj` when several were composed."""
+        """`θ1`, `θ2`, ... (1-based, as in the docs and the report: direction j is
+        `θ{j+1}`) for one objective, `o{p}.θ1` ... when several were composed."""
         several = len({p for p, _ in self.directions}) > 1
-        return [f"o{p}.θ{j}" if several else f"θ{j}" for p, j in self.directions]
+        return [f"o{p}.{theta_label(j)}" if several else theta_label(j) for p, j in self.directions]
 
     @property
     def layer_labels(self) -> list[str]:

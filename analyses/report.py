@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from alignez_tl.files import atomic_write_text
+from analyses._common import theta_label
 
 __all__ = ["Report", "figure_to_data_uri", "plot_spectrum", "write_report"]
 
@@ -39,6 +40,7 @@ th, td { border: 1px solid #ddd; padding: .4rem .6rem; vertical-align: top; text
 th { background: #f3f3f7; }
 td.answer { white-space: pre-wrap; width: 40%; }
 .note { color: #555; font-size: .85rem; }
+.warning { background: #fff3e0; border-left: 4px solid #e65100; padding: .5rem .8rem; color: #7f2704; }
 .missing { color: #999; font-style: italic; }
 details { margin: .4rem 0; }
 pre { background: #f6f6f6; padding: .6rem; overflow-x: auto; font-size: .8rem; }
@@ -127,7 +129,7 @@ class Report:
                 "How much of the pos − neg difference variance each SVD component explains, "
                 "and how many directions were kept per layer.",
             ),
-            self._section("layer-signal", "Layer signal", *self._result_parts(self.layer_signal, "recommended")),
+            self._layer_signal_section(),
             self._section(
                 "subspace-lens",
                 "Subspace lens",
@@ -148,6 +150,40 @@ class Report:
             )
         parts.append("</main></body></html>")
         return "\n".join(parts)
+
+    def edited_layers(self) -> list[int]:
+        """The layers the answers were steered at (the union over the answer rows)."""
+        return sorted({int(layer) for row in self.answers for layer in (row.get("layers") or [])})
+
+    def reversed_layers(self) -> list[tuple[int, float]]:
+        """`(layer, AUROC)` for the edited layers (every layer when the answers do not say)
+        whose held-out AUROC along θ1 is below 0.5: the first direction ranks new pairs
+        the wrong way round there (0: every held-out pair reversed)."""
+        if self.layer_signal is None:
+            return []
+        edited = set(self.edited_layers())
+        out = []
+        for layer, auc in zip(self.layer_signal.layers, self.layer_signal.auroc_first, strict=True):
+            auc = float(auc)
+            if (not edited or layer in edited) and auc == auc and auc < 0.5:  # NaN (no direction) is not flagged
+                out.append((int(layer), auc))
+        return out
+
+    def _layer_signal_section(self) -> str:
+        body, note = self._result_parts(self.layer_signal, "recommended")
+        bad = self.reversed_layers()
+        if bad:
+            where = "edited layer" if self.edited_layers() else "layer"
+            listed = ", ".join(
+                f"{layer} (AUROC {auc:.2f}{', every held-out pair reversed' if auc == 0 else ''})" for layer, auc in bad
+            )
+            body = (
+                f'<p class="warning"><b>Warning:</b> held-out AUROC along θ1 is below 0.5 at {where}'
+                f"{'s' if len(bad) > 1 else ''} {_e(listed)}: there θ1 ranks new pairs the wrong way round "
+                "(0.5 is chance), so steering along it there pushes away from the objective. Check the "
+                "pairs, or steer at other layers.</p>" + body
+            )
+        return self._section("layer-signal", "Layer signal", body, note)
 
     @staticmethod
     def _section(anchor: str, title: str, body: str, note: str) -> str:
@@ -182,7 +218,7 @@ class Report:
                 up = ", ".join(repr(t) for t, _, _ in entry["promoted"])
                 down = ", ".join(repr(t) for t, _, _ in entry["suppressed"])
                 rows.append(
-                    f"<tr><td>{layer}</td><td>θ{entry['direction']}</td><td>{_e(up)}</td><td>{_e(down)}</td></tr>"
+                    f"<tr><td>{layer}</td><td>{theta_label(entry['direction'])}</td><td>{_e(up)}</td><td>{_e(down)}</td></tr>"
                 )
         rows.append("</table></details>")
         return body + "\n".join(rows)

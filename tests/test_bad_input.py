@@ -56,7 +56,7 @@ from alignez_tl.eval import (
     save_comparisons,
 )
 from alignez_tl.models import ModelSpecError
-from alignez_tl.preferences import PreferenceFileError
+from alignez_tl.preferences import PreferenceFileError, PreferencePair
 from alignez_tl.prompts import PromptFileError, load_prompts
 from alignez_tl.subspace import FORMAT, FORMAT_VERSION, SUPPORTED_VERSIONS
 
@@ -1459,6 +1459,214 @@ def test_b83_empty_model_spec_refused(tmp_path, capsys, no_model_load):
     assert "Traceback" not in err and not out.exists()
     with pytest.raises(ModelSpecError, match="empty model spec"):
         load_model("  ", verbose=False)
+
+
+# --------------------------------------------------------------------------- honest checks (B65-B70)
+
+
+def test_b65_subspace_moved_to_another_model_kind_judged_by_the_residual_basis(llama, sub_llama, tmp_path):
+    from tiny import make_model
+
+    # RMSNorm: compatibility mode (HookedTransformer-style processing) folds the norms and
+    # leaves resid_post as it is; the subspace is accepted, also with strict=True. (The
+    # bridge <-> HookedTransformer directions run in tests/test_compat.py under TL 3.9 / 2.16.)
+    compat = make_model("llama", dtype=torch.float32, compatibility_mode=True)
+    compat.cfg.model_name = llama.cfg.model_name
+    loaded = AlignmentSubspace.load(sub_llama.save(tmp_path / "s.safetensors"), compat)
+    assert loaded.model["norm"] == "RMSNorm" and loaded.model["residual_centred"] is False
+    assert Steerer(loaded).generate(compat, ["Hi"], max_new_tokens=2)
+    # a file written before the facts were recorded keeps the old class / mode rule
+    old = {k: v for k, v in loaded.model.items() if k not in ("norm", "weights_processed", "residual_centred")}
+    with pytest.raises(SubspaceMismatchError, match="compatibility mode off \\(subspace\\) vs on \\(model\\)"):
+        AlignmentSubspace(**{**loaded.__dict__, "model": old}).check_model(compat, strict=False)
+
+
+def test_b66_processed_vs_unprocessed_layernorm_model_refused(gpt2, sub_gpt2, tmp_path):
+    from tiny import make_model
+
+    processed = make_model("gpt2", compatibility_mode=True)  # fold_ln + center_writing_weights
+    processed.cfg.model_name = gpt2.cfg.model_name
+    path = sub_gpt2.save(tmp_path / "s.safetensors")
+    with pytest.raises(
+        SubspaceMismatchError,
+        match="residual stream not centred \\(subspace\\) vs centred \\(model\\).*fold_ln=False, "
+        "center_writing_weights=False.*or refit",
+    ):
+        AlignmentSubspace.load(path, processed, strict=False)  # strict=False does not lift it
+    back = fit_subspace(processed, PAIRS, tau=1.0, verbose=False, objective="helpful")
+    with pytest.raises(SubspaceMismatchError, match="residual stream centred \\(subspace\\) vs not centred"):
+        Steerer(back).generate(gpt2, ["Hi"], max_new_tokens=2)
+    AlignmentSubspace.load(path, gpt2)  # the model it was fitted on: accepted
+
+
+def test_b67_analyze_with_preferences_the_subspace_was_not_fitted_on(llama, tmp_path, capsys, monkeypatch):
+    queries = ["How do I bake bread?", "Why is the sky blue?", "How do plants grow?", "How do I tie a knot?"]
+    pairs = [*PAIRS, ("Make a loop, pass the end through it, and pull both ends tight.", "Whatever.")]
+    good = PreferenceSet.from_pairs(queries, [p for p, _ in pairs], [n for _, n in pairs], objective="helpful")
+    sub = fit_subspace(llama, good, tau=1.0, verbose=False)
+    assert sub.settings["pairs_hash"] == good.pair_hash()
+    sub_path = sub.save(tmp_path / "s.safetensors")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Hi\n", encoding="utf-8")
+    other_pairs = PreferenceSet.from_pairs(queries, [n for _, n in pairs], [p for p, _ in pairs], objective="helpful")
+    other_objective = PreferenceSet.from_pairs(
+        queries, [p for p, _ in pairs], [n for _, n in pairs], objective="harmless"
+    )
+
+    def reached(args):  # the check passed: the command went on to load the model
+        raise cli.CLIError("REACHED-MODEL-LOAD")
+
+    monkeypatch.setattr(cli, "_load", reached)
+
+    def analyze(prefs):
+        path = prefs.save(tmp_path / "p.jsonl") if isinstance(prefs, PreferenceSet) else prefs
+        argv = ["analyze", "--subspace", str(sub_path), "--prefs", str(path), "--prompts", str(prompts)]
+        return run_cli([*argv, "--out", str(tmp_path / "out"), "--quiet"], capsys)
+
+    code, _, err = analyze(other_objective)
+    assert code == 2 and err.count("\n") == 1
+    assert "holds pairs for objective 'harmless' (boost), but the subspace was fitted for 'helpful'" in err
+    code, _, err = analyze(other_pairs)
+    assert code == 2 and err.count("\n") == 1 and "is not the preference set the subspace was fitted on" in err
+    assert not (tmp_path / "out").exists()
+    assert "REACHED-MODEL-LOAD" in analyze(good)[2]
+    # a subspace from before the pair hash: a warning, and the command goes on
+    old = AlignmentSubspace(
+        **{**sub.__dict__, "settings": {k: v for k, v in sub.settings.items() if k != "pairs_hash"}}
+    )
+    sub_path = old.save(tmp_path / "s.safetensors")
+    err = analyze(other_pairs)[2]
+    assert "warning: the subspace records no pair hash" in err and "REACHED-MODEL-LOAD" in err
+
+
+def test_b68_preference_file_rows_disagree_with_the_header(tmp_path, capsys, no_model_load):
+    good = PreferenceSet.from_pairs(
+        ["q1", "q1", "q1", "q2"], ["a", "b", "c", "d"], ["w", "x", "y", "z"], objective="helpful"
+    )  # lines 2-4: q1 with index 0, 1, 2; line 5: q2
+    path = good.save(tmp_path / "good.jsonl")
+    lines = path.read_text(encoding="utf-8").splitlines()
+
+    def variant(name, lineno, **changes):
+        rows = list(lines)
+        rows[lineno - 1] = json.dumps({**json.loads(rows[lineno - 1]), **changes}, ensure_ascii=False)
+        out = tmp_path / name
+        out.write_text("\n".join(rows) + "\n", encoding="utf-8")
+        return out
+
+    cases = [
+        (
+            variant("objective.jsonl", 3, objective="harmless"),
+            "objective.jsonl:3: the pair is for objective 'harmless'",
+        ),
+        (
+            variant("repeat.jsonl", 4, index=1),
+            "repeat.jsonl:4: index 1 (sample 0) repeats index 1 (sample 0) of the same query on line 3",
+        ),
+        (variant("back.jsonl", 3, index=5), "back.jsonl:4: index 2 (sample 0) goes back from index 5"),
+        (variant("sample.jsonl", 5, sample=2), "sample.jsonl:5: sample 2 of characteristic 0 does not follow"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(PreferenceFileError, match=re.escape(message)):
+            PreferenceSet.load(bad)
+        code, _, err = run_cli(["fit", "--prefs", str(bad), "--out", str(tmp_path / "s.safetensors")], capsys)
+        assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "s.safetensors").exists()
+    # the mode lives in the header's objective only; a set whose rows name another objective is not written
+    mixed = PreferenceSet(list(good.pairs), good.objective)
+    mixed.pairs[1] = PreferencePair("q1", "b", "y", objective="harmless", index=1)
+    with pytest.raises(PreferenceFileError, match="mixed.jsonl:3: the pair is for objective 'harmless'"):
+        mixed.save(tmp_path / "mixed.jsonl")
+    assert not (tmp_path / "mixed.jsonl").exists()
+    assert PreferenceSet.load(path) == good  # what save writes loads
+
+
+def test_b69_alpha_far_too_large(llama, sub_llama, tiny_dir, tmp_path, capsys):
+    from alignez_tl.hooks import EditStrengthWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Steerer(sub_llama, alpha=50.0).generate(llama, ["Hi", "How do I bake bread?"], max_new_tokens=3)
+    strong = [w for w in caught if issubclass(w.category, EditStrengthWarning)]
+    assert len(strong) == 1  # once per generate call, not per layer or token
+    assert strong[0].message.ratio > 10
+    assert re.match(
+        r"alpha=50 is probably too large for this model: the edit's norm is [\d.]+ times", str(strong[0].message)
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Steerer(sub_llama, alpha=1.0).generate(llama, ["Hi"], max_new_tokens=3)
+    assert not [w for w in caught if issubclass(w.category, EditStrengthWarning)]
+    # the command line refuses an edit over 1000x the activation instead of writing empty answers
+    sub_path = tmp_path / "s.safetensors"
+    assert (
+        run_cli(
+            [
+                "fit",
+                "--model",
+                tiny_dir,
+                "--prefs",
+                str(_tiny_prefs(tmp_path)),
+                "--tau",
+                "1.0",
+                "--out",
+                str(sub_path),
+                "--quiet",
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
+    out = tmp_path / "gens.jsonl"
+    argv = ["generate", "--model", tiny_dir, "--subspace", str(sub_path), "--query", "Hi", "--alpha", "1e30"]
+    code, _, err = run_cli([*argv, "--max-new-tokens", "4", "--out", str(out), "--quiet"], capsys)
+    last = err.strip().splitlines()[-1]  # (transformers' weight-loading bar may come before it)
+    assert code == 2 and "Traceback" not in err, err
+    assert last.startswith("alignez generate: error: alpha=1e+30 is far too large for this model: the edit's norm is")
+    assert not out.exists()
+
+
+def _tiny_prefs(tmp_path):
+    queries = ["How do I bake bread?", "Why is the sky blue?", "How do plants grow?"]
+    prefs = PreferenceSet.from_pairs(queries, [p for p, _ in PAIRS], [n for _, n in PAIRS], objective="helpful")
+    return prefs.save(tmp_path / "tiny_prefs.jsonl")
+
+
+def test_b70_report_flags_a_reversed_first_direction(sub_llama):
+    import numpy as np
+
+    from analyses.report import Report
+
+    class Signal:  # the two fields the flag reads, and what the panel draws
+        layers = [0, 1, 2, 3]
+        auroc_first = np.array([0.9, 0.3, 0.0, float("nan")])
+
+        def plot(self):
+            import matplotlib.pyplot as plt
+
+            return plt.figure()
+
+        def to_dict(self):
+            return {"recommended": [0]}
+
+    rows = [{"query": "q", "base": "a", "steered": "b", "layers": [1, 2, 3]}]
+    html = Report(subspace=sub_llama, layer_signal=Signal(), answers=rows).to_html()
+    assert '<p class="warning"><b>Warning:</b> held-out AUROC along θ1 is below 0.5 at edited layers' in html
+    assert "1 (AUROC 0.30), 2 (AUROC 0.00, every held-out pair reversed)" in html
+    rows = [{"query": "q", "base": "a", "steered": "b", "layers": [0, 3]}]  # not edited where reversed
+    assert 'class="warning"' not in Report(subspace=sub_llama, layer_signal=Signal(), answers=rows).to_html()
+
+
+def test_b71_analyze_with_too_few_pairs_refused_before_loading(llama, tmp_path, capsys, no_model_load):
+    queries = ["How do I bake bread?", "Why is the sky blue?", "How do plants grow?"]
+    prefs = PreferenceSet.from_pairs(queries, [p for p, _ in PAIRS], [n for _, n in PAIRS], objective="helpful")
+    sub_path = fit_subspace(llama, prefs, tau=1.0, verbose=False).save(tmp_path / "s.safetensors")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Hi\n", encoding="utf-8")
+    pairs = prefs.save(tmp_path / "p.jsonl")
+    argv = ["analyze", "--subspace", str(sub_path), "--prefs", str(pairs), "--prompts", str(prompts)]
+    code, _, err = run_cli([*argv, "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and f"--prefs {pairs} holds 3 pair(s); the analyses need at least 4" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------- the page and the tests agree

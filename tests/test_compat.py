@@ -17,7 +17,7 @@ import warnings
 import pytest
 import torch
 from test_steering import PAIRS, QUERIES
-from tiny import bridge_available, hooked_transformer_available, make_hooked, make_model
+from tiny import bridge_available, hooked_transformer_available, make_hooked, make_hooked_from_hf, make_model
 
 import alignez_tl as ez
 from alignez_tl.baselines import DiffMeanSteerer, NoSteerer, PCASteerer, PromptSteerer
@@ -164,19 +164,30 @@ def test_fit_save_load_and_model_checks(kit, tmp_path):
 
 
 @BRIDGE
-def test_a_subspace_from_the_other_compatibility_mode_is_refused(llama, tmp_path):
+def test_compatibility_mode_is_judged_by_the_residual_basis(llama, gpt2, tmp_path):
+    """Compatibility mode folds the norms; on a LayerNorm model it also centres the residual
+    stream. RMSNorm: the same resid_post, so the subspace travels both ways; LayerNorm:
+    refused both ways, naming the centring and the fix."""
     compat = make_model("llama", dtype=torch.float32, compatibility_mode=True)
     compat.cfg.model_name = llama.cfg.model_name  # same weights and name: only the mode differs
     plain_sub = ez.fit_subspace(llama, PAIRS, tau=1.0, verbose=False)
     compat_sub = ez.fit_subspace(compat, PAIRS, tau=1.0, verbose=False)
+    for a, b in zip(plain_sub.layers.values(), compat_sub.layers.values()):
+        assert torch.allclose(a.directions, b.directions, atol=1e-4)
     for sub, other in ((plain_sub, compat), (compat_sub, llama)):
+        loaded = AlignmentSubspace.load(sub.save(tmp_path / "s.safetensors"), other)
+        assert ez.Steerer(loaded).generate(other, QUERIES[:1], max_new_tokens=2)
+    compat = make_model("gpt2", dtype=torch.float64, compatibility_mode=True)
+    compat.cfg.model_name = gpt2.cfg.model_name
+    for sub, other, why in (
+        (ez.fit_subspace(gpt2, PAIRS, tau=1.0, verbose=False), compat, "not centred \\(subspace\\) vs centred"),
+        (ez.fit_subspace(compat, PAIRS, tau=1.0, verbose=False), gpt2, "centred \\(subspace\\) vs not centred"),
+    ):
         loaded = AlignmentSubspace.load(sub.save(tmp_path / "s.safetensors"))
-        with pytest.raises(
-            SubspaceMismatchError, match="compatibility mode (off|on) \\(subspace\\) vs (on|off) \\(model\\)"
-        ):
+        with pytest.raises(SubspaceMismatchError, match=f"residual stream {why}"):
             ez.Steerer(loaded).generate(other, QUERIES[:1], max_new_tokens=2)
-        with pytest.raises(SubspaceMismatchError, match="residual numerics differ"):
-            loaded.check_model(other, strict=False)  # not even a warning-level mismatch
+        with pytest.raises(SubspaceMismatchError, match="or refit the subspace on this model"):
+            loaded.check_model(other, strict=False)  # not a model-id question
 
 
 # ------------------------------------------------------------------------- steering
@@ -297,16 +308,43 @@ def test_load_model_by_name_explains_what_to_do_on_transformer_lens_2(tmp_path):
         ez.load_model(str(tmp_path))  # refused before anything is read or converted
 
 
+def _resid(model, layer=2):
+    toks = model.to_tokens("How do I bake bread?")
+    _, cache = model.run_with_cache(toks)
+    return cache[f"blocks.{layer}.hook_resid_post"][0].double()
+
+
 @HOOKED
-@BRIDGE
-def test_a_subspace_from_a_hooked_transformer_is_refused_on_a_bridge(gpt2, tmp_path):
-    hooked = make_hooked("gpt2")
-    hooked.cfg.model_name = gpt2.cfg.model_name
-    loaded = AlignmentSubspace.load(
-        ez.fit_subspace(hooked, PAIRS, tau=1.0, verbose=False).save(tmp_path / "h.safetensors")
-    )
-    with pytest.raises(
-        SubspaceMismatchError, match="model class HookedTransformer \\(subspace\\) vs TransformerBridge"
-    ):
-        loaded.check_model(gpt2, strict=False)
-    loaded.check_model(hooked)
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_subspaces_travel_between_bridge_and_hooked_transformer_when_the_basis_agrees(arch, tmp_path):
+    """The same weights as a bridge (where TransformerLens has one), an unprocessed and a
+    processed HookedTransformer (fold_ln, center_writing_weights, center_unembed).
+    RMSNorm: one residual basis, every direction accepted. LayerNorm: the processed one
+    is centred, refused both ways with the fix; bridge <-> unprocessed accepted."""
+    plain = make_hooked_from_hf(arch, processed=False)
+    folded = make_hooked_from_hf(arch, processed=True)
+    cos = torch.nn.functional.cosine_similarity(_resid(plain), _resid(folded), dim=-1)
+    if arch == "llama":  # RMSNorm: folding changes no residual vector
+        assert float(cos.min()) > 0.99999
+    else:  # LayerNorm: centred writing weights subtract each position's mean
+        assert float(cos.min()) < 0.999
+        centred = _resid(plain) - _resid(plain).mean(-1, keepdim=True)
+        assert torch.allclose(_resid(folded), centred, atol=1e-4)
+    models = {"plain": plain, "folded": folded}
+    if bridge_available():
+        models["bridge"] = make_model(arch, dtype=torch.float32)
+        assert torch.allclose(_resid(models["bridge"]), _resid(plain), atol=1e-4)
+    subs = {}
+    for name, model in models.items():
+        fitted = ez.fit_subspace(model, PAIRS, tau=1.0, verbose=False)
+        subs[name] = AlignmentSubspace.load(fitted.save(tmp_path / f"{name}.safetensors"))
+    for src, sub in subs.items():
+        for dst, model in models.items():
+            refused = arch == "gpt2" and (src == "folded") != (dst == "folded")
+            if not refused:
+                sub.check_model(model)  # same name and basis: accepted, also with strict=True
+                continue
+            why = "centred .subspace. vs not centred" if src == "folded" else "not centred .subspace. vs centred"
+            fix = "center_writing_weights=True" if src == "folded" else "fold_ln=False, center_writing_weights=False"
+            with pytest.raises(SubspaceMismatchError, match=f"residual stream {why}.*{fix}"):
+                sub.check_model(model, strict=False)

@@ -230,3 +230,42 @@ def test_shape_annotations_are_checked_when_make_test_asks(request):
     theta = torch.zeros(3, 4)  # d = 4, but x has d = 5
     with pytest.raises(jaxtyping.TypeCheckError):
         edit_delta(x, theta, torch.ones(3), torch.ones(3), "boost")
+
+
+def test_edit_strength_is_checked_on_the_first_forward_only():
+    import warnings as _warnings
+
+    from alignez_tl.errors import EditStrengthError
+    from alignez_tl.hooks import EditGuard, EditStrengthWarning, EditTerm, PositionTracker, edit_hook, refuse_edit_ratio
+
+    class Counting(EditGuard):
+        calls = 0
+
+        def check(self, name, x, delta):
+            Counting.calls += 1
+            super().check(name, x, delta)
+
+    theta = torch.eye(8)[:1]
+    term = EditTerm(theta, torch.ones(1), torch.full((1, 1), 100.0), "boost", "oriented")
+    guard = Counting(alpha=100.0)
+    fn = edit_hook([term], PositionTracker(), guard=guard, name="blocks.0.hook_resid_post")
+    x = torch.full((1, 5, 8), -1.0)
+    with pytest.warns(EditStrengthWarning, match="alpha=100 is probably too large") as record:
+        fn(x, None)  # the prompt: measured
+        for _ in range(4):
+            fn(torch.full((1, 1, 8), -1.0), None)  # KV-cache steps: not measured (no device sync)
+    assert Counting.calls == 1 and len(record) == 1
+    assert (
+        record[0].message.ratio == pytest.approx(guard.ratios["blocks.0.hook_resid_post"])
+        and guard.ratios["blocks.0.hook_resid_post"] > 10
+    )
+    # a second hook sharing the guard measures its own layer but does not warn again
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("error")
+        edit_hook([term], PositionTracker(), guard=guard, name="blocks.1.hook_resid_post")(x, None)
+    assert set(guard.ratios) == {"blocks.0.hook_resid_post", "blocks.1.hook_resid_post"}
+    with refuse_edit_ratio(10.0), pytest.raises(EditStrengthError, match="far too large"):
+        edit_hook([term], PositionTracker(), name="h")(x, None)
+    huge = EditTerm(theta, torch.full((1,), 1e30), torch.full((1, 1), 1e30), "boost", "oriented")  # 1e60: inf
+    with pytest.raises(EditStrengthError, match="not finite"):
+        edit_hook([huge], PositionTracker(), name="h")(x, None)

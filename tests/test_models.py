@@ -144,3 +144,77 @@ def test_embedded_model_loads_from_the_cache_and_answers(tmp_path):
         batch.input_ids, max_new_tokens=12, do_sample=False, verbose=False, use_past_kv_cache=False
     )
     assert torch.equal(cached, uncached)
+
+
+# ----------------------------------------------------------------------- residual basis
+
+
+def _sig(cls="TransformerBridge", compat=False, norm="RMSNorm", processed=False, centred=False):
+    return {
+        "model_id": "m",
+        "model_class": cls,
+        "n_layers": 4,
+        "d_model": 64,
+        "compatibility_mode": compat,
+        "norm": norm,
+        "weights_processed": processed,
+        "residual_centred": centred,
+    }
+
+
+def test_basis_mismatch_decides_by_norm_and_centring_not_by_class():
+    from alignez_tl.models import basis_mismatch
+
+    bridge = _sig()
+    # an RMSNorm bridge subspace on a processed HookedTransformer of the same model: its
+    # resid_post is the same (folding RMSNorm changes no fitted site)
+    assert basis_mismatch(bridge, _sig("HookedTransformer", processed=True)) == []
+    assert basis_mismatch(_sig("HookedTransformer", processed=True), bridge) == []
+    assert basis_mismatch(bridge, _sig(compat=True, processed=True)) == []
+    # LayerNorm: unprocessed <-> unprocessed fits, centred <-> uncentred does not
+    ln = _sig(norm="LayerNorm")
+    assert basis_mismatch(ln, _sig("HookedTransformer", norm="LayerNorm")) == []
+    ht_processed = _sig("HookedTransformer", norm="LayerNorm", processed=True, centred=True)
+    assert basis_mismatch(ht_processed, _sig(compat=True, norm="LayerNorm", processed=True, centred=True)) == []
+    (why,) = basis_mismatch(ln, ht_processed)
+    assert why.startswith("residual stream not centred (subspace) vs centred (model)")
+    assert "fold_ln=False, center_writing_weights=False" in why and "refit" in why
+    (why,) = basis_mismatch(ht_processed, ln, what="vector")
+    assert why.startswith("residual stream centred (vector) vs not centred (model)")
+    assert "center_writing_weights=True" in why
+    # LayerNorm folded but not centred: the residual stream is the same
+    assert basis_mismatch(ln, _sig(norm="LayerNorm", processed=True, centred=False)) == []
+    # another norm type is another architecture
+    (why,) = basis_mismatch(ln, bridge)
+    assert why.startswith("norm LayerNorm (subspace) vs RMSNorm (model)")
+    assert basis_mismatch(ln, bridge, strict=False) == []  # a different model, accepted when asked
+
+
+def test_basis_mismatch_unknown_facts():
+    from alignez_tl.models import BASIS_FIELDS, basis_mismatch
+
+    # a file from before the facts: the old rule (class and compatibility mode)
+    old = {k: v for k, v in _sig().items() if k not in BASIS_FIELDS}
+    assert "compatibility mode off (subspace) vs on (model)" in basis_mismatch(old, _sig(compat=True))[0]
+    assert (
+        "model class TransformerBridge (subspace) vs HookedTransformer"
+        in basis_mismatch(old, _sig("HookedTransformer"))[0]
+    )
+    assert basis_mismatch(old, _sig()) == [] and basis_mismatch({}, _sig(compat=True)) == []
+    # centring unreadable (offloaded weights): LayerNorm with other processing is refused
+    ln_unknown = _sig(norm="LayerNorm", centred=None)
+    assert "could not be read" in basis_mismatch(ln_unknown, _sig(norm="LayerNorm", processed=True))[0]
+    assert basis_mismatch(_sig(centred=None), _sig(processed=True)) == []  # RMSNorm: never centred
+
+
+def test_residual_basis_reads_the_bridge(llama, gpt2):
+    from tiny import make_model
+
+    from alignez_tl.models import residual_basis
+
+    assert residual_basis(llama) == {"norm": "RMSNorm", "weights_processed": False, "residual_centred": False}
+    assert residual_basis(gpt2) == {"norm": "LayerNorm", "weights_processed": False, "residual_centred": False}
+    compat = make_model("gpt2", compatibility_mode=True)
+    assert residual_basis(compat) == {"norm": "LayerNorm", "weights_processed": True, "residual_centred": True}
+    compat = make_model("llama", dtype=torch.float32, compatibility_mode=True)
+    assert residual_basis(compat) == {"norm": "RMSNorm", "weights_processed": True, "residual_centred": False}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -329,9 +330,9 @@ UNICODE_PAIRS = [
 
 def make_set() -> PreferenceSet:
     obj = Objective("tone", "warm", "cold", mode="suppress", description="températures 🌡")
-    return PreferenceSet(
-        copy.deepcopy(UNICODE_PAIRS), obj, {"seed": 3, "temperature": 0.7, "model_id": "tiny", "chat": True}
-    )
+    # the rows carry the header's objective name: a file mixing objectives is refused on load
+    pairs = [dataclasses.replace(p, objective=obj.name) for p in copy.deepcopy(UNICODE_PAIRS)]
+    return PreferenceSet(pairs, obj, {"seed": 3, "temperature": 0.7, "model_id": "tiny", "chat": True})
 
 
 def test_save_load_round_trip_unicode(tmp_path):
@@ -922,3 +923,18 @@ def test_model_without_tokenizer_fails_before_generation(no_generation):
 def test_chat_true_without_template_fails_before_generation(gpt2, no_generation):
     with pytest.raises(ValueError, match="no chat template"):
         generate_preferences(gpt2, ["ok"], chat=True, verbose=False)
+
+
+def test_pair_hash_fingerprints_the_pairs():
+    a = PreferenceSet.from_pairs(["q1", "q2"], ["a", "b"], ["x", "y"], objective="helpful")
+    same = PreferenceSet.from_pairs(["q1", "q2"], ["a", "b"], ["x", "y"], objective="helpful")
+    swapped = PreferenceSet.from_pairs(["q1", "q2"], ["x", "b"], ["a", "y"], objective="helpful")
+    assert a.pair_hash() == same.pair_hash() and a.pair_hash().startswith("sha256:")
+    assert a.pair_hash() != swapped.pair_hash() and a.pair_hash() != a[:1].pair_hash()
+
+
+def test_rows_may_start_a_repeated_query_again(tmp_path):
+    # the same query asked twice gives its indices twice: a fresh start at (0, 0) is read back
+    pairs = [PreferencePair("q", f"p{i}", f"n{i}", objective="helpful", index=i % 2) for i in range(4)]
+    ps = PreferenceSet(pairs, get_objective("helpful"))
+    assert PreferenceSet.load(ps.save(tmp_path / "p.jsonl")) == ps

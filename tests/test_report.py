@@ -40,6 +40,9 @@ def chromium():
     return None
 
 
+_BUILT: dict = {}  # the Report object behind full_report, for the tests that inspect its parts
+
+
 @pytest.fixture(scope="module")
 def full_report(llama, tmp_path_factory):
     from alignez_tl.preferences import PreferenceSet
@@ -68,6 +71,7 @@ def full_report(llama, tmp_path_factory):
     )
     path = tmp_path_factory.mktemp("report") / "report.html"
     write_report(path, report)
+    _BUILT["report"] = report
     return path
 
 
@@ -83,6 +87,20 @@ def test_report_is_self_contained_and_complete(full_report):
     assert len(images) == 5  # spectrum, layer signal, subspace lens, ablation, one attribution heatmap
     for data in images:
         assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_directions_are_named_1_based_in_every_panel(full_report):
+    """θ1 is the first direction everywhere (as in the docs): the lens table, the attribution
+    hover text and labels, and the ablation figure; none of them says θ0."""
+    text = full_report.read_text(encoding="utf-8")
+    numbers = [int(n) for n in re.findall(r"θ(\d+)", text)]
+    assert numbers and min(numbers) == 1 and "θ0" not in text
+    report = _BUILT["report"]
+    assert report.attributions[0].direction_labels[0] == "θ1"
+    fig = report.ablation.plot()
+    ticks = [t.get_text() for ax in fig.axes for t in ax.get_xticklabels() if t.get_text().startswith("θ")]
+    assert ticks[:2] == ["θ1", "θ2"]
+    assert any(ax.get_xlabel() == "k (edit θ1..θk)" for ax in fig.axes)
 
 
 def test_spectrum_figure(llama):

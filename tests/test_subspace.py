@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from alignez_tl.models import BASIS_FIELDS
 from alignez_tl.subspace import (
     AlignmentSubspace,
     EmptySubspaceError,
@@ -174,9 +175,18 @@ def test_refuses_other_model_site_and_compatibility_mode(tmp_path, llama, gpt2):
     AlignmentSubspace.load(path, other, strict=False)  # accepted when asked to
     with pytest.raises(SubspaceMismatchError, match="site"):
         AlignmentSubspace.load(path, llama, site="mlp_out")
+    # compatibility mode folds the RMSNorm weights but leaves resid_post as it is: accepted
     compat = make_model("llama", compatibility_mode=True)
-    with pytest.raises(SubspaceMismatchError, match="compatibility mode"):
-        sub.check_model(compat, strict=False)
+    sub.check_model(compat, strict=False)
+    # a file written before the residual-basis facts keeps the old rule
+    old = AlignmentSubspace(**{**sub.__dict__, "model": {k: v for k, v in sub.model.items() if k not in BASIS_FIELDS}})
+    with pytest.raises(SubspaceMismatchError, match="compatibility mode off \\(subspace\\) vs on \\(model\\)"):
+        old.check_model(compat, strict=False)
+    # on a LayerNorm model it centres the residual stream: refused, naming the fact and the fix
+    gpt2_sub = fit_subspace(gpt2, planted(n=12, d=gpt2.cfg.d_model)[:2], layers=[0], tau=1.0)
+    why = "residual stream not centred .subspace. vs centred.*center_writing_weights=False"
+    with pytest.raises(SubspaceMismatchError, match=why):
+        gpt2_sub.check_model(make_model("gpt2", compatibility_mode=True), strict=False)
     wide = make_model("llama", d_model=32)
     with pytest.raises(SubspaceMismatchError, match="d_model"):
         sub.check_model(wide, strict=False)

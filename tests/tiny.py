@@ -210,3 +210,47 @@ def make_hooked(
                 p.mul_(4.0)
     model.cfg.model_name = f"tiny-hooked-{arch}-{n_layers}x{d_model}-seed{seed}"
     return model.eval()
+
+
+def make_hooked_from_hf(
+    arch: str = "llama",
+    *,
+    processed: bool,
+    n_layers: int = 4,
+    d_model: int = 64,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+):
+    """A `HookedTransformer` holding the same weights as `make_model(arch, seed=seed)`.
+
+    Converted offline from the random Hugging Face model, with TransformerLens weight
+    processing (`fold_ln`, `center_writing_weights`, `center_unembed`,
+    `fold_value_biases`, as `HookedTransformer.from_pretrained` does by default) when
+    `processed`, none otherwise (as `from_pretrained_no_processing`). Named like the
+    bridge, so that only the class and the processing differ.
+    """
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.loading_from_pretrained import convert_hf_model_config, get_pretrained_state_dict
+
+    hf, tok = make_hf_model(arch, n_layers=n_layers, d_model=d_model, seed=seed, dtype=dtype)
+    # a folder name without "llama": TransformerLens guesses Llama sizes from such names
+    path = Path(_scratch("alignez-hooked-")) / f"m-{arch[:1]}"
+    hf.config.architectures = [type(hf).__name__]
+    if arch == "gpt2":
+        hf.config.n_ctx = hf.config.n_positions  # read by TransformerLens, gone from GPT2Config
+    hf.config.save_pretrained(path)
+    tok.save_pretrained(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = HookedTransformerConfig(**{**convert_hf_model_config(str(path)), "device": "cpu", "dtype": dtype})
+        model = HookedTransformer(cfg, tokenizer=tok)
+        state = get_pretrained_state_dict(str(path), cfg, hf_model=hf, dtype=dtype)
+        model.load_and_process_state_dict(
+            state,
+            fold_ln=processed,
+            center_writing_weights=processed,
+            center_unembed=processed,
+            fold_value_biases=processed,
+        )
+    model.cfg.model_name = f"tiny-{arch}-{n_layers}x{d_model}-seed{seed}"
+    return model.eval()
