@@ -186,6 +186,26 @@ def test_batched_generation_gives_the_tokens_of_one_row_at_a_time(hooked, positi
 
 
 @HOOKED
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weights_laid_out_as_the_forward_copies_them_give_the_same_bits(dtype):
+    for arch in ("llama", "gpt2"):
+        model = make_hooked(arch, dtype=dtype)
+        ids = torch.randint(5, 300, (3, 12), generator=torch.Generator().manual_seed(0))
+        params = dict(model.named_parameters())
+        with torch.inference_mode():
+            before = model(ids)
+            with generation._laid_out_as_copied(model):
+                inside = model(ids)
+                moved = [n for n, p in model.named_parameters() if not p.is_contiguous()]
+            after = model(ids)
+        assert torch.equal(before, inside) and torch.equal(before, after)
+        assert any(n.endswith("attn.W_Q") for n in moved)  # re-laid out on every version
+        # restored: the same Parameter objects, contiguous, usable outside inference mode
+        assert dict(model.named_parameters()) == params
+        assert all(p.is_contiguous() and not p.is_inference() for p in model.parameters())
+
+
+@HOOKED
 def test_edits_start_at_every_left_padded_rows_last_prompt_token(hooked):
     _, model, sub = hooked
     steerer = ez.Steerer(sub, alpha=4.0, top_n=2)
