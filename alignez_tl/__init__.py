@@ -14,7 +14,7 @@ check_versions()  # refuse a transformers that silently breaks TransformerLens' 
 from .activations import capture  # noqa: E402
 from .baselines import DiffMeanSteerer, NoSteerer, PCASteerer, PromptSteerer
 from .hooks import SITES, edit_delta, edit_hook, edit_sequential, hook_name, project_out_hook
-from .models import DEFAULT_MODEL, EMBEDDED_MODELS, encode, load_model, model_signature, render
+from .models import DEFAULT_MODEL, EMBEDDED_MODELS, encode, load_hooked, load_model, model_signature, render
 from .objectives import Objective, get_objective, list_objectives, register_objective
 from .pairs import PairActivations, embed_pairs
 from .preferences import PreferencePair, PreferenceSet, generate_preferences
@@ -65,6 +65,7 @@ __all__ = [
     "get_objective",
     "hook_name",
     "list_objectives",
+    "load_hooked",
     "load_model",
     "model_signature",
     "project_out_hook",

@@ -6,11 +6,14 @@ and the analyses. Three engines sit behind one call, chosen by `backend`:
 
 * `"hf"`: Hugging Face `generate` on the un-wrapped view of a `TransformerBridge`
   (`fastpath.unwrapped_hf_model`), the hooks attached as native PyTorch hooks;
-* `"tl"`: TransformerLens `generate` under `model.hooks(...)` (the reference);
-* a `HookedTransformer` (no view): one unpadded row at a time, as its `generate` infers
-  padding from pad tokens and ignores an attention mask.
+* `"tl"`: TransformerLens `generate` under `model.hooks(...)` (the reference); on a
+  `HookedTransformer` one unpadded row at a time, as its `generate` infers padding from
+  pad tokens and ignores (2.x) or re-derives (3.x) an attention mask;
+* `"auto"` on a `HookedTransformer`: the batched loop of this module (`_decode_hooked`),
+  left-padded rows with an explicit attention mask and TransformerLens' own KV cache,
+  under `model.hooks(...)`.
 
-`"auto"` takes `"hf"` where the model offers it. All three give the same greedy tokens.
+`"auto"` takes `"hf"` where the model offers it. All give the same greedy tokens.
 
 The rules, each written once:
 
@@ -192,7 +195,7 @@ _BatchHooks = Callable[[Optional[Tensor]], list]
 
 
 class _Engine:
-    """One model's generation engine: the fast-path view, or TransformerLens batched or row by row."""
+    """One model's generation engine: the fast-path view, the HookedTransformer loop, or TransformerLens'."""
 
     def __init__(self, model: Any, backend: str, *, rows_alone: bool = False) -> None:
         if backend not in BACKENDS:
@@ -205,9 +208,12 @@ class _Engine:
                 "the fast path can view"
             )
         # A HookedTransformer's generate derives padding from pad tokens and ignores a given
-        # attention mask, so it gets one unpadded row at a time (with that row's hooks).
-        # `rows_alone` keeps preference writing's TransformerLens rows alone on a bridge too.
-        self.row_by_row = self.view is None and (rows_alone or not is_bridge(model))
+        # attention mask: backend="tl" gives it one unpadded row at a time (with that row's
+        # hooks), the reference; "auto" runs the batched loop `_decode_hooked` instead.
+        # `rows_alone` keeps preference writing's TransformerLens rows alone on a bridge.
+        bridge = is_bridge(model)
+        self.hooked_loop = self.view is None and not bridge and backend == "auto"
+        self.row_by_row = self.view is None and not self.hooked_loop and (rows_alone or not bridge)
         self.stops = stop_token_ids(model)
         self.pad = pad_id(model.tokenizer)
         self.device = model_device(model)
@@ -243,6 +249,9 @@ class _Engine:
             with native_hooks(self.view, hooks(acts)):
                 # a Hugging Face model: nn.Module does not declare `generate`
                 out = self.view.generate(input_ids=ids, attention_mask=mask, **kwargs)  # type: ignore[operator]
+        elif self.hooked_loop:
+            with self.model.hooks(fwd_hooks=hooks(None)), _laid_out_as_copied(self.model):
+                out = _decode_hooked(self.model, ids, mask, s, self.stops, self.pad)
         else:
             kwargs = dict(
                 max_new_tokens=s.max_new_tokens,
@@ -261,6 +270,128 @@ class _Engine:
             with self.model.hooks(fwd_hooks=hooks(None)):
                 out = self.model.generate(ids, **kwargs)
         return [trim_generated(row.tolist(), self.stops) for row in out[:, ids.shape[1] :]]
+
+
+def _hooked_cache_class() -> Any:
+    """TransformerLens' KV cache of `HookedTransformer` (3.x and 2.x names)."""
+    try:
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        return TransformerLensKeyValueCache
+    except ImportError:  # TransformerLens 2.x
+        from transformer_lens.past_key_value_caching import HookedTransformerKeyValueCache
+
+        return HookedTransformerKeyValueCache
+
+
+def _sample_logits() -> Callable[..., Tensor]:
+    """TransformerLens' sampler (temperature, top-k, top-p), the one its `generate` uses."""
+    import importlib
+
+    try:
+        module = importlib.import_module("transformer_lens.utilities")
+        return module.sample_logits
+    except (ImportError, AttributeError):  # TransformerLens 2.x
+        return importlib.import_module("transformer_lens.utils").sample_logits
+
+
+#: Per TransformerLens component class, the weights its forward copies into a fresh
+#: contiguous tensor at every call, and the order of their dimensions in that copy. 3.x:
+#: the gated MLP and the unembed pass `W.T.contiguous()` to `F.linear`, the attention
+#: `rearrange`s W_Q/W_K/W_V to `(head d_head) d_model` and W_O to `d_model (head d_head)`
+#: and makes them contiguous. 2.x copies the attention's W_Q/W_K/W_V only (its MLP and
+#: unembed multiply the weights as they are).
+_Layouts = dict[str, dict[str, tuple[int, ...]]]
+_ATTN_QKV: dict[str, tuple[int, ...]] = {
+    "W_Q": (0, 2, 1),
+    "W_K": (0, 2, 1),
+    "W_V": (0, 2, 1),
+    "_W_K": (0, 2, 1),
+    "_W_V": (0, 2, 1),
+}
+_COPIED_3: _Layouts = {
+    "GatedMLP": {"W_gate": (1, 0), "W_in": (1, 0), "W_out": (1, 0)},
+    "Unembed": {"W_U": (1, 0)},
+    "Attention": {**_ATTN_QKV, "W_O": (2, 0, 1)},
+    "GroupedQueryAttention": {**_ATTN_QKV, "W_O": (2, 0, 1)},
+}
+_COPIED_2: _Layouts = {"Attention": _ATTN_QKV, "GroupedQueryAttention": _ATTN_QKV}
+
+
+@contextlib.contextmanager
+def _laid_out_as_copied(model: Any) -> Iterator[None]:
+    """Store a `HookedTransformer`'s weights, while inside, in the layout its forward copies them to.
+
+    TransformerLens' components copy most weights at every forward (`_COPIED_3`): at
+    batch 8 on SmolLM2 under TransformerLens 3.9 those copies took about three quarters of
+    a decoding step. Inside this block each such parameter holds the same values as a
+    permuted view of a tensor already in the copied layout, so the forward's
+    `.contiguous()` (or `reshape`) is a no-op view and `F.linear` gets a tensor equal in
+    values and layout to the copy it got before: the same results, bit for bit (tested).
+    On exit every parameter gets a standard contiguous tensor again. Each re-layout costs
+    one copy of the weights, i.e. one forward's worth, once per batch instead of once per
+    token. Parameters that are not plain dense tensors are left alone.
+    """
+    from importlib.metadata import version
+
+    table = _COPIED_2 if version("transformer-lens").startswith("2.") else _COPIED_3
+    changed: list[nn.Parameter] = []
+    with torch.inference_mode(False), torch.no_grad():  # parameters must not become inference tensors
+        for module in model.modules():
+            for name, order in table.get(type(module).__name__, {}).items():
+                param = module._parameters.get(name)
+                if param is None or param.ndim != len(order) or not param.is_contiguous() or param.is_meta:
+                    continue
+                inverse = tuple(sorted(range(len(order)), key=order.__getitem__))
+                param.data = param.data.permute(order).contiguous().permute(inverse)
+                changed.append(param)
+    try:
+        yield
+    finally:
+        with torch.inference_mode(False), torch.no_grad():
+            for param in changed:
+                param.data = param.data.contiguous()
+
+
+def _decode_hooked(model: Any, ids: Tensor, mask: Tensor, s: _Sampling, stops: list[int], pad: int) -> Tensor:
+    """Batched decoding of a left-padded batch on a `HookedTransformer`; prompt + new ids.
+
+    The forward passes get the attention mask explicitly (never inferred from pad
+    tokens), from which TransformerLens derives each row's positions (rotary or learned)
+    and masks the pad keys, so a padded row computes what it computes alone. With the KV
+    cache (`TransformerLensKeyValueCache`, `HookedTransformerKeyValueCache` on 2.x) the
+    prompt runs once and each step one token, whose mask column the cache appends; without
+    it, each step runs the whole sequence again, as TransformerLens' `generate` does. The
+    calls the hooks see are the ones `hooks.PositionTracker` expects: the padded prompt
+    (every row's last prompt token at column P-1), then one token (or the grown sequence)
+    per step. Sampling is TransformerLens' `sample_logits`; a finished row is fed `pad`.
+    """
+    batch = ids.shape[0]
+    cache = _hooked_cache_class().init_cache(model.cfg, model.cfg.device, batch) if s.use_cache else None
+    sample = _sample_logits() if s.do_sample else None
+    finished = torch.zeros(batch, dtype=torch.bool, device=ids.device)
+    stop_ids = torch.tensor(stops, dtype=ids.dtype, device=ids.device)
+    one = torch.ones((batch, 1), dtype=mask.dtype, device=mask.device)
+    seq, seq_mask, new = ids, mask, []
+    logits = model(ids, attention_mask=mask, past_kv_cache=cache)
+    for step in range(s.max_new_tokens):
+        last = logits[:, -1, :]
+        if sample is not None:
+            top_k = s.top_k or None  # 0: no top-k, as TransformerLens' generate is given it
+            token = sample(last, top_k=top_k, top_p=s.top_p, temperature=s.temperature).to(ids.device)
+        else:
+            token = last.argmax(-1)
+        token = token.masked_fill(finished, pad)
+        new.append(token)
+        finished |= torch.isin(token, stop_ids)
+        if bool(finished.all()) or step == s.max_new_tokens - 1:
+            break
+        if cache is not None:
+            logits = model(token[:, None], attention_mask=one, past_kv_cache=cache)
+        else:
+            seq, seq_mask = torch.cat([seq, token[:, None]], 1), torch.cat([seq_mask, one], 1)
+            logits = model(seq, attention_mask=seq_mask)
+    return torch.cat([ids, torch.stack(new, 1)], 1)
 
 
 def _read_prefill(view: nn.Module, ids: Tensor, mask: Tensor, prefill: Prefill) -> tuple[Optional[Tensor], Any]:

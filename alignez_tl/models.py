@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import logging
 import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import Any, Iterator, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -47,6 +49,7 @@ __all__ = [
     "encode",
     "is_bridge",
     "is_chat_model",
+    "load_hooked",
     "load_model",
     "model_shape",
     "model_signature",
@@ -393,7 +396,7 @@ def load_model(
     Returns:
         A `TransformerBridge` (TransformerLens 3.x/4.x). With TransformerLens 2.x,
         which has no bridge, a spec is refused with `ModelSpecError`: load a
-        `HookedTransformer` yourself and pass it (every function accepts one).
+        `HookedTransformer` with `load_hooked` and pass it (every function accepts one).
     """
     if device_map is not None and device is not None:
         raise ModelSpecError("pass device or device_map, not both: device_map already places every layer")
@@ -416,28 +419,13 @@ def load_model(
     except ImportError:  # TransformerLens 2.x: HookedTransformer only
         raise ModelSpecError(
             "load_model builds a TransformerBridge, which needs TransformerLens >= 3; this "
-            "environment has TransformerLens 2.x. Load a HookedTransformer yourself "
-            "(HookedTransformer.from_pretrained(...)) and pass it to alignez-tl: every "
+            "environment has TransformerLens 2.x. Load a HookedTransformer with "
+            "alignez_tl.load_hooked(spec) (the same specs), or yourself with "
+            "HookedTransformer.from_pretrained(...), and pass it to alignez-tl: every "
             "function that takes a model works with it."
         ) from None
 
-    model_id = spec
-    if spec in EMBEDDED_MODELS:
-        path = str(_convert_embedded(EMBEDDED_MODELS[spec], verbose))
-    elif os.path.isdir(spec):
-        path = spec
-        model_id = os.path.basename(os.path.normpath(spec))
-        _require_config(spec)
-    elif os.path.exists(spec):
-        raise ModelSpecError(f"{spec!r} is a file; pass the folder that holds config.json")
-    elif _is_hub_name(spec):
-        _check_hub_reachable(spec)
-        path = spec  # a hub name: transformers fetches it (network needed)
-    else:
-        raise ModelSpecError(
-            f"unknown model {spec!r}: not an embedded key ({', '.join(EMBEDDED_MODELS)}), "
-            "not a local folder, and not a Hugging Face name of the form 'org/name'"
-        )
+    path, model_id = _resolve_spec(spec, verbose)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -466,6 +454,284 @@ def load_model(
             ", compatibility mode" if sig["compatibility_mode"] else "",
         )
     return model
+
+
+def _resolve_spec(spec: str, verbose: bool) -> tuple[str, str]:
+    """`(path, model id)` of a spec: an embedded key (converted once), a folder, or a hub name."""
+    if spec in EMBEDDED_MODELS:
+        return str(_convert_embedded(EMBEDDED_MODELS[spec], verbose)), spec
+    if os.path.isdir(spec):
+        _require_config(spec)
+        return spec, os.path.basename(os.path.normpath(spec))
+    if os.path.exists(spec):
+        raise ModelSpecError(f"{spec!r} is a file; pass the folder that holds config.json")
+    if _is_hub_name(spec):
+        _check_hub_reachable(spec)
+        return spec, spec  # a hub name: transformers fetches it (network needed)
+    raise ModelSpecError(
+        f"unknown model {spec!r}: not an embedded key ({', '.join(EMBEDDED_MODELS)}), "
+        "not a local folder, and not a Hugging Face name of the form 'org/name'"
+    )
+
+
+# --------------------------------------------------------------------------- HookedTransformer
+
+#: Substrings TransformerLens' config converter sniffs in a model *name* to pick an
+#: architecture without reading the config (then it crashes on a folder path that
+#: happens to hold one): the registered folder's path must avoid them.
+_SNIFFED_NAMES = ("llama", "gemma", "wav2vec2")
+_REGISTRY_LOCK = threading.Lock()
+
+
+def _hooked_transformer_class() -> Any:
+    """TransformerLens' `HookedTransformer` class, or `ModelSpecError` on TransformerLens 4.x."""
+    try:
+        from transformer_lens import HookedTransformer
+    except ImportError:  # TransformerLens 4.x removed it (with its own migration message)
+        raise ModelSpecError(
+            "load_hooked builds a HookedTransformer, which TransformerLens 4.x removed. Use "
+            "load_model(spec, compatibility_mode=True): a TransformerBridge with "
+            "HookedTransformer-equivalent numerics (folded norms, centred residual stream), "
+            "TransformerLens' own advice; or install transformer-lens<4 for HookedTransformer."
+        ) from None
+    return HookedTransformer
+
+
+def _repair_config(config: Any) -> None:
+    """Fill in the fields TransformerLens' converter reads under names of another transformers.
+
+    * transformers 5 writes `rope_parameters: {"rope_theta": ...}` and no top-level
+      `rope_theta`; transformers 4 then silently keeps its default 10000 (SmolLM2 uses
+      100000): copy the value (and a non-default scaling) across where they disagree.
+    * transformers 5's `GPT2Config` has no `n_ctx` any more, which TransformerLens 3.9
+      reads: it is `n_positions`.
+    """
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict) and "rope_theta" in params:
+        if getattr(config, "rope_theta", params["rope_theta"]) != params["rope_theta"]:
+            config.rope_theta = params["rope_theta"]
+        kind = params.get("rope_type", "default")
+        if kind != "default" and not getattr(config, "rope_scaling", None):
+            config.rope_scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    if getattr(config, "model_type", None) == "gpt2" and not hasattr(config, "n_ctx"):
+        config.n_ctx = config.n_positions
+
+
+def _rope_theta(config: Any) -> Optional[float]:
+    """The rotary base a Hugging Face config states (`rope_theta`, or transformers 5's `rope_parameters`)."""
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict) and "rope_theta" in params:
+        return float(params["rope_theta"])
+    theta = getattr(config, "rope_theta", None)
+    return None if theta is None else float(theta)
+
+
+@contextlib.contextmanager
+def _registered_config(config: Any) -> Iterator[str]:
+    """A folder holding `config.json`, named as an official TransformerLens model while inside.
+
+    `HookedTransformer.from_pretrained` accepts only names of its official list
+    (`OFFICIAL_MODEL_NAMES`) but reads a name that is a folder with a `config.json` from
+    that folder (no hub access): the folder's path is appended to the list for the
+    duration of the block and removed after, even on error. The weights come from the
+    `hf_model=` the caller passes; the folder holds the config only.
+
+    Inside the block, the converted config of that folder also gets the config's rotary
+    base: TransformerLens 2.16 ignores `rope_theta` for Llama-architecture configs and
+    keeps 10000 (SmolLM2 uses 100000), a silently different model.
+    """
+    from transformer_lens import loading_from_pretrained as loading
+
+    names: list = loading.OFFICIAL_MODEL_NAMES  # 3.x: the same list object as supported_models'
+    convert = loading.convert_hf_model_config
+    theta = _rope_theta(config)
+    with tempfile.TemporaryDirectory(prefix="alignez-hooked-") as tmp:
+        folder = os.path.join(tmp, "model")
+        if any(s in folder.lower() for s in _SNIFFED_NAMES):
+            raise ModelSpecError(
+                f"the temporary folder {folder!r} contains one of {_SNIFFED_NAMES}, which "
+                "TransformerLens reads as an architecture name: set TMPDIR to another folder"
+            )
+        config.save_pretrained(folder)
+
+        def converted(name: str, **kwargs: Any) -> dict[str, Any]:
+            out = convert(name, **kwargs)
+            if name == folder and theta is not None and out.get("positional_embedding_type") == "rotary":
+                out["rotary_base"] = theta
+            return out
+
+        with _REGISTRY_LOCK:
+            names.append(folder)
+            loading.convert_hf_model_config = converted
+            try:
+                yield folder
+            finally:
+                loading.convert_hf_model_config = convert
+                names.remove(folder)
+
+
+def _check_convertible(folder: str, architecture: str) -> None:
+    """Refuse, before any weight is read, a config TransformerLens cannot turn into a HookedTransformer."""
+    from transformer_lens import loading_from_pretrained as loading
+
+    try:
+        loading.convert_hf_model_config(folder)
+    except (NotImplementedError, ValueError, KeyError, AttributeError) as err:
+        from importlib.metadata import version
+
+        raise ModelSpecError(
+            f"TransformerLens {version('transformer-lens')} cannot build a HookedTransformer "
+            f"for the architecture {architecture} ({type(err).__name__}: {err}). Use "
+            "load_model(spec) (a TransformerBridge, TransformerLens >= 3), which wraps any "
+            "Hugging Face causal LM."
+        ) from None
+
+
+def load_hooked(
+    spec: Union[str, os.PathLike, None] = None,
+    *,
+    device: Union[str, torch.device, None] = None,
+    dtype: torch.dtype = torch.float32,
+    verbose: bool = True,
+    check: bool = True,
+    **kwargs: Any,
+) -> Any:
+    """Load a TransformerLens `HookedTransformer` (TransformerLens 2.x/3.x) from local weights.
+
+    The specs of `load_model`: an embedded key (default `"smollm2-135m-instruct"`,
+    converted once into a safetensors folder under `cache_dir()`), a local folder with
+    `config.json` and weights, or a Hugging Face name `org/name` (network needed).
+
+    The route: `HookedTransformer.from_pretrained` takes only official TransformerLens
+    names, and for a name it reads the config from the hub (or from TransformerLens'
+    own table of shapes), so an official name plus `hf_model=` only serves checkpoints
+    of exactly an official shape; no official name has SmolLM2's, for one. Instead the
+    model's config is written to a temporary folder whose path is registered, while
+    `from_pretrained` runs, as an official name (`from_pretrained` reads a folder's
+    `config.json` itself); the weights come from `hf_model=` (an
+    `AutoModelForCausalLM` of the folder) and the tokenizer from `tokenizer=`. Nothing
+    is downloaded for a local folder or an embedded key.
+
+    Args:
+        spec: an embedded key, a folder, or a hub name (see `load_model`).
+        device: where to put the model (default: CPU).
+        dtype: weight dtype (default float32).
+        verbose: log what is loaded (and let TransformerLens' warnings through).
+        check: compare the next-token log-probabilities of the `HookedTransformer` with
+            the Hugging Face model's on a short probe (one forward each) and raise
+            `ModelSpecError` where they differ (a config field TransformerLens' converter
+            ignores gives a silently different model).
+        **kwargs: passed to `HookedTransformer.from_pretrained`: `fold_ln`,
+            `center_writing_weights`, `center_unembed`, `fold_value_biases`,
+            `default_prepend_bos`, `n_ctx`, ... (its defaults fold the norms and centre
+            the residual stream, as for any `from_pretrained` model; a subspace fitted
+            with one setting is refused with another only through the model id, so keep
+            them fixed per project).
+
+    Raises:
+        ModelSpecError: on TransformerLens 4.x (no `HookedTransformer`: use
+            `load_model(spec, compatibility_mode=True)`), for an architecture
+            TransformerLens cannot convert (checked before the weights are read), for a
+            conversion that disagrees with the Hugging Face model (`check`), and for the
+            specs `load_model` refuses.
+    """
+    if spec is not None and not isinstance(spec, (str, os.PathLike)):
+        raise ModelSpecError(
+            f"load_hooked got a {type(spec).__name__}; pass an embedded key "
+            f"({', '.join(EMBEDDED_MODELS)}), a local folder, or a Hugging Face name 'org/name'"
+        )
+    spec = DEFAULT_MODEL if spec is None else os.fspath(spec)
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelSpecError("load_hooked got an empty model spec")
+    hooked_cls = _hooked_transformer_class()
+    _check_transformers_version()
+    path, model_id = _resolve_spec(spec, verbose)
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise ModelSpecError(f"{path!r} has no config.json: pass a Hugging Face checkpoint folder")
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path)
+    _repair_config(config)
+    architecture = (getattr(config, "architectures", None) or ["?"])[0]
+    with _quiet_boot(verbose), _registered_config(config) as name:
+        _check_convertible(name, architecture)
+        tokenizer = _load_tokenizer(path, name)
+        hf_model = AutoModelForCausalLM.from_pretrained(path, config=config, **_dtype_kwarg(dtype))
+        hf_model.eval()
+        with contextlib.redirect_stdout(io.StringIO()):  # "Loaded pretrained model /tmp/..."
+            model = hooked_cls.from_pretrained(
+                name,
+                hf_model=hf_model,
+                tokenizer=tokenizer,
+                device=str(device) if device is not None else "cpu",
+                dtype=dtype,
+                **kwargs,
+            )
+        if check:
+            _check_agreement(model, hf_model, tokenizer, architecture, dtype)
+        del hf_model
+    model.cfg.model_name = model_id
+    model.cfg.tokenizer_name = path
+    if verbose:
+        cfg = model.cfg
+        logger.info("loaded %s as a HookedTransformer: %d layers, d_model %d", model_id, cfg.n_layers, cfg.d_model)
+    return model.eval()
+
+
+_PROBE = "The quick brown fox jumps over the lazy dog. One, two, three: the capital of France is"
+
+
+def _check_agreement(model: Any, hf_model: Any, tokenizer: Any, architecture: str, dtype: torch.dtype) -> None:
+    """Raise `ModelSpecError` where the converted model's log-probabilities differ from Hugging Face's."""
+    ids = list(tokenizer(_PROBE, add_special_tokens=False)["input_ids"])[:16]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None:
+        ids = [int(bos)] + ids
+    tokens = torch.tensor([ids], dtype=torch.long)
+    with torch.inference_mode():
+        ours = model(tokens.to(model_device(model))).float().log_softmax(-1).cpu()
+        theirs = hf_model(input_ids=tokens.to(hf_model.device)).logits.float().log_softmax(-1).cpu()
+    gap = float((ours - theirs).abs().max())
+    tol = 1e-2 if dtype in (torch.float32, torch.float64) else 0.25
+    if not gap <= tol:  # also NaN
+        raise ModelSpecError(
+            f"TransformerLens' HookedTransformer of this {architecture} checkpoint disagrees with the "
+            f"Hugging Face model: next-token log-probabilities differ by up to {gap:.3g} (allowed "
+            f"{tol}) on a {len(ids)}-token probe, so some config field was not converted. Use "
+            "load_model(spec) (a TransformerBridge runs the Hugging Face modules themselves), or "
+            "pass check=False to keep the model anyway."
+        )
+
+
+def _load_tokenizer(path: str, spare: str) -> Any:
+    """`AutoTokenizer` of `path`; the plain fast tokenizer where the saved class is unknown.
+
+    A folder saved by transformers 5 names its tokenizer class `TokenizersBackend`, which
+    transformers 4 does not have; its `tokenizer.json` (with the special tokens of
+    `tokenizer_config.json` and the chat template) loads as a `PreTrainedTokenizerFast`,
+    saved to the folder `spare` and loaded from there: TransformerLens 2.x reloads a
+    tokenizer by its `name_or_path` (with `add_bos_token=True`), which must then work.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except ValueError:
+        if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+            raise
+        PreTrainedTokenizerFast.from_pretrained(path).save_pretrained(spare)
+        return AutoTokenizer.from_pretrained(spare)
+
+
+def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """`dtype=` for transformers >= 4.56, `torch_dtype=` before (the same meaning)."""
+    import transformers
+
+    from .versions import _major_minor
+
+    found = _major_minor(str(transformers.__version__))
+    return {"torch_dtype": dtype} if found is not None and found < (4, 56) else {"dtype": dtype}
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from importlib.metadata import version
 
 import pytest
 import torch
@@ -211,7 +212,12 @@ def test_backends_agree_and_hf_needs_a_plain_bridge(kit):
     steerer = ez.Steerer(sub, alpha=4.0, top_n=2)
     tl = steerer.generate(model, QUERIES, max_new_tokens=5, backend="tl", return_tokens=True)[0]
     auto = steerer.generate(model, QUERIES, max_new_tokens=5, backend="auto", return_tokens=True)[0]
-    assert tl == auto
+    # On a HookedTransformer, "tl" is TransformerLens' own generate one row at a time and
+    # "auto" the batched loop. TransformerLens 2.16's generate misplaces learned positions
+    # when the pad id is 0 (this GPT-2's tokenizer): tests/test_hooked.py checks "auto"
+    # against a plain loop there instead.
+    if not (kind == "hooked-gpt2" and version("transformer-lens").startswith("2.")):
+        assert tl == auto
     if kind.startswith("bridge"):
         assert steerer.generate(model, QUERIES, max_new_tokens=5, backend="hf", return_tokens=True)[0] == tl
     else:
@@ -304,7 +310,7 @@ def test_evaluation_on_the_model(kit):
 
 @pytest.mark.skipif(bridge_available(), reason="TransformerLens 2.x only")
 def test_load_model_by_name_explains_what_to_do_on_transformer_lens_2(tmp_path):
-    with pytest.raises(ez.models.ModelSpecError, match="Load a HookedTransformer yourself"):
+    with pytest.raises(ez.models.ModelSpecError, match="alignez_tl.load_hooked"):
         ez.load_model(str(tmp_path))  # refused before anything is read or converted
 
 
