@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .errors import ArgumentTypeError, InvalidArgumentError
+
 
 def require_model(model: Any, what: str) -> Any:
     """Refuse anything that is not a TransformerLens-style model (`.cfg.n_layers`, `.cfg.d_model`).
@@ -18,7 +20,7 @@ def require_model(model: Any, what: str) -> Any:
         hint = f"; load it first: model = alignez_tl.load_model({os.fspath(model)!r})"
     else:
         hint = " (a TransformerBridge or HookedTransformer, e.g. from alignez_tl.load_model())"
-    raise TypeError(
+    raise ArgumentTypeError(
         f"{what} needs a TransformerLens model with .cfg.n_layers and .cfg.d_model; got {type(model).__name__}{hint}"
     )
 
@@ -26,11 +28,11 @@ def require_model(model: Any, what: str) -> Any:
 def _as_queries(queries: Any) -> list[str]:
     """`queries` as a non-empty list of non-empty strings, or a clear error."""
     if isinstance(queries, str):
-        raise TypeError("expected a list of queries, got a single string: wrap it in a list")
+        raise ArgumentTypeError("expected a list of queries, got a single string: wrap it in a list")
     queries = list(queries)
     if not queries:
-        raise ValueError("the query list is empty")
+        raise InvalidArgumentError("the query list is empty")
     for q in queries:
         if not isinstance(q, str) or not q.strip():
-            raise ValueError(f"every query must be a non-empty string; got {q!r}")
+            raise InvalidArgumentError(f"every query must be a non-empty string; got {q!r}")
     return queries

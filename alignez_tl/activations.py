@@ -14,6 +14,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .errors import ArgumentTypeError, InvalidArgumentError
 from .hooks import SITES, StopForward, capture_hook, check_layers, hook_name
 from .models import Encoded, encode, model_device, padding_kwargs
 
@@ -34,7 +35,7 @@ def capture_tokens(
     """
     layers = check_layers(list(layers), int(model.cfg.n_layers))
     if site not in SITES:
-        raise ValueError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
+        raise InvalidArgumentError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
     device = model_device(model)
     ids = batch.input_ids.to(device)
     mask = batch.attention_mask.to(device)
@@ -83,14 +84,14 @@ def capture(
     n_layers = int(model.cfg.n_layers)
     layers = check_layers(list(range(n_layers)) if layers is None else list(layers), n_layers)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(texts, Encoded):
         return capture_tokens(model, texts, layers, site)
     if isinstance(texts, str):
-        raise TypeError("capture takes a list of texts, not a single string")
+        raise ArgumentTypeError("capture takes a list of texts, not a single string")
     texts = list(texts)
     if not texts:
-        raise ValueError("capture got no texts")
+        raise InvalidArgumentError("capture got no texts")
     chunks = []
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc=desc, disable=not verbose, leave=False):

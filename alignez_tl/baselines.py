@@ -40,6 +40,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .errors import ArgumentTypeError, InvalidArgumentError
 from .hooks import POSITIONS, SITES, PositionTracker, check_layers, hook_name
 from .models import any_id, basis_mismatch, model_signature, render, require_tokenizer
 from .pairs import EmptySubspaceError, PairActivations, embed_pairs
@@ -84,15 +85,17 @@ Aggregator = Callable[[PairActivations, int], Union[Tensor, tuple[Tensor, dict[s
 
 def _check_pairs(pos: Tensor, neg: Tensor) -> None:
     if not isinstance(pos, Tensor) or not isinstance(neg, Tensor):
-        raise TypeError("pos and neg must be tensors")
+        raise ArgumentTypeError("pos and neg must be tensors")
     if pos.shape != neg.shape or pos.ndim != 2:
-        raise ValueError(f"pos and neg must both be [n, d_model]; got {tuple(pos.shape)} and {tuple(neg.shape)}")
+        raise InvalidArgumentError(
+            f"pos and neg must both be [n, d_model]; got {tuple(pos.shape)} and {tuple(neg.shape)}"
+        )
     if pos.shape[0] == 0:
         raise EmptySubspaceError("no pairs: there is nothing to fit")
     if not pos.is_floating_point() or not neg.is_floating_point():
-        raise TypeError("pos and neg must be float activations")
+        raise ArgumentTypeError("pos and neg must be float activations")
     if not torch.isfinite(pos).all() or not torch.isfinite(neg).all():
-        raise ValueError("the activations contain NaN or inf")
+        raise InvalidArgumentError("the activations contain NaN or inf")
 
 
 def _out_dtype(t: Tensor) -> torch.dtype:
@@ -120,13 +123,13 @@ def pca_direction(pos: Float[Tensor, "n d_model"], neg: Float[Tensor, "n d_model
     """
     _check_pairs(pos, neg)
     if pos.shape[0] < 2:
-        raise ValueError("the PCA of the differences needs at least 2 pairs (one pair has no variance)")
+        raise InvalidArgumentError("the PCA of the differences needs at least 2 pairs (one pair has no variance)")
     diffs = pos.to(torch.float64) - neg.to(torch.float64)
     mean = diffs.mean(0)
     centred = diffs - mean
     _, sigma, vh = torch.linalg.svd(centred, full_matrices=False)
     if not float(sigma[0]) > 1e-6 * float(diffs.norm()):  # below float32 rounding: no spread
-        raise ValueError(
+        raise InvalidArgumentError(
             "the differences are all equal, so their mean-centred PCA has no component; "
             "use DiffMean (or more varied pairs)"
         )
@@ -273,11 +276,13 @@ class VectorSteerer(Baseline):
     ) -> None:
         _check_settings(layer=layer, coef=coef, site=site, positions=positions)
         if not isinstance(vector, Tensor) or vector.ndim != 1 or not vector.is_floating_point():
-            raise ValueError("vector must be a 1-D float tensor [d_model]")
+            raise InvalidArgumentError("vector must be a 1-D float tensor [d_model]")
         if not torch.isfinite(vector).all():
-            raise ValueError("vector contains NaN or inf")
+            raise InvalidArgumentError("vector contains NaN or inf")
         if model and not 0 <= layer < int(model.get("n_layers", layer + 1)):
-            raise ValueError(f"layer {layer} is out of range: the model has layers 0..{model['n_layers'] - 1}")
+            raise InvalidArgumentError(
+                f"layer {layer} is out of range: the model has layers 0..{model['n_layers'] - 1}"
+            )
         self.vector = vector.detach().to(torch.promote_types(vector.dtype, torch.float32)).cpu()
         self.layer = int(layer)
         self.coef = float(coef)
@@ -398,7 +403,7 @@ class VectorSteerer(Baseline):
         """
         _check_settings(layer=layer, coef=coef, site=site, positions=positions)
         if not callable(aggregator):
-            raise TypeError(f"aggregator must be a function (acts, layer) -> vector, got {aggregator!r}")
+            raise ArgumentTypeError(f"aggregator must be a function (acts, layer) -> vector, got {aggregator!r}")
         acts, n_pairs = _fit_activations(
             model,
             data,
@@ -413,9 +418,11 @@ class VectorSteerer(Baseline):
         out = aggregator(acts, layer)
         vector, extra = out if isinstance(out, tuple) else (out, {})
         if not isinstance(vector, Tensor):
-            raise TypeError(f"the aggregator returned {type(vector).__name__}, not a [d_model] tensor")
+            raise ArgumentTypeError(f"the aggregator returned {type(vector).__name__}, not a [d_model] tensor")
         if not float(vector.norm()) > 0:
-            raise ValueError(f"layer {layer}: the fitted vector is zero, there is no direction to steer along")
+            raise InvalidArgumentError(
+                f"layer {layer}: the fitted vector is zero, there is no direction to steer along"
+            )
         return cls(
             vector.to(torch.float32),
             layer=layer,
@@ -473,18 +480,18 @@ def _refuse_mismatch(what: str, reasons: list[str], fitted: dict, sig: dict, str
 
 def _check_settings(*, layer: Any, coef: Any, site: Any, positions: Any) -> None:
     if isinstance(layer, bool) or not isinstance(layer, int):
-        raise TypeError(f"layer must be an int, got {layer!r}")
+        raise ArgumentTypeError(f"layer must be an int, got {layer!r}")
     if layer < 0:
-        raise ValueError(f"layer {layer} is out of range: layers are numbered from 0")
+        raise InvalidArgumentError(f"layer {layer} is out of range: layers are numbered from 0")
     check_number("coef", coef)
     if site not in SITES:
-        raise ValueError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
+        raise InvalidArgumentError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
     _check_positions(positions)
 
 
 def _check_positions(positions: Any) -> None:
     if positions not in POSITIONS:
-        raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+        raise InvalidArgumentError(f"positions must be one of {POSITIONS}, got {positions!r}")
 
 
 def _fit_activations(
@@ -503,11 +510,11 @@ def _fit_activations(
     after the cosine filter; and how many pairs there were before it."""
     if tau is not None:
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not -1.0 < tau <= 1.0:
-            raise ValueError(f"tau must be None or a number in (-1, 1]; got {tau!r}")
+            raise InvalidArgumentError(f"tau must be None or a number in (-1, 1]; got {tau!r}")
     if model is not None:
         check_layers([layer], int(model.cfg.n_layers))
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise InvalidArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
     acts = embed_pairs(
         model, data, [layer], site, batch_size=batch_size, chat=chat, verbose=verbose, caller=caller
     ).float()
@@ -580,7 +587,7 @@ class DiffMeanSteerer(VectorSteerer):
 def _nonzero_diffmean(acts: PairActivations, layer: int) -> Tensor:
     v = diffmean(acts, layer)
     if not float(v.norm()) > 0:
-        raise ValueError(f"layer {layer}: the mean difference is zero, there is no direction to steer along")
+        raise InvalidArgumentError(f"layer {layer}: the mean difference is zero, there is no direction to steer along")
     return v
 
 
@@ -618,7 +625,7 @@ class PCASteerer(VectorSteerer):
         `VectorSteerer.fit` with `pca`, scaled by `coef_scale`."""
         _check_settings(layer=layer, coef=coef, site=site, positions=positions)
         if coef_scale not in COEF_SCALES:
-            raise ValueError(f"coef_scale must be one of {COEF_SCALES}, got {coef_scale!r}")
+            raise InvalidArgumentError(f"coef_scale must be one of {COEF_SCALES}, got {coef_scale!r}")
 
         def scaled_pc(acts: PairActivations, layer: int) -> tuple[Tensor, dict[str, Any]]:
             pos, neg = acts.at(layer)
@@ -658,14 +665,14 @@ class PCASteerer(VectorSteerer):
 
 def _check_template(template: Any) -> None:
     if not isinstance(template, str) or not template.strip():
-        raise ValueError(f"template must be a non-empty string, got {template!r}")
+        raise InvalidArgumentError(f"template must be a non-empty string, got {template!r}")
     try:
         names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
     except ValueError as exc:
-        raise ValueError(f"template {template!r} is not a valid format string ({exc})") from None
+        raise InvalidArgumentError(f"template {template!r} is not a valid format string ({exc})") from None
     unknown = names - {"positive", "negative"}
     if unknown:
-        raise ValueError(f"template may use only {{positive}} and {{negative}}; got {sorted(unknown)}")
+        raise InvalidArgumentError(f"template may use only {{positive}} and {{negative}}; got {sorted(unknown)}")
 
 
 class PromptSteerer(Baseline):
@@ -683,7 +690,7 @@ class PromptSteerer(Baseline):
 
     def __init__(self, system: str, *, objective: Optional[dict[str, Any]] = None) -> None:
         if not isinstance(system, str) or not system.strip():
-            raise ValueError(f"system must be a non-empty string, got {system!r}")
+            raise InvalidArgumentError(f"system must be a non-empty string, got {system!r}")
         self.system = system
         self.objective = dict(objective or {})
 
@@ -712,7 +719,7 @@ class PromptSteerer(Baseline):
         elif isinstance(data, PreferenceSet):
             obj = data.objective
         else:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "the prompt-only baseline needs the objective's keywords: pass a PreferenceSet "
                 "or objective=... (a name such as 'helpful', or an Objective)"
             )
@@ -738,7 +745,7 @@ class PromptSteerer(Baseline):
         """The prompt `generate` feeds the model for `query`."""
         text = render(model, query, chat=chat, system=self.system)
         if self.system not in text:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "the model's chat template dropped the system prompt; the prompt-only baseline "
                 "cannot be run with this template"
             )
@@ -809,7 +816,7 @@ def capture_heads(
 
     texts = list(texts)
     if not texts:
-        raise ValueError("capture_heads got no texts")
+        raise InvalidArgumentError("capture_heads got no texts")
     n_layers = _head_shape(model)[0]
     device = model_device(model)
     chunks = []
@@ -929,20 +936,22 @@ class ITISteerer(Baseline):
         _check_positions(positions)
         heads = [(int(layer), int(head)) for layer, head in heads]
         if not heads:
-            raise ValueError("ITI needs at least one head")
+            raise InvalidArgumentError("ITI needs at least one head")
         if len(set(heads)) != len(heads):
-            raise ValueError(f"the heads must be distinct, got {heads}")
+            raise InvalidArgumentError(f"the heads must be distinct, got {heads}")
         if not isinstance(directions, Tensor) or directions.ndim != 2 or directions.shape[0] != len(heads):
-            raise ValueError(f"directions must be a [{len(heads)}, d_head] tensor")
+            raise InvalidArgumentError(f"directions must be a [{len(heads)}, d_head] tensor")
         if not isinstance(sigmas, Tensor) or tuple(sigmas.shape) != (len(heads),):
-            raise ValueError(f"sigmas must be a [{len(heads)}] tensor")
+            raise InvalidArgumentError(f"sigmas must be a [{len(heads)}] tensor")
         if not torch.isfinite(directions).all() or not torch.isfinite(sigmas).all():
-            raise ValueError("directions and sigmas must be finite")
+            raise InvalidArgumentError("directions and sigmas must be finite")
         if shape is not None:
             n_layers, n_heads, d_head = shape
             bad = [h for h in heads if not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)]
             if bad or directions.shape[1] != d_head:
-                raise ValueError(f"heads {bad} or d_head {directions.shape[1]} do not fit a model of shape {shape}")
+                raise InvalidArgumentError(
+                    f"heads {bad} or d_head {directions.shape[1]} do not fit a model of shape {shape}"
+                )
         self.heads: tuple[tuple[int, int], ...] = tuple(heads)
         self.directions = directions.detach().to(torch.promote_types(directions.dtype, torch.float32)).cpu()
         self.sigmas = sigmas.detach().to(self.directions.dtype).cpu()
@@ -1001,16 +1010,16 @@ class ITISteerer(Baseline):
         check_number("alpha", alpha)
         _check_positions(positions)
         if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
-            raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
+            raise InvalidArgumentError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
         n_layers, n_heads, d_head = _head_shape(model)
         if top_k > n_layers * n_heads:
-            raise ValueError(f"top_k={top_k} exceeds the model's {n_layers * n_heads} heads")
+            raise InvalidArgumentError(f"top_k={top_k} exceeds the model's {n_layers * n_heads} heads")
         fitted_objective: dict[str, Any] = {}
         if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
             pos, neg = (t.detach().float().cpu() for t in data)
             want = (n_layers, n_heads, d_head)
             if pos.shape != neg.shape or pos.ndim != 4 or tuple(pos.shape[1:]) != want:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"precomputed head outputs must be two [n_pairs, {n_layers}, {n_heads}, {d_head}] tensors; "
                     f"got {tuple(pos.shape)} and {tuple(neg.shape)}"
                 )
@@ -1025,7 +1034,7 @@ class ITISteerer(Baseline):
                 require_tokenizer(model, "fitting from text pairs")
                 pos_texts, neg_texts = [p for p, _ in data], [q for _, q in data]
             else:
-                raise TypeError(
+                raise ArgumentTypeError(
                     f"{cls.__name__}.fit takes a PreferenceSet, (positive, negative) text pairs or "
                     "precomputed [n, n_layers, n_heads, d_head] head outputs; residual-stream "
                     "activations and token tensors carry no per-head outputs"
@@ -1035,9 +1044,11 @@ class ITISteerer(Baseline):
         n = int(pos.shape[0])
         n_val = max(1, round(n * val_fraction))
         if n - n_val < 1:
-            raise ValueError(f"ITI needs at least 2 pairs (some to fit the probes, some to score them); got {n}")
+            raise InvalidArgumentError(
+                f"ITI needs at least 2 pairs (some to fit the probes, some to score them); got {n}"
+            )
         if not torch.isfinite(pos).all() or not torch.isfinite(neg).all():
-            raise ValueError("the head outputs contain NaN or inf")
+            raise InvalidArgumentError("the head outputs contain NaN or inf")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
         val_idx, train_idx = order[:n_val], order[n_val:]
 
@@ -1054,7 +1065,7 @@ class ITISteerer(Baseline):
         for layer, head in heads:
             v = p64[:, layer, head].mean(0) - q64[:, layer, head].mean(0)
             if not float(v.norm()) > 0:
-                raise ValueError(f"head {_head_label(layer, head)}: the mean difference is zero")
+                raise InvalidArgumentError(f"head {_head_label(layer, head)}: the mean difference is zero")
             theta = v / v.norm()
             proj = torch.cat([p64[:, layer, head], q64[:, layer, head]]) @ theta
             directions.append(theta)

@@ -16,6 +16,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
 
+from .errors import ArgumentTypeError, InvalidArgumentError
 from .eval.effects import NeutralBase, neutral_base, side_effects
 
 __all__ = ["Calibration", "calibrate_strength", "neutral_kl"]
@@ -95,19 +96,19 @@ def calibrate_strength(
         strength seen is returned, and `limited` says why when the steerer is bounded).
     """
     if not hasattr(steerer, "with_strength") or not hasattr(steerer, "strength"):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"calibrate_strength needs a steerer with a strength to vary (Steerer, DiffMeanSteerer, "
             f"PCASteerer), got {type(steerer).__name__}"
         )
     for name, value, ok in (("target_kl", target_kl, lambda v: v > 0), ("rel_tol", rel_tol, lambda v: 0 < v < 1)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{name} must be a finite number ({'> 0' if name == 'target_kl' else 'in (0, 1)'}), got {value!r}"
             )
     if isinstance(max_evals, bool) or not isinstance(max_evals, int) or max_evals < 2:
-        raise ValueError(f"max_evals must be an int >= 2, got {max_evals!r}")
+        raise InvalidArgumentError(f"max_evals must be an int >= 2, got {max_evals!r}")
     if start is not None and (not isinstance(start, (int, float)) or not math.isfinite(start) or start == 0):
-        raise ValueError(f"start must be a non-zero finite number, got {start!r}")
+        raise InvalidArgumentError(f"start must be a non-zero finite number, got {start!r}")
     if texts is None:
         from .prompts import NEUTRAL_TEXTS_EXTENDED
 

@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional, Sequence, cast
 import numpy as np
 
 from ._io import atomic_write, atomic_write_jsonl, atomic_write_text
+from .errors import InvalidArgumentError
 
 __all__ = ["COMPOSE_TASKS", "DEFAULT_ETAS", "check_compose", "mix", "plot_tradeoff", "run_compose"]
 
@@ -47,22 +48,24 @@ def check_compose(objectives: Any, etas: Any = DEFAULT_ETAS) -> tuple[tuple[str,
         objectives = [p for p in objectives.split(",")]
     names = tuple(str(o).strip().lower() for o in objectives)
     if len(names) != 2:
-        raise ValueError(f"compose takes exactly two objectives, got {len(names)}: {list(names)}")
+        raise InvalidArgumentError(f"compose takes exactly two objectives, got {len(names)}: {list(names)}")
     unknown = [n for n in names if n not in COMPOSE_TASKS]
     if unknown:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"unknown or unscorable objective(s) {unknown}: compose needs objectives with an offline "
             f"scorer, one of {COMPOSE_TASKS}"
         )
     if names[0] == names[1]:
-        raise ValueError(f"compose needs two different objectives, got {names[0]!r} twice")
+        raise InvalidArgumentError(f"compose needs two different objectives, got {names[0]!r} twice")
     try:
         grid = tuple(float(e) for e in etas)
     except (TypeError, ValueError):
-        raise ValueError(f"etas must be numbers strictly between 0 and 1, got {etas!r}") from None
+        raise InvalidArgumentError(f"etas must be numbers strictly between 0 and 1, got {etas!r}") from None
     bad = [e for e in grid if not (math.isfinite(e) and 0.0 < e < 1.0)]
     if bad or not grid:
-        raise ValueError(f"etas must be numbers strictly between 0 and 1 (0 and 1 are always run), got {bad or grid}")
+        raise InvalidArgumentError(
+            f"etas must be numbers strictly between 0 and 1 (0 and 1 are always run), got {bad or grid}"
+        )
     return cast(tuple[str, str], names), tuple(sorted(set(grid), reverse=True))
 
 
@@ -121,7 +124,7 @@ def run_compose(
     for name in ("n_prompts", "n_fit", "max_new_tokens", "batch_size", "n_boot", "top_n"):
         value = locals()[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+            raise InvalidArgumentError(f"{name} must be a positive int, got {value!r}")
     t0 = time.perf_counter()
     evals, fit_queries = _prompts((obj_a, obj_b), n_prompts, n_fit, seed)
     queries = [p["query"] for p in evals]

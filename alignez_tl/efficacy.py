@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ._io import atomic_write, atomic_write_jsonl, atomic_write_text
+from .errors import InvalidArgumentError
 
 __all__ = [
     "ACTIVATION_METHODS",
@@ -113,7 +114,7 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+            raise InvalidArgumentError(f"task must be one of {TASKS}, got {self.task!r}")
         for name in (
             "n_prompts",
             "n_fit",
@@ -126,32 +127,32 @@ class SweepConfig:
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+                raise InvalidArgumentError(f"{name} must be a positive int, got {value!r}")
         if self.max_new_tokens is None:
             self.max_new_tokens = TASK_TOKENS[self.task]
         elif (
             isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1
         ):
-            raise ValueError(f"max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
+            raise InvalidArgumentError(f"max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
         self.kl_targets = tuple(float(k) for k in self.kl_targets)
         if not self.kl_targets or not all(math.isfinite(k) and k > 0 for k in self.kl_targets):
-            raise ValueError(f"kl_targets must be positive numbers, got {self.kl_targets!r}")
+            raise InvalidArgumentError(f"kl_targets must be positive numbers, got {self.kl_targets!r}")
         self.methods = tuple(dict.fromkeys(self.methods))
         unknown = [m for m in self.methods if m not in ACTIVATION_METHODS + OTHER_METHODS]
         if unknown or not self.methods:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"methods must be a non-empty subset of {ACTIVATION_METHODS + OTHER_METHODS}; got {unknown}"
             )
         self.null_for = tuple(m for m in self.null_for if m in self.methods)
         if self.layer is not None and (
             isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0
         ):
-            raise ValueError(f"layer must be None or an int >= 0, got {self.layer!r}")
+            raise InvalidArgumentError(f"layer must be None or an int >= 0, got {self.layer!r}")
         if self.rank not in (None, "null"):
-            raise ValueError(f"rank must be None (the variance rule) or 'null', got {self.rank!r}")
+            raise InvalidArgumentError(f"rank must be None (the variance rule) or 'null', got {self.rank!r}")
         kind = self.judge.split(":", 1)[0]
         if kind not in ("self", "logprob") or (kind == "logprob" and not self.judge.partition(":")[2]):
-            raise ValueError(f"judge must be 'self' or 'logprob:<model spec>', got {self.judge!r}")
+            raise InvalidArgumentError(f"judge must be 'self' or 'logprob:<model spec>', got {self.judge!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,7 +179,7 @@ def task_prompts(config: SweepConfig) -> tuple[list[dict], list[str]]:
         evals = _interleave(evals)
         fits = [p["query"] for p in _interleave(fit_prompts())]
     if len(evals) < config.n_prompts and config.task != "math":
-        raise ValueError(f"only {len(evals)} evaluation prompts available, {config.n_prompts} asked for")
+        raise InvalidArgumentError(f"only {len(evals)} evaluation prompts available, {config.n_prompts} asked for")
     return evals[: config.n_prompts], fits[: config.n_fit]
 
 
@@ -218,7 +219,7 @@ def score_answers(task: str, answers: Sequence[str], prompts: Sequence[dict]) ->
         from .tasks import is_correct
 
         return [1.0 if is_correct(a, p["answer"]) else 0.0 for a, p in zip(answers, prompts)]
-    raise ValueError(f"task {task!r} is judged pairwise, not scored")
+    raise InvalidArgumentError(f"task {task!r} is judged pairwise, not scored")
 
 
 def order_averaged_logodds(
@@ -529,7 +530,7 @@ def run_sweep(
         prefs = read_pairs(config.pairs_file, objective=TASK_OBJECTIVE[config.task])
         overlap = set(prefs.queries) & set(queries)
         if overlap:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{len(overlap)} queries of {config.pairs_file} are evaluation prompts: the "
                 "evaluation must be on held-out prompts"
             )

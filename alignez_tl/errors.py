@@ -15,6 +15,8 @@ from __future__ import annotations
 
 __all__ = [
     "AlignezError",
+    "ArgumentTypeError",
+    "InvalidArgumentError",
     "CLIError",
     "EmptySubspaceError",
     "EvalError",
@@ -33,6 +35,16 @@ __all__ = [
 
 class AlignezError(Exception):
     """Base of every error alignez-tl raises on purpose."""
+
+
+class InvalidArgumentError(AlignezError, ValueError):
+    """An argument value the library cannot use (out of range, empty, inconsistent with
+    another one); the message names the argument and says what would work."""
+
+
+class ArgumentTypeError(AlignezError, TypeError):
+    """An argument of the wrong type (a string where a list is expected, a float layer, not a
+    model); the message names the argument and the type it needs."""
 
 
 class FileFormatError(AlignezError, ValueError):

@@ -31,6 +31,8 @@ from typing import Any, Callable, Iterator, Optional, Sequence, cast
 import torch
 from torch import nn
 
+from .errors import InvalidArgumentError
+
 __all__ = ["is_dispatched", "native_hooks", "unwrapped_hf_model"]
 
 _VIEWS: "weakref.WeakKeyDictionary[Any, tuple[tuple, nn.Module]]" = weakref.WeakKeyDictionary()
@@ -129,14 +131,14 @@ def _decoder_layers(hf: nn.Module) -> Sequence[nn.Module]:
             return cast(Sequence[nn.Module], hf.get_submodule(path))  # an nn.ModuleList
         except AttributeError:
             continue
-    raise ValueError(f"cannot find the decoder layers of {type(hf).__name__}")
+    raise InvalidArgumentError(f"cannot find the decoder layers of {type(hf).__name__}")
 
 
 def _child(layer: nn.Module, names: Sequence[str]) -> nn.Module:
     for name in names:
         if hasattr(layer, name):
             return getattr(layer, name)
-    raise ValueError(f"{type(layer).__name__} has none of {names}")
+    raise InvalidArgumentError(f"{type(layer).__name__} has none of {names}")
 
 
 def _replace_first(output: Any, fn: Callable, name: str) -> Any:
@@ -177,7 +179,7 @@ def native_hooks(hf: nn.Module, hooks: Sequence[tuple[str, Callable]]) -> Iterat
                 continue
             match = _HOOK.match(name)
             if match is None:
-                raise ValueError(f"the fast path cannot place a hook at {name!r}")
+                raise InvalidArgumentError(f"the fast path cannot place a hook at {name!r}")
             layer, site = layers[int(match.group(1))], match.group(2)
             point = _Name(name)
             call = lambda act, n, fn=fn, point=point: fn(act, point)  # noqa: E731

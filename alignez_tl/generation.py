@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 from . import models
 from ._checks import require_model
-from .errors import PromptTooLongError
+from .errors import ArgumentTypeError, InvalidArgumentError, PromptTooLongError
 from .fastpath import native_hooks, unwrapped_hf_model
 from .hooks import capture_hook, hook_name
 from .models import Encoded, is_bridge, model_device, pad_id, require_tokenizer
@@ -107,7 +107,7 @@ def trim_generated(ids: Sequence[int], stops: Sequence[int]) -> list[int]:
 def seeded(seed: int, device: Union[str, torch.device, None] = None) -> Iterator[None]:
     """Seed torch inside the block only; the caller's random state is restored after."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be an int in 0..{SEED_LIMIT - 1}, got {seed!r}")
+        raise InvalidArgumentError(f"seed must be an int in 0..{SEED_LIMIT - 1}, got {seed!r}")
     device = torch.device(device or "cpu")
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -129,7 +129,7 @@ def prompt_budget(
     if n_ctx <= 0:
         return None
     if max_new_tokens >= n_ctx:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{what}={max_new_tokens} does not fit the model's context of {n_ctx} tokens "
             f"(the prompt needs at least one): use {what} < {n_ctx}"
         )
@@ -148,7 +148,7 @@ def check_prompt_tokens(
     if limit is None:
         return
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"max_prompt_tokens must be a positive int or None, got {limit!r}")
+        raise InvalidArgumentError(f"max_prompt_tokens must be a positive int or None, got {limit!r}")
     tok = require_tokenizer(model, "counting prompt tokens")
     for i, text in enumerate(texts):
         n = len(tok(text, add_special_tokens=False)["input_ids"])
@@ -199,11 +199,11 @@ class _Engine:
 
     def __init__(self, model: Any, backend: str, *, rows_alone: bool = False) -> None:
         if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+            raise InvalidArgumentError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.model = model
         self.view: Optional[nn.Module] = unwrapped_hf_model(model) if backend in ("auto", "hf") else None
         if backend == "hf" and self.view is None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "backend='hf' needs a TransformerBridge (not in compatibility mode) whose weights "
                 "the fast path can view"
             )
@@ -428,7 +428,7 @@ def _read_prefill(view: nn.Module, ids: Tensor, mask: Tensor, prefill: Prefill) 
 
 def _check_count(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise InvalidArgumentError(f"{name} must be a positive int, got {value!r}")
 
 
 def generate(
@@ -463,11 +463,11 @@ def generate(
     new token ids, cut at the first stop token.
     """
     if isinstance(texts, str):
-        raise TypeError("expected a list of prompt texts, got a single string")
+        raise ArgumentTypeError("expected a list of prompt texts, got a single string")
     _check_count("max_new_tokens", max_new_tokens)
     _check_count("batch_size", batch_size)
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise InvalidArgumentError(f"backend must be one of {BACKENDS}, got {backend!r}")
     require_model(model, "generation")
     prompt_budget(model, max_new_tokens)  # refuses max_new_tokens >= the context, before any work
     check_prompt_tokens(model, texts, max_prompt_tokens)
@@ -514,7 +514,7 @@ def generate_plain(
     cut at the first stop token.
     """
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        raise InvalidArgumentError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     engine = _Engine(model, "auto", rows_alone=True)
     sampling = _Sampling(max_new_tokens, do_sample, temperature, top_p, top_k, True)
     with seeded(seed, engine.device), torch.inference_mode():

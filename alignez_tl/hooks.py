@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .errors import EditStrengthError
+from .errors import ArgumentTypeError, EditStrengthError, InvalidArgumentError
 from .settings import EDITS, MODES, POSITIONS  # the allowed values, defined once as Literal aliases
 
 __all__ = [
@@ -54,7 +54,7 @@ HookFn = Callable[[Tensor, object], Optional[Tensor]]
 def hook_name(site: str, layer: int) -> str:
     """The TransformerLens hook name of `site` at `layer` (works on bridge and HookedTransformer)."""
     if site not in SITES:
-        raise ValueError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
+        raise InvalidArgumentError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
     return SITES[site].format(layer=int(layer))
 
 
@@ -63,12 +63,12 @@ def check_layers(layers: Sequence[Any], n_layers: int) -> list[int]:
     out = []
     for layer in layers:
         if isinstance(layer, bool) or not isinstance(layer, int):
-            raise TypeError(f"layer indices must be ints, got {layer!r}")
+            raise ArgumentTypeError(f"layer indices must be ints, got {layer!r}")
         if not 0 <= layer < n_layers:
-            raise ValueError(f"layer {layer} is out of range: the model has layers 0..{n_layers - 1}")
+            raise InvalidArgumentError(f"layer {layer} is out of range: the model has layers 0..{n_layers - 1}")
         out.append(layer)
     if not out:
-        raise ValueError("no layers given")
+        raise InvalidArgumentError("no layers given")
     return sorted(set(out))
 
 
@@ -117,9 +117,9 @@ def capture_hook(store: dict, key: object, last_index: Optional[Tensor] = None, 
 def check_edit(edit: str, mode: str) -> None:
     """Refuse an unknown edit or mode, naming the allowed values."""
     if edit not in EDITS:
-        raise ValueError(f"edit must be one of {EDITS}, got {edit!r}")
+        raise InvalidArgumentError(f"edit must be one of {EDITS}, got {edit!r}")
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise InvalidArgumentError(f"mode must be one of {MODES}, got {mode!r}")
 
 
 def edit_steps(
@@ -206,9 +206,9 @@ class EditTerm:
     def __post_init__(self) -> None:
         check_edit(self.edit, self.mode)
         if self.directions.ndim != 2 or self.coef.ndim != 2:
-            raise ValueError("directions must be [k, d] and coef [rows, k]")
+            raise InvalidArgumentError("directions must be [k, d] and coef [rows, k]")
         if self.coef.shape[1] != self.directions.shape[0] or self.scales.shape != (self.directions.shape[0],):
-            raise ValueError("directions, scales and coef disagree on k")
+            raise InvalidArgumentError("directions, scales and coef disagree on k")
 
 
 @dataclass
@@ -237,10 +237,12 @@ class PositionTracker:
 
     def __post_init__(self) -> None:
         if self.positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+            raise InvalidArgumentError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
         p = self.prompt_len
         if p is not None and (isinstance(p, bool) or not isinstance(p, int) or p < 1):
-            raise ValueError(f"prompt_len must be a positive int (the padded prompt length) or None, got {p!r}")
+            raise InvalidArgumentError(
+                f"prompt_len must be a positive int (the padded prompt length) or None, got {p!r}"
+            )
 
     def reset(self) -> None:
         self._start = self._total = None
@@ -258,7 +260,9 @@ class PositionTracker:
         else:  # a new sequence
             prompt = self.prompt_len if self.prompt_len is not None else seq_len
             if not 1 <= prompt <= seq_len:
-                raise ValueError(f"prompt_len={self.prompt_len} does not fit a forward call of {seq_len} positions")
+                raise InvalidArgumentError(
+                    f"prompt_len={self.prompt_len} does not fit a forward call of {seq_len} positions"
+                )
             self._start = prompt - 1
             self._total = seq_len
             span = (self._start, seq_len)
@@ -367,7 +371,7 @@ def edit_hook(
     activation's on this hook's first call only (`name` labels its messages).
     """
     if not terms:
-        raise ValueError("edit_hook needs at least one term")
+        raise InvalidArgumentError("edit_hook needs at least one term")
     guard = guard if guard is not None else EditGuard()
     first = [True]
 
@@ -379,7 +383,7 @@ def edit_hook(
         for term in terms:
             coef = term.coef
             if coef.shape[0] not in (1, batch):
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"the steering was set up for {coef.shape[0]} queries but the forward pass "
                     f"has a batch of {batch}: pass one query per row (or a single query)"
                 )

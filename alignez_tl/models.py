@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ._io import check_writable_folder, pid_alive
-from .errors import ModelSpecError
+from .errors import ArgumentTypeError, InvalidArgumentError, ModelSpecError
 
 logger = logging.getLogger(__name__)
 
@@ -908,7 +908,7 @@ def basis_mismatch(
 def require_tokenizer(model: Any, what: str = "this step") -> Any:
     tok = getattr(model, "tokenizer", None)
     if tok is None:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{what} needs text, but the model has no tokenizer. Attach one "
             "(model.set_tokenizer(...)) or pass token tensors / activations instead."
         )
@@ -942,7 +942,7 @@ def render(
     if chat:
         tok = require_tokenizer(model, "chat formatting")
         if not getattr(tok, "chat_template", None):
-            raise ValueError("chat=True, but the tokenizer has no chat template")
+            raise InvalidArgumentError("chat=True, but the tokenizer has no chat template")
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
         prefix = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return prefix + response
@@ -995,16 +995,16 @@ def encode(
     for the answer.
     """
     if isinstance(texts, str):
-        raise TypeError("encode takes a list of strings, not a single string")
+        raise ArgumentTypeError("encode takes a list of strings, not a single string")
     if len(texts) == 0:
-        raise ValueError("encode got an empty list of texts")
+        raise InvalidArgumentError("encode got an empty list of texts")
     tok = require_tokenizer(model, "tokenising text")
     if chat is None:
         chat = is_chat_model(model)
     bos = None if chat else _bos_id(model, tok)
     context = int(max_len or getattr(model.cfg, "n_ctx", 0) or 0) or None
     if isinstance(reserve, bool) or not isinstance(reserve, int) or reserve < 0:
-        raise ValueError(f"reserve must be a non-negative int, got {reserve!r}")
+        raise InvalidArgumentError(f"reserve must be a non-negative int, got {reserve!r}")
     limit = context
     if context is not None and reserve:
         from .generation import prompt_budget  # the one prompt-budget rule (generation imports this module)
@@ -1014,12 +1014,12 @@ def encode(
     n_truncated = 0
     for text in texts:
         if not isinstance(text, str):
-            raise TypeError(f"expected text, got {type(text).__name__}")
+            raise ArgumentTypeError(f"expected text, got {type(text).__name__}")
         ids = list(tok(text, add_special_tokens=False)["input_ids"])
         if bos is not None and (not ids or ids[0] != bos):
             ids = [bos] + ids
         if not ids:
-            raise ValueError("an empty text has no tokens to run (and no BOS to stand in)")
+            raise InvalidArgumentError("an empty text has no tokens to run (and no BOS to stand in)")
         if limit is not None and len(ids) > limit:
             ids = ids[-limit:]
             n_truncated += 1

@@ -22,6 +22,7 @@ import string
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Union
 
+from .errors import ArgumentTypeError, InvalidArgumentError
 from .settings import MODES
 
 __all__ = [
@@ -58,7 +59,7 @@ def _placeholders(template: str, where: str) -> set[str]:
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"template {where} is not a valid format string ({exc}); write literal braces as '{{{{' and '}}}}'"
         ) from None
     names = set()
@@ -66,7 +67,7 @@ def _placeholders(template: str, where: str) -> set[str]:
         if name is None:
             continue
         if spec or conversion:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"template {where} uses '{{{name}{'!' + conversion if conversion else ''}"
                 f"{':' + spec if spec else ''}}}'; placeholders take no conversion or format "
                 "spec, write it as '{" + name + "}'"
@@ -77,20 +78,20 @@ def _placeholders(template: str, where: str) -> set[str]:
 
 def _check_template(template: Any, where: str, needed: frozenset[str]) -> None:
     if not isinstance(template, str) or not template.strip():
-        raise ValueError(f"template {where} must be a non-empty string, got {template!r}")
+        raise InvalidArgumentError(f"template {where} must be a non-empty string, got {template!r}")
     names = _placeholders(template, where)
     unknown = names - needed
     if unknown:
         shown = ", ".join("{" + n + "}" for n in sorted(unknown))
         allowed = ", ".join("{" + n + "}" for n in sorted(needed))
-        raise ValueError(
+        raise InvalidArgumentError(
             f"template {where} uses unknown placeholder(s) {shown}; it may use only {allowed} "
             "(write literal braces as '{{' and '}}')"
         )
     missing = needed - names
     if missing:
         shown = ", ".join("{" + n + "}" for n in sorted(missing))
-        raise ValueError(f"template {where} must contain {shown}; got {template!r}")
+        raise InvalidArgumentError(f"template {where} must contain {shown}; got {template!r}")
 
 
 @dataclass(frozen=True)
@@ -124,11 +125,13 @@ class Objective:
         for attr in ("name", "positive", "negative"):
             value = getattr(self, attr)
             if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"Objective.{attr} must be a non-empty string, got {value!r}")
+                raise InvalidArgumentError(f"Objective.{attr} must be a non-empty string, got {value!r}")
         if self.mode not in MODES:
-            raise ValueError(f"Objective.mode must be one of {', '.join(map(repr, MODES))}, got {self.mode!r}")
+            raise InvalidArgumentError(
+                f"Objective.mode must be one of {', '.join(map(repr, MODES))}, got {self.mode!r}"
+            )
         if not isinstance(self.description, str):
-            raise ValueError(f"Objective.description must be a string, got {self.description!r}")
+            raise InvalidArgumentError(f"Objective.description must be a string, got {self.description!r}")
         for attr, needed in _TEMPLATE_FIELDS.items():
             _check_template(getattr(self, attr), f"{attr} of objective {self.name!r}", needed)
 
@@ -158,14 +161,14 @@ class Objective:
     def from_dict(cls, data: Mapping[str, Any]) -> "Objective":
         """Build an objective from `to_dict` output; unknown keys are refused."""
         if not isinstance(data, Mapping):
-            raise TypeError(f"Objective.from_dict needs a mapping, got {type(data).__name__}")
+            raise ArgumentTypeError(f"Objective.from_dict needs a mapping, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown objective field(s) {unknown}; valid fields: {sorted(known)}")
+            raise InvalidArgumentError(f"unknown objective field(s) {unknown}; valid fields: {sorted(known)}")
         missing = [k for k in ("name", "positive", "negative") if k not in data]
         if missing:
-            raise ValueError(f"an objective needs the field(s) {missing}; got {sorted(data)}")
+            raise InvalidArgumentError(f"an objective needs the field(s) {missing}; got {sorted(data)}")
         return cls(**data)
 
 
@@ -196,7 +199,7 @@ def register_objective(obj: Objective, *, overwrite: bool = False) -> Objective:
     unless ``overwrite=True``.
     """
     if not isinstance(obj, Objective):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"register_objective takes an Objective, got {type(obj).__name__}; build one with "
             "Objective(name=..., positive=..., negative=...)"
         )
@@ -204,7 +207,7 @@ def register_objective(obj: Objective, *, overwrite: bool = False) -> Objective:
     current = _REGISTRY.get(key)
     if current is not None and current != obj and not overwrite:
         kind = "built-in" if key in _BUILTINS else "registered"
-        raise ValueError(
+        raise InvalidArgumentError(
             f"an objective named {obj.name!r} is already {kind}; pick another name or pass overwrite=True to replace it"
         )
     _REGISTRY[key] = obj
@@ -215,10 +218,10 @@ def unregister_objective(name: str) -> None:
     """Remove a user-defined objective; a replaced built-in reverts to the original."""
     key = name.lower()
     if key not in _REGISTRY:
-        raise ValueError(f"no objective named {name!r}; registered: {', '.join(list_objectives())}")
+        raise InvalidArgumentError(f"no objective named {name!r}; registered: {', '.join(list_objectives())}")
     if key in _BUILTINS:
         if _REGISTRY[key] == _BUILTINS[key]:
-            raise ValueError(f"{name!r} is a built-in objective and cannot be removed")
+            raise InvalidArgumentError(f"{name!r} is a built-in objective and cannot be removed")
         _REGISTRY[key] = _BUILTINS[key]
         return
     del _REGISTRY[key]
@@ -236,7 +239,7 @@ def get_objective(name_or_obj: Union[str, Objective, Mapping[str, Any]]) -> Obje
     if isinstance(name_or_obj, str):
         key = name_or_obj.strip().lower()
         if key not in _REGISTRY:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"unknown objective {name_or_obj!r}; valid: {', '.join(list_objectives())}. "
                 "Define your own with Objective(name, positive, negative) and "
                 "register_objective(...), or pass the Objective directly."
@@ -244,4 +247,4 @@ def get_objective(name_or_obj: Union[str, Objective, Mapping[str, Any]]) -> Obje
         return _REGISTRY[key]
     if isinstance(name_or_obj, Mapping):
         return Objective.from_dict(name_or_obj)
-    raise TypeError(f"objective must be a name, an Objective or a dict, got {type(name_or_obj).__name__}")
+    raise ArgumentTypeError(f"objective must be a name, an Objective or a dict, got {type(name_or_obj).__name__}")

@@ -30,7 +30,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .activations import capture, capture_tokens
-from .errors import EmptySubspaceError
+from .errors import ArgumentTypeError, EmptySubspaceError, InvalidArgumentError
 from .hooks import SITES, check_layers
 from .models import Encoded, model_signature, pad_id, require_tokenizer
 
@@ -84,24 +84,26 @@ class PairActivations:
             t = getattr(self, name)
             if not isinstance(t, Tensor) or not t.is_floating_point() or t.ndim != 3:
                 shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-                raise ValueError(f"PairActivations.{name} must be a float tensor [n, n_layers, d_model]; got {shape}")
+                raise InvalidArgumentError(
+                    f"PairActivations.{name} must be a float tensor [n, n_layers, d_model]; got {shape}"
+                )
         if self.pos.shape != self.neg.shape:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"pos and neg activations must have the same shape; got "
                 f"{tuple(self.pos.shape)} and {tuple(self.neg.shape)}"
             )
         layers = tuple(self.layers)
         if any(isinstance(layer, bool) or not isinstance(layer, int) for layer in layers):
-            raise TypeError(f"layers must be ints, got {list(layers)}")
+            raise ArgumentTypeError(f"layers must be ints, got {list(layers)}")
         if len(set(layers)) != len(layers) or len(layers) != self.pos.shape[1]:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"layers {list(layers)} must be distinct, one per slice of the {self.pos.shape[1]} along dim 1"
             )
         object.__setattr__(self, "layers", layers)
         if self.site not in SITES:
-            raise ValueError(f"unknown site {self.site!r}; choose one of {', '.join(SITES)}")
+            raise InvalidArgumentError(f"unknown site {self.site!r}; choose one of {', '.join(SITES)}")
         if self.source not in PAIR_SOURCES:
-            raise ValueError(f"source must be one of {PAIR_SOURCES}, got {self.source!r}")
+            raise InvalidArgumentError(f"source must be one of {PAIR_SOURCES}, got {self.source!r}")
 
     # ------------------------------------------------------------------ views
 
@@ -121,7 +123,7 @@ class PairActivations:
         try:
             return self.layers.index(layer)
         except ValueError:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"layer {layer} was not embedded; these activations have layers {list(self.layers)}"
             ) from None
 
@@ -181,10 +183,10 @@ def check_text_pairs(data: Sequence[Any]) -> list[tuple[str, str]]:
         raise EmptySubspaceError("no pairs given: there is nothing to fit")
     for i, pair in enumerate(pairs):
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
-            raise TypeError(f"pair {i} is not a (positive_text, negative_text) tuple of strings")
+            raise ArgumentTypeError(f"pair {i} is not a (positive_text, negative_text) tuple of strings")
         for side, text in zip(("positive", "negative"), pair):
             if not text.strip():
-                raise ValueError(f"pair {i}: the {side} text is empty; every text needs some content")
+                raise InvalidArgumentError(f"pair {i}: the {side} text is empty; every text needs some content")
     return pairs
 
 
@@ -227,11 +229,11 @@ def check_pair_data(
         if layers is not None:
             missing = [layer for layer in layers if layer not in data.layers]
             if missing:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"layers {missing} were not embedded; these activations have layers {list(data.layers)}"
                 )
         if d_model is not None and data.d_model != d_model:
-            raise ValueError(f"the activations are {data.d_model} wide, but d_model is {d_model}")
+            raise InvalidArgumentError(f"the activations are {data.d_model} wide, but d_model is {d_model}")
         if data.n_pairs == 0:
             raise EmptySubspaceError("the activations hold no pairs: there is nothing to fit")
         return "acts", data.n_pairs
@@ -242,27 +244,27 @@ def check_pair_data(
     if _is_tensor_pair(data):
         p, n = data
         if _is_float(p) != _is_float(n):
-            raise ValueError("pos and neg must both be float activations or both integer tokens")
+            raise InvalidArgumentError("pos and neg must both be float activations or both integer tokens")
         if _is_float(p):
             return "acts", _check_activations(p, n, layers, d_model)
         rows_p, rows_n = _token_rows(p), _token_rows(n)
         for t in (p, n):
             if isinstance(t, (Tensor, np.ndarray)) and t.ndim != 2:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"token tensors must be [n, seq] with the same non-zero n; got "
                     f"{tuple(p.shape) if hasattr(p, 'shape') else len(p)} and "
                     f"{tuple(n.shape) if hasattr(n, 'shape') else len(n)}"
                 )
         if len(rows_p) != len(rows_n) or not rows_p:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"need the same, non-zero number of pos and neg sequences; got {len(rows_p)} and {len(rows_n)}"
             )
         for r in rows_p + rows_n:
             if not isinstance(r, Tensor) or r.is_floating_point() or r.ndim != 1 or r.numel() == 0:
-                raise ValueError("token sequences must be non-empty 1-D integer tensors")
+                raise InvalidArgumentError("token sequences must be non-empty 1-D integer tensors")
         return "tokens", len(rows_p)
     if isinstance(data, (str, bytes)) or not isinstance(data, Sequence):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{caller} takes a PreferenceSet, a list of (positive, negative) text pairs, "
             "a (pos, neg) pair of token or activation tensors, or a PairActivations; "
             f"got {type(data).__name__}"
@@ -273,12 +275,14 @@ def check_pair_data(
 def _check_activations(p: Any, n: Any, layers: Optional[Sequence[int]], d_model: Optional[int]) -> int:
     p, n = torch.as_tensor(p), torch.as_tensor(n)
     if p.shape != n.shape:
-        raise ValueError(f"pos and neg activations must have the same shape; got {tuple(p.shape)} and {tuple(n.shape)}")
+        raise InvalidArgumentError(
+            f"pos and neg activations must have the same shape; got {tuple(p.shape)} and {tuple(n.shape)}"
+        )
     n_layers = None if layers is None else len(layers)
     width = "d_model" if d_model is None else d_model
     if p.ndim == 2:
         if layers is not None and len(layers) != 1:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"[n, d_model] activations are for one layer, but {n_layers} layers were asked for "
                 f"({list(layers)}): pass layers=[that layer], or [n, {n_layers}, {width}] activations"
             )
@@ -289,7 +293,7 @@ def _check_activations(p: Any, n: Any, layers: Optional[Sequence[int]], d_model:
         or (d_model is not None and p.shape[2] != d_model)
     ):
         where = f" (one slice per layer {list(layers)}, in that order)" if layers is not None else ""
-        raise ValueError(
+        raise InvalidArgumentError(
             f"activations must be [n, {'n_layers' if n_layers is None else n_layers}, {width}]"
             f"{where}; got {tuple(p.shape)}"
         )
@@ -337,9 +341,9 @@ def embed_pairs(
     from .preferences import PreferenceSet
 
     if site not in SITES:
-        raise ValueError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
+        raise InvalidArgumentError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise InvalidArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
     if model is not None:
         n_model_layers = int(model.cfg.n_layers)
         if layers is None and not isinstance(data, PairActivations):
@@ -352,20 +356,20 @@ def embed_pairs(
 
     if isinstance(data, PairActivations):
         if data.site != site:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"these activations were taken at site {data.site!r}, not {site!r}: pass site={data.site!r}"
             )
         return data if layers is None else data.select(layers)
     if kind == "acts":
         if layers is None:
-            raise ValueError("without a model, pass layers=[...] to say which layers the activations are")
+            raise InvalidArgumentError("without a model, pass layers=[...] to say which layers the activations are")
         p, q = torch.as_tensor(data[0]), torch.as_tensor(data[1])
         if p.ndim == 2:
             p, q = p[:, None], q[:, None]
         return PairActivations(p, q, tuple(layers), site, source="acts")
     if kind == "tokens":
         if model is None:
-            raise ValueError("token tensors need a model to run them")
+            raise InvalidArgumentError("token tensors need a model to run them")
         assert layers is not None  # the model's layers by default (above)
         out = []
         for rows in (_token_rows(data[0]), _token_rows(data[1])):

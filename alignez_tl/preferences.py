@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from . import generation, models
 from ._checks import require_model
 from ._io import atomic_write_text
-from .errors import PreferenceFileError, ResumeError
+from .errors import ArgumentTypeError, InvalidArgumentError, PreferenceFileError, ResumeError
 from .objectives import Objective, get_objective
 from .settings import PreferenceSettings
 
@@ -172,9 +172,9 @@ class PreferenceSet:
         """
         for name, seq in (("queries", queries), ("positives", positives), ("negatives", negatives)):
             if isinstance(seq, str):
-                raise TypeError(f"{name} must be a list of strings, not a single string")
+                raise ArgumentTypeError(f"{name} must be a list of strings, not a single string")
         if not len(queries) == len(positives) == len(negatives):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"queries, positives and negatives must have the same length; got "
                 f"{len(queries)}, {len(positives)} and {len(negatives)}"
             )
@@ -184,7 +184,7 @@ class PreferenceSet:
         for i, (q, pos, neg) in enumerate(zip(queries, positives, negatives, strict=True)):
             for what, value in (("query", q), ("positive", pos), ("negative", neg)):
                 if not isinstance(value, str):
-                    raise TypeError(f"{what} #{i} must be a string, got {type(value).__name__}")
+                    raise ArgumentTypeError(f"{what} #{i} must be a string, got {type(value).__name__}")
             pairs.append(PreferencePair(q, pos, neg, objective=obj.name, index=seen.get(q, 0)))
             seen[q] = seen.get(q, 0) + 1
         return cls(pairs, obj, {"source": "from_pairs"})
@@ -294,7 +294,7 @@ class PreferenceSet:
         try:
             lines = [_dump_line(r) for r in records]
         except (TypeError, ValueError) as exc:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"cannot save preferences: settings and pair meta must hold only JSON values "
                 f"(str, int, float, bool, None, lists, dicts): {exc}"
             ) from None
@@ -933,9 +933,9 @@ def parse_characteristics(
     `generate_preferences` then falls back to ``"be {kw}"``.
     """
     if not isinstance(text, str):
-        raise TypeError(f"parse_characteristics takes a string, got {type(text).__name__}")
+        raise ArgumentTypeError(f"parse_characteristics takes a string, got {type(text).__name__}")
     if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
-        raise ValueError(f"max_items must be a positive int, got {max_items!r}")
+        raise InvalidArgumentError(f"max_items must be a positive int, got {max_items!r}")
     lines = [line for line in text.splitlines() if line.strip()]
     raw = _list_items(lines) if _is_list(lines) else _prose_items(lines)
     if raw and _cut_off(raw[-1], text, truncated):
@@ -971,19 +971,19 @@ def parse_characteristics(
 
 def _check_queries(queries: Any) -> list[str]:
     if isinstance(queries, str):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"queries must be a list of strings, not a single string; wrap it in a list: [{queries[:40]!r}]"
         )
     if not isinstance(queries, Iterable):
-        raise TypeError(f"queries must be a list of strings, got {type(queries).__name__}")
+        raise ArgumentTypeError(f"queries must be a list of strings, got {type(queries).__name__}")
     queries = list(queries)
     if not queries:
-        raise ValueError("queries is empty; pass at least one query string")
+        raise InvalidArgumentError("queries is empty; pass at least one query string")
     for i, q in enumerate(queries):
         if not isinstance(q, str):
-            raise TypeError(f"queries[{i}] must be a string, got {type(q).__name__}")
+            raise ArgumentTypeError(f"queries[{i}] must be a string, got {type(q).__name__}")
         if not q.strip():
-            raise ValueError(f"queries[{i}] is empty; every query needs some text")
+            raise InvalidArgumentError(f"queries[{i}] is empty; every query needs some text")
     return queries
 
 
@@ -1224,7 +1224,7 @@ def generate_preferences(
         max_prompt_tokens=max_prompt_tokens,
     )
     if resume and out is None:
-        raise ValueError("resume=True needs out=<the file to continue>")
+        raise InvalidArgumentError("resume=True needs out=<the file to continue>")
     require_model(model, "generate_preferences")
     models.require_tokenizer(model, "generate_preferences")
     generation.prompt_budget(model, elicit_tokens, "elicit_tokens")
@@ -1232,7 +1232,7 @@ def generate_preferences(
     if chat is None:
         chat = models.is_chat_model(model)
     elif chat and not models.is_chat_model(model):
-        raise ValueError(
+        raise InvalidArgumentError(
             "chat=True, but the model's tokenizer has no chat template; pass chat=None "
             "(use the template when there is one) or chat=False"
         )

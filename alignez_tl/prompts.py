@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Optional, Union
 
-from .errors import PromptFileError
+from .errors import InvalidArgumentError, PromptFileError
 
 __all__ = [
     "CATEGORIES",
@@ -80,7 +80,7 @@ def builtin_prompts(categories: Optional[list[str]] = None, per_category: Option
     chosen = list(CATEGORIES) if categories is None else list(categories)
     unknown = [c for c in chosen if c not in _PROMPTS]
     if unknown:
-        raise ValueError(f"unknown categories {unknown}; choose from {list(CATEGORIES)}")
+        raise InvalidArgumentError(f"unknown categories {unknown}; choose from {list(CATEGORIES)}")
     out = []
     for category in chosen:
         for query in _PROMPTS[category][:per_category]:
@@ -378,13 +378,13 @@ def _pool(
     if per_category is not None and (
         isinstance(per_category, bool) or not isinstance(per_category, int) or per_category < 1
     ):
-        raise ValueError(f"{name}: per_category must be a positive integer or None, got {per_category!r}")
+        raise InvalidArgumentError(f"{name}: per_category must be a positive integer or None, got {per_category!r}")
     if isinstance(categories, str):
-        raise ValueError(f"{name}: categories must be a list of names, got the string {categories!r}")
+        raise InvalidArgumentError(f"{name}: categories must be a list of names, got the string {categories!r}")
     chosen = list(EVAL_CATEGORIES) if categories is None else list(categories)
     unknown = [c for c in chosen if c not in pool]
     if unknown:
-        raise ValueError(f"unknown categories {unknown}; choose from {list(EVAL_CATEGORIES)}")
+        raise InvalidArgumentError(f"unknown categories {unknown}; choose from {list(EVAL_CATEGORIES)}")
     return [{"query": q, "category": c} for c in chosen for q in pool[c][:per_category]]
 
 

@@ -28,6 +28,7 @@ from typing import Any, ContextManager, Iterator, Optional, Protocol, Sequence, 
 
 from . import generation
 from ._checks import _as_queries
+from .errors import InvalidArgumentError
 from .generation import Prefill
 from .models import Encoded, render
 
@@ -177,7 +178,7 @@ class HookSteering:
         """
         queries = _as_queries(queries)
         if prompts is not None and len(prompts) != len(queries):
-            raise ValueError(f"{len(prompts)} prompts for {len(queries)} queries")
+            raise InvalidArgumentError(f"{len(prompts)} prompts for {len(queries)} queries")
         self.check_model(model)
         texts = (
             list(prompts)
@@ -186,7 +187,7 @@ class HookSteering:
         )
 
         if selections is not None and any(len(s) != len(queries) for s in selections):
-            raise ValueError(f"selections must hold one entry per query ({len(queries)}) for every objective")
+            raise InvalidArgumentError(f"selections must hold one entry per query ({len(queries)}) for every objective")
         # the selection from the prefill reads the rendered queries: not for explicit prompts
         prefill = self.prefill() if steer and prompts is None and selections is None else None
 

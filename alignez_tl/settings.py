@@ -21,6 +21,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Mapping, Optional, TypeVar, Union, get_args
 
+from .errors import ArgumentTypeError, InvalidArgumentError
+
 __all__ = [
     "SEED_LIMIT",
     "DEFAULT_EDIT",
@@ -92,7 +94,7 @@ _DEFAULT_ALPHA: dict[tuple[str, str], float] = {
 def default_alpha(edit: str = DEFAULT_EDIT, mode: str = "boost") -> float:
     """The default step size α of `edit` in `mode` (docs/method.md, "4. The edit")."""
     if (edit, mode) not in _DEFAULT_ALPHA:
-        raise ValueError(f"no default alpha for edit={edit!r}, mode={mode!r}; edits: {EDITS}, modes: {MODES}")
+        raise InvalidArgumentError(f"no default alpha for edit={edit!r}, mode={mode!r}; edits: {EDITS}, modes: {MODES}")
     return _DEFAULT_ALPHA[(edit, mode)]
 
 
@@ -105,39 +107,39 @@ SEED_LIMIT = 2**32  # seeds are 0..2**32-1, what every random generator used her
 def check_seed(name: str, value: Any) -> int:
     """`value` if it is an int in 0..SEED_LIMIT-1 (bools refused), else an error naming `name`."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
+        raise ArgumentTypeError(f"{name} must be an int, got {value!r}")
     if not 0 <= value < SEED_LIMIT:
-        raise ValueError(f"{name} must be in 0..{SEED_LIMIT - 1}, got {value}")
+        raise InvalidArgumentError(f"{name} must be in 0..{SEED_LIMIT - 1}, got {value}")
     return value
 
 
 def check_positive_int(name: str, value: Any) -> int:
     """`value` if it is an int >= 1 (bools refused), else `ValueError` naming `name`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise InvalidArgumentError(f"{name} must be a positive int, got {value!r}")
     return value
 
 
 def check_count(name: str, value: Any) -> int:
     """`value` if it is an int >= 0 (bools refused), else `ValueError` naming `name`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        raise InvalidArgumentError(f"{name} must be an int >= 0, got {value!r}")
     return value
 
 
 def check_number(name: str, value: Any) -> float:
     """`value` as a float if it is a finite real number (`TypeError` / `ValueError` otherwise)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        raise ArgumentTypeError(f"{name} must be a number, got {type(value).__name__}")
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
+        raise InvalidArgumentError(f"{name} must be finite, got {value!r}")
     return float(value)
 
 
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     """`value` if it is one of `allowed`, else `ValueError` listing them."""
     if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        raise InvalidArgumentError(f"{name} must be one of {allowed}, got {value!r}")
     return value
 
 
@@ -146,12 +148,12 @@ def check_alpha(edit: str, mode: str, alpha: float) -> None:
     if edit != "oriented":
         return
     if mode == "boost" and alpha < 0:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"alpha must be >= 0 for the oriented boost, got {alpha} (to push towards the dispreferred "
             "side use steerer.mirror())"
         )
     if mode == "suppress" and not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be in [0, 1] for the oriented suppress, got {alpha}")
+        raise InvalidArgumentError(f"alpha must be in [0, 1] for the oriented suppress, got {alpha}")
 
 
 # --------------------------------------------------------------------------- the base
@@ -183,11 +185,11 @@ class _Settings:
         validated as when built directly.
         """
         if not isinstance(data, Mapping):
-            raise TypeError(f"{cls.__name__}.from_dict needs a mapping, got {type(data).__name__}")
+            raise ArgumentTypeError(f"{cls.__name__}.from_dict needs a mapping, got {type(data).__name__}")
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ValueError(f"{cls.__name__}: unknown setting(s) {unknown}; known: {sorted(known)}")
+            raise InvalidArgumentError(f"{cls.__name__}: unknown setting(s) {unknown}; known: {sorted(known)}")
         values = {}
         for name, value in data.items():
             nested = _NESTED.get((cls.__name__, name))
@@ -208,11 +210,11 @@ def _tuple_of_ints(name: str, value: Any) -> Optional[tuple[int, ...]]:
     if value is None:
         return None
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise TypeError(f"{name} must be a sequence of layer indices, got {type(value).__name__}")
+        raise ArgumentTypeError(f"{name} must be a sequence of layer indices, got {type(value).__name__}")
     out = tuple(value)
     for layer in out:
         if isinstance(layer, bool) or not isinstance(layer, int):
-            raise TypeError(f"layer indices must be ints, got {layer!r}")
+            raise ArgumentTypeError(f"layer indices must be ints, got {layer!r}")
     return out
 
 
@@ -239,7 +241,7 @@ class PreferenceSettings(_Settings):
 
     def __post_init__(self) -> None:
         if not isinstance(self.objective, str) or not self.objective.strip():
-            raise ValueError(f"objective must be a registered objective's name, got {self.objective!r}")
+            raise InvalidArgumentError(f"objective must be a registered objective's name, got {self.objective!r}")
         for name in (
             "n_characteristics",
             "n_responses",
@@ -250,25 +252,25 @@ class PreferenceSettings(_Settings):
         ):
             check_positive_int(name, getattr(self, name))
         if not isinstance(self.do_sample, bool):
-            raise TypeError(f"do_sample must be True or False, got {self.do_sample!r}")
+            raise ArgumentTypeError(f"do_sample must be True or False, got {self.do_sample!r}")
         check_seed("seed", self.seed)
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an int >= 0 (0 turns it off), got {self.top_k!r}")
+            raise InvalidArgumentError(f"top_k must be an int >= 0 (0 turns it off), got {self.top_k!r}")
         if self.do_sample:
             if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"temperature must be > 0 when sampling, got {self.temperature!r}; "
                     "for deterministic output pass do_sample=False"
                 )
             if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
-                raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+                raise InvalidArgumentError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if self.n_responses > 1 and not self.do_sample:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"n_responses={self.n_responses} needs do_sample=True: greedy decoding gives the same "
                 "answer every time; pass n_responses=1 or sample"
             )
         if not isinstance(self.elicit_prefill, str):
-            raise TypeError(f"elicit_prefill must be a string, got {type(self.elicit_prefill).__name__}")
+            raise ArgumentTypeError(f"elicit_prefill must be a string, got {type(self.elicit_prefill).__name__}")
 
 
 def check_rank_args(
@@ -287,22 +289,26 @@ def check_rank_args(
     )
     if isinstance(rank, str):
         if rank != "null":
-            raise ValueError(rank_msg)
+            raise InvalidArgumentError(rank_msg)
     elif rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-        raise ValueError(rank_msg)
+        raise InvalidArgumentError(rank_msg)
     if max_rank is not None and (isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 1):
-        raise ValueError(f"max_rank must be a positive int or None; got {max_rank!r}")
+        raise InvalidArgumentError(f"max_rank must be a positive int or None; got {max_rank!r}")
     if isinstance(n_null, bool) or not isinstance(n_null, int) or n_null < 1:
-        raise ValueError(f"n_null must be a positive int (the number of random sign draws, e.g. 200); got {n_null!r}")
+        raise InvalidArgumentError(
+            f"n_null must be a positive int (the number of random sign draws, e.g. 200); got {n_null!r}"
+        )
     if (
         isinstance(null_quantile, bool)
         or not isinstance(null_quantile, (int, float))
         or not (0.0 < null_quantile < 1.0)
     ):
-        raise ValueError(f"null_quantile must be a number strictly between 0 and 1 (e.g. 0.95); got {null_quantile!r}")
+        raise InvalidArgumentError(
+            f"null_quantile must be a number strictly between 0 and 1 (e.g. 0.95); got {null_quantile!r}"
+        )
     check_seed("null_seed", null_seed)
     if not isinstance(null_test, bool):
-        raise TypeError(f"null_test must be True or False; got {null_test!r}")
+        raise ArgumentTypeError(f"null_test must be True or False; got {null_test!r}")
 
 
 @dataclass(frozen=True)
@@ -331,10 +337,10 @@ class FitSettings(_Settings):
         for name, lo, hi in (("tau", -1.0, 1.0), ("variance", 0.0, 1.0)):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not (lo < value <= hi) or value != value:
-                raise ValueError(f"{name} must be a number in ({lo}, {hi}]; got {value!r}")
+                raise InvalidArgumentError(f"{name} must be a number in ({lo}, {hi}]; got {value!r}")
         check_rank_args(self.rank, self.max_rank, self.n_null, self.null_quantile, self.null_seed, self.null_test)
         if self.site not in SITE_NAMES:
-            raise ValueError(f"unknown site {self.site!r}; choose one of {', '.join(SITE_NAMES)}")
+            raise InvalidArgumentError(f"unknown site {self.site!r}; choose one of {', '.join(SITE_NAMES)}")
         object.__setattr__(self, "layers", _tuple_of_ints("layers", self.layers))
         check_positive_int("batch_size", self.batch_size)
 
@@ -373,13 +379,13 @@ class SteerSettings(_Settings):
                 check_alpha(self.edit, self.mode, alpha)
         weight = check_number("weight", self.weight)
         if weight < 0:
-            raise ValueError(f"weight must be >= 0, got {weight}")
+            raise InvalidArgumentError(f"weight must be >= 0, got {weight}")
         object.__setattr__(self, "weight", weight)
         if isinstance(self.scale, str):
             if self.scale not in SCALES:
-                raise ValueError(f"scale must be one of {SCALES} or a positive number, got {self.scale!r}")
+                raise InvalidArgumentError(f"scale must be one of {SCALES} or a positive number, got {self.scale!r}")
         elif check_number("scale", self.scale) <= 0:
-            raise ValueError(f"a numeric scale must be positive, got {self.scale}")
+            raise InvalidArgumentError(f"a numeric scale must be positive, got {self.scale}")
         check_choice("direction_filter", self.direction_filter, FILTERS)
         check_positive_int("top_n", self.top_n)
         object.__setattr__(self, "layers", _tuple_of_ints("layers", self.layers))
@@ -418,7 +424,7 @@ class EvalSettings(_Settings):
         methods = tuple(self.methods)
         unknown = [m for m in methods if m not in METHODS]
         if not methods or unknown:
-            raise ValueError(f"methods must be a non-empty subset of {METHODS}; got {list(methods)}")
+            raise InvalidArgumentError(f"methods must be a non-empty subset of {METHODS}; got {list(methods)}")
         object.__setattr__(self, "methods", tuple(dict.fromkeys(methods)))
         if self.layer is not None:
             check_count("layer", self.layer)
@@ -429,7 +435,7 @@ class EvalSettings(_Settings):
         check_number("iti_alpha", self.iti_alpha)
         for name, kind in (("prefs", PreferenceSettings), ("fit", FitSettings), ("steer", SteerSettings)):
             if not isinstance(getattr(self, name), kind):
-                raise TypeError(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
+                raise ArgumentTypeError(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
 
     @property
     def objective(self) -> str:

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ._checks import _as_queries, require_model
 from .activations import capture
+from .errors import ArgumentTypeError, InvalidArgumentError
 from .generation import Prefill
 from .hooks import EditGuard, EditTerm, PositionTracker, check_layers, edit_hook, hook_name
 from .models import render
@@ -229,7 +230,7 @@ class Steerer(HookSteering):
             hint = ""
             if isinstance(subspace, (str, os.PathLike)):
                 hint = " (load a saved one with AlignmentSubspace.load(path))"
-            raise TypeError(f"Steerer needs an AlignmentSubspace, got {type(subspace).__name__}{hint}")
+            raise ArgumentTypeError(f"Steerer needs an AlignmentSubspace, got {type(subspace).__name__}{hint}")
         settings = SteerSettings(
             edit=edit,
             alpha=alpha,
@@ -247,7 +248,7 @@ class Steerer(HookSteering):
     def from_settings(cls, subspace: AlignmentSubspace, settings: SteerSettings) -> "Steerer":
         """A Steerer of `subspace` with typed `settings` (`SteerSettings`)."""
         if not isinstance(settings, SteerSettings):
-            raise TypeError(f"settings must be a SteerSettings, got {type(settings).__name__}")
+            raise ArgumentTypeError(f"settings must be a SteerSettings, got {type(settings).__name__}")
         out = cls.__new__(cls)
         if not isinstance(subspace, AlignmentSubspace):
             cls.__init__(out, subspace)  # the same TypeError as the constructor
@@ -264,10 +265,12 @@ class Steerer(HookSteering):
             fixed = tuple(check_layers(list(layers), n_layers))
             missing = [layer for layer in fixed if layer not in subspace.layers]
             if missing:
-                raise ValueError(f"layers {missing} were not fitted; the subspace has layers {subspace.layer_indices}")
+                raise InvalidArgumentError(
+                    f"layers {missing} were not fitted; the subspace has layers {subspace.layer_indices}"
+                )
             empty = [layer for layer in fixed if subspace.layers[layer].rank == 0]
             if len(empty) == len(fixed):
-                raise ValueError(f"layers {fixed} have no directions (every pair was filtered out there)")
+                raise InvalidArgumentError(f"layers {fixed} have no directions (every pair was filtered out there)")
         self.terms: list[SteeringTerm] = [
             SteeringTerm(
                 subspace,
@@ -287,7 +290,9 @@ class Steerer(HookSteering):
     def settings(self) -> SteerSettings:
         """This steerer's `SteerSettings` (one objective; a composed steerer has one per term)."""
         if len(self.terms) != 1:
-            raise ValueError(f"a composed steerer has {len(self.terms)} settings: read [t.settings() for t in .terms]")
+            raise InvalidArgumentError(
+                f"a composed steerer has {len(self.terms)} settings: read [t.settings() for t in .terms]"
+            )
         return self.terms[0].settings(self.positions)
 
     # ------------------------------------------------------------------ composition
@@ -301,24 +306,24 @@ class Steerer(HookSteering):
         """
         steerers = list(steerers)
         if not steerers:
-            raise ValueError("compose needs at least one Steerer")
+            raise InvalidArgumentError("compose needs at least one Steerer")
         weights = [1.0] * len(steerers) if weights is None else list(weights)
         if len(weights) != len(steerers):
-            raise ValueError(f"{len(weights)} weights for {len(steerers)} steerers")
+            raise InvalidArgumentError(f"{len(weights)} weights for {len(steerers)} steerers")
         positions = {s.positions for s in steerers}
         if len(positions) != 1:
-            raise ValueError(f"composed steerers must share `positions`; got {sorted(positions)}")
+            raise InvalidArgumentError(f"composed steerers must share `positions`; got {sorted(positions)}")
         d_models = {t.subspace.d_model for s in steerers for t in s.terms}
         sites = {t.subspace.site for s in steerers for t in s.terms}
         if len(d_models) != 1 or len(sites) != 1:
-            raise ValueError("composed subspaces must share d_model and site")
+            raise InvalidArgumentError("composed subspaces must share d_model and site")
         out = cls.__new__(cls)
         out.positions = positions.pop()
         out.terms = []
         for steerer, w in zip(steerers, weights):
             w = check_number("weight", w)
             if w < 0:
-                raise ValueError(f"weights must be >= 0, got {w}")
+                raise InvalidArgumentError(f"weights must be >= 0, got {w}")
             out.terms.extend(replace(t, weight=t.weight * w) for t in steerer.terms)
         return out
 
@@ -387,7 +392,7 @@ class Steerer(HookSteering):
             acts = capture(model, texts, layers, site, batch_size=batch_size, chat=chat)
         else:
             if tuple(activations.shape[:2]) != (len(queries), len(layers)):
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"activations of shape {tuple(activations.shape)} for {len(queries)} queries "
                     f"at {len(layers)} layers"
                 )
@@ -582,7 +587,7 @@ class Steerer(HookSteering):
     def with_positions(self, positions: str) -> "Steerer":
         """A copy that edits `positions` (`"generated"` or `"all"`); the terms are unchanged."""
         if positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+            raise InvalidArgumentError(f"positions must be one of {POSITIONS}, got {positions!r}")
         out = self._copy(list(self.terms))
         out.positions = cast(Positions, positions)  # checked against POSITIONS above
         return out
@@ -601,7 +606,7 @@ class Steerer(HookSteering):
         masks: dict[int, Tensor] = {}
         if selections is None:
             if term.layers is None:
-                raise ValueError(
+                raise InvalidArgumentError(
                     "no query given: pass query=... (per-query layer selection) or build the "
                     "Steerer with layers=[...] to edit fixed layers"
                 )

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ._checks import require_model
 from ._io import atomic_write
-from .errors import SubspaceFileError, SubspaceMismatchError
+from .errors import ArgumentTypeError, InvalidArgumentError, SubspaceFileError, SubspaceMismatchError
 from .hooks import SITES, check_layers
 from .models import any_id, basis_mismatch, model_signature
 from .pairs import EmptySubspaceError, PairActivations, check_text_pairs, embed_pairs
@@ -104,33 +104,35 @@ class LayerSubspace:
         for name in self._TENSORS:
             t = getattr(self, name)
             if not isinstance(t, Tensor):
-                raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(t).__name__}")
+                raise ArgumentTypeError(f"{where}: {name} must be a torch.Tensor, got {type(t).__name__}")
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"{where}: {name} holds NaN or inf; a subspace needs finite values "
                     "(refit it from finite activations)"
                 )
         if self.directions.ndim != 2:
-            raise ValueError(f"{where}: directions must be [k, d_model], got shape {tuple(self.directions.shape)}")
+            raise InvalidArgumentError(
+                f"{where}: directions must be [k, d_model], got shape {tuple(self.directions.shape)}"
+            )
         k = self.directions.shape[0]
         for name in ("proj_mean", "proj_rms", "mean_diff_proj"):
             if tuple(getattr(self, name).shape) != (k,):
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"{where}: {name} has shape {tuple(getattr(self, name).shape)}, expected ({k},): "
                     "one value per direction"
                 )
         if bool((self.proj_rms < 0).any()):
-            raise ValueError(f"{where}: proj_rms (the fitted scales) must be >= 0")
+            raise InvalidArgumentError(f"{where}: proj_rms (the fitted scales) must be >= 0")
         for name in self._NULL_TENSORS:
             t = getattr(self, name)
             if not isinstance(t, Tensor):
-                raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(t).__name__}")
+                raise ArgumentTypeError(f"{where}: {name} must be a torch.Tensor, got {type(t).__name__}")
             if not bool(torch.isfinite(t).all()):
-                raise ValueError(f"{where}: {name} holds NaN or inf; refit the subspace")
+                raise InvalidArgumentError(f"{where}: {name} holds NaN or inf; refit the subspace")
         n_sing = int(self.singular_values.numel())
         shapes = {tuple(self.gap.shape), tuple(self.null_threshold.shape)}
         if len(shapes) != 1 or shapes.pop() not in ((0,), (n_sing,)):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{where}: gap {tuple(self.gap.shape)} and null_threshold "
                 f"{tuple(self.null_threshold.shape)} must both be empty (no null computed) or both "
                 f"({n_sing},): one value per singular direction"
@@ -251,7 +253,7 @@ def sign_flip_null(
     """
     check_rank_args(n_null=n_null, null_quantile=quantile, null_seed=seed)
     if z.ndim != 2:
-        raise ValueError(f"z must be [n_pairs, n_directions]; got shape {tuple(z.shape)}")
+        raise InvalidArgumentError(f"z must be [n_pairs, n_directions]; got shape {tuple(z.shape)}")
     z = z.to(torch.float64)
     n, r = z.shape
     if n == 0 or r == 0:
@@ -319,11 +321,13 @@ def fit_layer(
     """
     check_rank_args(rank, max_rank, n_null, null_quantile, null_seed, null_test)
     if pos.shape != neg.shape or pos.ndim != 2:
-        raise ValueError(f"pos and neg must both be [n, d_model]; got {tuple(pos.shape)} and {tuple(neg.shape)}")
+        raise InvalidArgumentError(
+            f"pos and neg must both be [n, d_model]; got {tuple(pos.shape)} and {tuple(neg.shape)}"
+        )
     bad = (~torch.isfinite(pos)).any(-1) | (~torch.isfinite(neg)).any(-1)
     if bad.any():
         rows = bad.nonzero().flatten().tolist()
-        raise ValueError(
+        raise InvalidArgumentError(
             f"layer {layer}: the activations contain NaN or inf in {len(rows)} of {bad.numel()} pairs "
             f"(first: pair {rows[0]}). Check the model's dtype (float16 overflows easily: load it in "
             "float32) or the activations you passed."
@@ -413,20 +417,20 @@ class AlignmentSubspace:
 
     def __post_init__(self) -> None:
         if self.site not in SITES:
-            raise ValueError(f"unknown site {self.site!r}; choose one of {', '.join(SITES)}")
+            raise InvalidArgumentError(f"unknown site {self.site!r}; choose one of {', '.join(SITES)}")
         if isinstance(self.d_model, bool) or not isinstance(self.d_model, int) or self.d_model < 1:
-            raise ValueError(f"d_model must be a positive int, got {self.d_model!r}")
+            raise InvalidArgumentError(f"d_model must be a positive int, got {self.d_model!r}")
         if not self.layers:
-            raise ValueError("an AlignmentSubspace needs at least one layer; layers is empty")
+            raise InvalidArgumentError("an AlignmentSubspace needs at least one layer; layers is empty")
         for key, sub in self.layers.items():
             if isinstance(key, bool) or not isinstance(key, int) or key < 0:
-                raise ValueError(f"layer keys are ints >= 0, got {key!r}")
+                raise InvalidArgumentError(f"layer keys are ints >= 0, got {key!r}")
             if not isinstance(sub, LayerSubspace):
-                raise TypeError(f"layers[{key!r}] must be a LayerSubspace, got {type(sub).__name__}")
+                raise ArgumentTypeError(f"layers[{key!r}] must be a LayerSubspace, got {type(sub).__name__}")
             if key != sub.layer:
-                raise ValueError(f"layers[{key!r}] holds the subspace of layer {sub.layer}")
+                raise InvalidArgumentError(f"layers[{key!r}] holds the subspace of layer {sub.layer}")
             if sub.directions.shape[1] != self.d_model:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"layer {key}: directions are {sub.directions.shape[1]} wide, but d_model is {self.d_model}"
                 )
 
@@ -619,20 +623,20 @@ class AlignmentSubspace:
             site_name = meta["site"]
             layer_info = meta["layers"]
             if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1:
-                raise ValueError(f"d_model must be a positive int, got {d_model!r}")
+                raise InvalidArgumentError(f"d_model must be a positive int, got {d_model!r}")
             if not isinstance(layer_info, dict):
-                raise ValueError(f"'layers' must be an object, got {type(layer_info).__name__}")
+                raise InvalidArgumentError(f"'layers' must be an object, got {type(layer_info).__name__}")
             for part in ("model", "objective", "settings", "versions"):
                 if not isinstance(meta.get(part, {}), dict):
-                    raise ValueError(f"{part!r} must be an object")
+                    raise InvalidArgumentError(f"{part!r} must be an object")
             counts = {
                 int(key): {f: int(info[f]) for f in ("rank", "n_singular", "n_pairs", "n_kept")}
                 for key, info in layer_info.items()
             }
             if not counts:
-                raise ValueError("it lists no layers; a subspace file holds at least one")
+                raise InvalidArgumentError("it lists no layers; a subspace file holds at least one")
             if min(counts) < 0:
-                raise ValueError(f"layer {min(counts)} is negative; layers are numbered from 0")
+                raise InvalidArgumentError(f"layer {min(counts)} is negative; layers are numbered from 0")
         except (KeyError, TypeError, ValueError) as exc:
             what = f"field {exc} is missing" if isinstance(exc, KeyError) else str(exc)
             raise SubspaceFileError(f"{path}: the provenance header is malformed ({what})") from None
@@ -802,7 +806,7 @@ def fit_subspace(
         n_layers = int(model.cfg.n_layers)
         layers = check_layers(list(range(n_layers)) if layers is None else list(layers), n_layers)
     elif layers is None:
-        raise ValueError("without a model, pass layers=[...] to say which layers the activations are")
+        raise InvalidArgumentError("without a model, pass layers=[...] to say which layers the activations are")
     else:
         layers = list(layers)
 

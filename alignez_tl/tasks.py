@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
+from .errors import ArgumentTypeError, InvalidArgumentError
+
 __all__ = [
     "MATH_KINDS",
     "MAX_MATH_PROBLEMS",
@@ -285,11 +287,11 @@ _MAX_TRIES = 10_000
 
 def _check_n(n: object) -> int:
     if isinstance(n, bool) or not isinstance(n, int):
-        raise ValueError(f"n must be a whole number of problems, got {n!r}")
+        raise InvalidArgumentError(f"n must be a whole number of problems, got {n!r}")
     if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
+        raise InvalidArgumentError(f"n must be at least 1, got {n}")
     if n > MAX_MATH_PROBLEMS:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"n={n} is more than the {MAX_MATH_PROBLEMS} distinct problems the {len(_TEMPLATES)} templates "
             f"are guaranteed to make in one call; ask for at most {MAX_MATH_PROBLEMS} (use several seeds "
             f"for more, and de-duplicate across them)"
@@ -392,7 +394,7 @@ def extract_answer(text: str) -> Optional[Union[int, float]]:
     decimal point as `float`.
     """
     if not isinstance(text, str):
-        raise TypeError(f"extract_answer takes a string, got {type(text).__name__}")
+        raise ArgumentTypeError(f"extract_answer takes a string, got {type(text).__name__}")
     best: Optional[re.Match] = None
     for marker in _MARKERS:
         for m in marker.finditer(text):

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from alignez_tl.errors import ArgumentTypeError, InvalidArgumentError
 from alignez_tl.generation import BACKENDS
 from alignez_tl.generation import generate as generate_tokens
 from alignez_tl.hooks import hook_name, project_out_hook
@@ -164,7 +165,7 @@ class Ablation:
     def from_dict(cls, data: dict[str, Any]) -> "Ablation":
         """Rebuild a result from `to_dict()` output (e.g. read back from JSON)."""
         if data.get("analysis") != "ablation":
-            raise ValueError("not an ablation result (its 'analysis' field is not 'ablation')")
+            raise InvalidArgumentError("not an ablation result (its 'analysis' field is not 'ablation')")
         names = (
             "components",
             "top_k",
@@ -182,7 +183,7 @@ class Ablation:
         )
         missing = [n for n in names if n not in data]
         if missing:
-            raise ValueError(f"ablation result is missing {', '.join(missing)}")
+            raise InvalidArgumentError(f"ablation result is missing {', '.join(missing)}")
         return cls(**{n: data[n] for n in names})
 
     def summary(self) -> str:
@@ -302,16 +303,16 @@ class Ablation:
 
 def _as_prompts(prompts: Any, what: str = "prompts") -> list[str]:
     if isinstance(prompts, str):
-        raise TypeError(f"{what} must be a list of strings, got a single string: wrap it in a list")
+        raise ArgumentTypeError(f"{what} must be a list of strings, got a single string: wrap it in a list")
     try:
         out = list(prompts)
     except TypeError:
-        raise TypeError(f"{what} must be a list of strings, got {type(prompts).__name__}") from None
+        raise ArgumentTypeError(f"{what} must be a list of strings, got {type(prompts).__name__}") from None
     if not out:
-        raise ValueError(f"{what} is empty: give at least one query")
+        raise InvalidArgumentError(f"{what} is empty: give at least one query")
     for p in out:
         if not isinstance(p, str) or not p.strip():
-            raise ValueError(f"every entry of {what} must be a non-empty string; got {p!r}")
+            raise InvalidArgumentError(f"every entry of {what} must be a non-empty string; got {p!r}")
     return out
 
 
@@ -322,25 +323,25 @@ def _as_pairs(pairs: Any) -> list[tuple[str, str, str]]:
         out = [(p.query, p.positive, p.negative) for p in pairs]
     else:
         if isinstance(pairs, (str, bytes)):
-            raise TypeError("pairs must be a PreferenceSet or a list of (query, positive, negative)")
+            raise ArgumentTypeError("pairs must be a PreferenceSet or a list of (query, positive, negative)")
         try:
             out = [tuple(p) for p in pairs]
         except TypeError:
-            raise TypeError("pairs must be a PreferenceSet or a list of (query, positive, negative)") from None
+            raise ArgumentTypeError("pairs must be a PreferenceSet or a list of (query, positive, negative)") from None
         for i, p in enumerate(out):
             if len(p) != 3 or not all(isinstance(t, str) for t in p):
-                raise TypeError(f"pair {i} is not a (query, positive, negative) triple of strings")
+                raise ArgumentTypeError(f"pair {i} is not a (query, positive, negative) triple of strings")
     if not out:
-        raise ValueError("pairs is empty: pass None to skip the margin, or at least one pair")
+        raise InvalidArgumentError("pairs is empty: pass None to skip the margin, or at least one pair")
     for i, (q, _, _) in enumerate(out):
         if not q.strip():
-            raise ValueError(f"pair {i} has an empty query")
+            raise InvalidArgumentError(f"pair {i} has an empty query")
     return out
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
     return value
 
 
@@ -533,38 +534,38 @@ def ablate_components(
     """
     # ---------------------------------------------------------------- validate first
     if not isinstance(steerer, Steerer):
-        raise TypeError(f"ablate_components needs a Steerer, got {type(steerer).__name__}")
+        raise ArgumentTypeError(f"ablate_components needs a Steerer, got {type(steerer).__name__}")
     prompts = _as_prompts(prompts)
     if queries is not None:
         queries = _as_prompts(queries, "queries")
         if len(queries) != len(prompts):
-            raise ValueError(f"{len(queries)} queries for {len(prompts)} prompts")
+            raise InvalidArgumentError(f"{len(queries)} queries for {len(prompts)} prompts")
     greedy_tokens = _positive_int("greedy_tokens", greedy_tokens, 0)
     batch_size = _positive_int("batch_size", batch_size, 1)
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise InvalidArgumentError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if max_components is not None:
         max_components = _positive_int("max_components", max_components, 1)
     pair_list = None if pairs is None else _as_pairs(pairs)
     all_rank = _max_rank(steerer)
     if all_rank == 0:
-        raise ValueError("the steerer's subspace has no directions at any layer")
+        raise InvalidArgumentError("the steerer's subspace has no directions at any layer")
     if components is not None:
         if isinstance(components, (str, bytes)) or not hasattr(components, "__iter__"):
-            raise TypeError(f"components must be a list of ints, got {type(components).__name__}")
+            raise ArgumentTypeError(f"components must be a list of ints, got {type(components).__name__}")
         components = list(components)
         if not components:
-            raise ValueError("components is empty: pass None for the default or at least one index")
+            raise InvalidArgumentError("components is empty: pass None for the default or at least one index")
         for j in components:
             if isinstance(j, bool) or not isinstance(j, int):
-                raise TypeError(f"component indices must be ints, got {j!r}")
+                raise ArgumentTypeError(f"component indices must be ints, got {j!r}")
             if not 0 <= j < all_rank:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"component {j} is out of range: the subspace has direction indices "
                     f"0..{all_rank - 1} (its largest rank over all layers is {all_rank})"
                 )
         if len(set(components)) != len(components):
-            raise ValueError(f"components has duplicates: {components}")
+            raise InvalidArgumentError(f"components has duplicates: {components}")
     require_tokenizer(model, "component ablation")
     steerer.check_model(model)
 
@@ -578,7 +579,7 @@ def ablate_components(
             k_default = min(k_default, max_components)
         components = list(range(k_default))
         if not components:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "no prompt's selection edits any layer (the direction filter kept nothing), so "
                 "there is no steering to ablate; pass other prompts or direction_filter='all'"
             )
@@ -613,7 +614,7 @@ def ablate_components(
             prompt_ids_all += [p_ids, p_ids]
             resp_ids_all += r_ids
         if not kept_pairs:
-            raise ValueError("every pair has an empty positive or negative response: no margin to measure")
+            raise InvalidArgumentError("every pair has an empty positive or negative response: no margin to measure")
         uniq = list(dict.fromkeys(q for q, _, _ in kept_pairs))
         uniq_sels = steerer.select(model, uniq, batch_size=max(batch_size, 1))
         index = {q: i for i, q in enumerate(uniq)}

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from alignez_tl.errors import ArgumentTypeError, InvalidArgumentError
 from alignez_tl.generation import BACKENDS, encode_for_generation, stop_token_ids
 from alignez_tl.generation import generate as generate_tokens
 from alignez_tl.hooks import EditTerm, edit_steps, hook_name
@@ -451,17 +452,17 @@ def attribute_steering(
             `continuations`; all checked before any model call.
     """
     if not isinstance(steerer, Steerer):
-        raise TypeError(f"attribute_steering needs a Steerer, got {type(steerer).__name__}")
+        raise ArgumentTypeError(f"attribute_steering needs a Steerer, got {type(steerer).__name__}")
     if not isinstance(prompt, str):
-        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        raise ArgumentTypeError(f"prompt must be a string, got {type(prompt).__name__}")
     if not prompt.strip():
-        raise ValueError("prompt is empty")
+        raise InvalidArgumentError("prompt is empty")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+        raise InvalidArgumentError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+        raise InvalidArgumentError(f"top_k must be a positive int, got {top_k!r}")
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise InvalidArgumentError(f"backend must be one of {BACKENDS}, got {backend!r}")
     forced = None if continuations is None else _check_continuations(continuations, model)
     tok = require_tokenizer(model, "attribute_steering")
     steerer.check_model(model)
@@ -529,15 +530,15 @@ def attribute_steering(
 
 def _check_continuations(continuations: Any, model: Any) -> tuple[list[int], list[int]]:
     if not isinstance(continuations, (tuple, list)) or len(continuations) != 2:
-        raise ValueError("continuations must be a pair (base_ids, steered_ids)")
+        raise InvalidArgumentError("continuations must be a pair (base_ids, steered_ids)")
     vocab = int(model.cfg.d_vocab)
     out = []
     for name, ids in zip(("base", "steered"), continuations):
         ids = [int(t) for t in (ids.tolist() if isinstance(ids, Tensor) else ids)]
         if not ids:
-            raise ValueError(f"the {name} continuation is empty")
+            raise InvalidArgumentError(f"the {name} continuation is empty")
         if any(not 0 <= t < vocab for t in ids):
-            raise ValueError(f"the {name} continuation has token ids outside 0..{vocab - 1}")
+            raise InvalidArgumentError(f"the {name} continuation has token ids outside 0..{vocab - 1}")
         out.append(ids)
     return out[0], out[1]
 

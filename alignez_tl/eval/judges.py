@@ -9,7 +9,7 @@ import random
 import re
 from typing import Any, Optional, Sequence
 
-from ..errors import JudgeError
+from ..errors import ArgumentTypeError, InvalidArgumentError, JudgeError
 from .records import Comparison, PairVerdict
 from .scorers import ScorerJudge
 
@@ -55,7 +55,7 @@ def judge_prompt(
     elif reply == "word":
         last = f"Which answer is better? Reply with one word only: {options}."
     else:
-        raise ValueError(f"reply must be 'prefill' or 'word', got {reply!r}")
+        raise InvalidArgumentError(f"reply must be 'prefill' or 'word', got {reply!r}")
     return (
         "Compare two answers to the same question. Judge them on "
         f"{_english_list(aspects)}. Do not let the order of the answers or their "
@@ -79,7 +79,7 @@ def _check_aspects(aspects: Sequence[str]) -> tuple[str, ...]:
         aspects = (aspects,)
     aspects = tuple(aspects)
     if not aspects or not all(isinstance(a, str) and a.strip() for a in aspects):
-        raise ValueError(f"aspects must be a non-empty list of names, got {aspects!r}")
+        raise InvalidArgumentError(f"aspects must be a non-empty list of names, got {aspects!r}")
     return aspects
 
 
@@ -121,7 +121,7 @@ def _call_judge(judge: Any, query: str, a: str, b: str, aspects: tuple[str, ...]
     elif callable(judge):
         out = judge(query, a, b)
     else:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{type(judge).__name__} is not a judge: pass an object with "
             ".judge(query, a, b, aspects=...) or a callable (query, a, b) -> 'A'|'B'|'tie'"
         )
@@ -164,10 +164,10 @@ def judge_pairs(
     `verdict=None` and the error, and the rest go on; `"raise"` (default) stops.
     """
     if on_error not in ("raise", "record"):
-        raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
+        raise InvalidArgumentError(f"on_error must be 'raise' or 'record', got {on_error!r}")
     queries, answers_a, answers_b = list(queries), list(answers_a), list(answers_b)
     if not len(queries) == len(answers_a) == len(answers_b):
-        raise ValueError(f"{len(queries)} queries, {len(answers_a)} A answers and {len(answers_b)} B answers")
+        raise InvalidArgumentError(f"{len(queries)} queries, {len(answers_a)} A answers and {len(answers_b)} B answers")
     aspects = _check_aspects(aspects)
     out: list[Optional[PairVerdict]] = [None] * len(queries)
     todo = []
@@ -219,12 +219,14 @@ def pairwise_compare(
     """
     queries, base_answers, steered_answers = list(queries), list(base_answers), list(steered_answers)
     if not len(queries) == len(base_answers) == len(steered_answers):
-        raise ValueError(f"{len(queries)} queries, {len(base_answers)} base and {len(steered_answers)} steered answers")
+        raise InvalidArgumentError(
+            f"{len(queries)} queries, {len(base_answers)} base and {len(steered_answers)} steered answers"
+        )
     named = (("queries", queries), ("base answers", base_answers), ("steered answers", steered_answers))
     for name, items in named:
         bad = [i for i, t in enumerate(items) if not isinstance(t, str)]
         if bad:
-            raise TypeError(f"{name} must be strings; item {bad[0]} is {type(items[bad[0]]).__name__}")
+            raise ArgumentTypeError(f"{name} must be strings; item {bad[0]} is {type(items[bad[0]]).__name__}")
     if isinstance(judge, ScorerJudge):
         return judge.compare(queries, base_answers, steered_answers, objective=objective)
     aspects = _check_aspects(aspects)

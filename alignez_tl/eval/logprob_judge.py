@@ -10,6 +10,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from ..errors import ArgumentTypeError, InvalidArgumentError
 from ..models import encode, model_device, pad_id, padding_kwargs, render, require_tokenizer
 from .judges import ASPECTS, _check_aspects, judge_prompt
 from .records import PairVerdict
@@ -106,11 +107,13 @@ class LogprobJudge:
         elif hasattr(model, "config") and callable(model):
             tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
             if tok is None:
-                raise ValueError("a Hugging Face model needs its tokenizer: LogprobJudge(model, tokenizer=tok)")
+                raise InvalidArgumentError(
+                    "a Hugging Face model needs its tokenizer: LogprobJudge(model, tokenizer=tok)"
+                )
             self.model = _HFAdapter(model, tok, prepend_bos)
             self._hf = True
         else:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"LogprobJudge needs a TransformerLens model or a Hugging Face causal LM, got {type(model).__name__}"
             )
         self.tokenizer = require_tokenizer(self.model, "the logprob judge")
@@ -118,11 +121,11 @@ class LogprobJudge:
             chat = bool(getattr(self.tokenizer, "chat_template", None))
         self.chat = bool(chat)
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
         if tie_margin < 0 or not math.isfinite(tie_margin):
-            raise ValueError(f"tie_margin must be a finite number >= 0, got {tie_margin}")
+            raise InvalidArgumentError(f"tie_margin must be a finite number >= 0, got {tie_margin}")
         if max_answer_tokens is not None and max_answer_tokens < 1:
-            raise ValueError(f"max_answer_tokens must be >= 1 or None, got {max_answer_tokens}")
+            raise InvalidArgumentError(f"max_answer_tokens must be >= 1 or None, got {max_answer_tokens}")
         self.tie = bool(tie)
         self.tie_margin = float(tie_margin)
         self.max_answer_tokens = max_answer_tokens
@@ -177,10 +180,12 @@ class LogprobJudge:
         tokens = {}
         for v, seq in conts.items():
             if len(seq) <= len(shared):
-                raise ValueError(f"the verdict {v!r} has no token of its own after the shared prefix {shared}")
+                raise InvalidArgumentError(
+                    f"the verdict {v!r} has no token of its own after the shared prefix {shared}"
+                )
             tokens[v] = seq[len(shared)]
         if len(set(tokens.values())) != len(tokens):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"the verdicts share their first distinguishing token under this tokenizer "
                 f"({tokens}); build the judge with tie=False"
             )

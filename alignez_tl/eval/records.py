@@ -9,6 +9,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Optional, Union
 
+from ..errors import ArgumentTypeError
+
 __all__ = ["OUTCOMES", "Comparison", "PairVerdict", "load_comparisons", "save_comparisons"]
 
 OUTCOMES = ("win", "lose", "tie")
@@ -94,4 +96,4 @@ def _as_comparison(c: Any) -> Comparison:
         return c
     if isinstance(c, dict):
         return Comparison.from_dict(c)
-    raise TypeError(f"expected a Comparison or its dict, got {type(c).__name__}")
+    raise ArgumentTypeError(f"expected a Comparison or its dict, got {type(c).__name__}")

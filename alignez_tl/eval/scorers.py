@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional, Sequence
 
-from ..errors import JudgeError
+from ..errors import ArgumentTypeError, InvalidArgumentError, JudgeError
 from .records import Comparison
 
 __all__ = ["ScorerJudge", "profanity_scorer", "sentiment_scorer"]
@@ -38,9 +38,9 @@ class ScorerJudge:
         batch_fn: Optional[Callable[[list[str]], Sequence[float]]] = None,
     ) -> None:
         if not callable(fn):
-            raise TypeError("ScorerJudge needs a callable str -> float")
+            raise ArgumentTypeError("ScorerJudge needs a callable str -> float")
         if tolerance < 0 or not math.isfinite(tolerance):
-            raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance}")
+            raise InvalidArgumentError(f"tolerance must be a finite number >= 0, got {tolerance}")
         self.fn = fn
         self.name = str(name)
         self.higher_is_better = bool(higher_is_better)
@@ -85,7 +85,7 @@ class ScorerJudge:
     ) -> list[Comparison]:
         queries, base_answers, steered_answers = list(queries), list(base_answers), list(steered_answers)
         if not len(queries) == len(base_answers) == len(steered_answers):
-            raise ValueError("queries, base and steered answers differ in length")
+            raise InvalidArgumentError("queries, base and steered answers differ in length")
         objective = self.name if objective is None else objective
         differ = [i for i, (b, s) in enumerate(zip(base_answers, steered_answers)) if b.strip() != s.strip()]
         scores = self.score([base_answers[i] for i in differ] + [steered_answers[i] for i in differ])

@@ -8,6 +8,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ..errors import InvalidArgumentError
 from .records import OUTCOMES, Comparison, _as_comparison
 
 __all__ = ["per_prompt", "summarize"]
@@ -95,14 +96,14 @@ def summarize(
     """
     comps = [_as_comparison(c) for c in comparisons]
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 0:
-        raise ValueError(f"n_boot must be an int >= 0, got {n_boot!r}")
+        raise InvalidArgumentError(f"n_boot must be an int >= 0, got {n_boot!r}")
     if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+        raise InvalidArgumentError(f"level must be in (0, 1), got {level}")
     result: dict[str, Any] = {"overall": _group_stats(comps, n_boot, seed, level)}
     if by is not None:
         by = list(by)
         if len(by) != len(comps):
-            raise ValueError(f"{len(by)} labels in `by` for {len(comps)} comparisons")
+            raise InvalidArgumentError(f"{len(by)} labels in `by` for {len(comps)} comparisons")
         groups: dict[Any, list[Comparison]] = {}
         for label, c in zip(by, comps):
             groups.setdefault(label, []).append(c)
