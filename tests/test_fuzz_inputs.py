@@ -31,9 +31,12 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
+QUERIES = ["How do I bake bread?", "What is photosynthesis?", "How do I tie a knot?", "Why is the sea salty?"]
 PAIRS = [
     ("Knead the dough, let it rise, then bake it at 220 C.", "No."),
     ("Plants turn light, water and carbon dioxide into sugar.", "Figure it out."),
+    ("Make a loop, pass the end through it, and pull both ends tight.", "Whatever."),
+    ("Rivers carry dissolved minerals to the sea, and evaporation leaves the salt.", "Who cares."),
 ]
 
 
@@ -41,20 +44,16 @@ PAIRS = [
 def valid_files(llama, tmp_path_factory):
     """One valid file of every kind a loader reads: the seeds of the mutations."""
     folder = tmp_path_factory.mktemp("valid")
-    prefs = PreferenceSet.from_pairs(["How do I bake bread?", "What is photosynthesis?"], *zip(*PAIRS), "helpful")
+    prefs = PreferenceSet.from_pairs(QUERIES, *zip(*PAIRS), "helpful")
     prefs.save(folder / "pairs.jsonl")
-    fit_subspace(llama, PAIRS, tau=1.0, verbose=False, layers=[0, 1]).save(folder / "sub.safetensors")
+    fit_subspace(llama, prefs, tau=1.0, verbose=False, layers=[0, 1]).save(folder / "sub.safetensors")
     (folder / "prompts.jsonl").write_text(
         "\n".join(json.dumps({"query": q, "category": "how-to"}) for q in ("How do I rest?", "Why is the sky blue?"))
         + "\n",
         encoding="utf-8",
     )
     (folder / "labelled.jsonl").write_text(
-        "\n".join(
-            json.dumps({"prompt": q, "chosen": c, "rejected": r})
-            for q, (c, r) in zip(("How do I bake bread?", "What is photosynthesis?"), PAIRS)
-        )
-        + "\n",
+        "\n".join(json.dumps({"prompt": q, "chosen": c, "rejected": r}) for q, (c, r) in zip(QUERIES, PAIRS)) + "\n",
         encoding="utf-8",
     )
     return {

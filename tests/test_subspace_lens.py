@@ -1,5 +1,6 @@
 """The subspace lens: vocabulary view, principal angles, stability, relations, cost."""
 
+import dataclasses
 import json
 import math
 
@@ -256,7 +257,11 @@ def test_bad_input(llama):
             subspace_lens(llama, sub, PAIRS, **kwargs)
     with pytest.raises(TypeError):
         subspace_lens(llama, sub, PAIRS, others=["x"])
-    wide = AlignmentSubspace(layers={}, site="resid_post", d_model=sub.d_model + 1)
+    first = sub.layer_indices[0]
+    padded = dataclasses.replace(
+        sub.layers[first], directions=torch.nn.functional.pad(sub.layers[first].directions, (0, 1))
+    )
+    wide = AlignmentSubspace(layers={first: padded}, site="resid_post", d_model=sub.d_model + 1)
     with pytest.raises(ValueError, match="d_model"):
         subspace_lens(llama, sub, PAIRS, others={"wide": wide})
 
