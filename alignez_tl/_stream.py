@@ -24,7 +24,7 @@ from .errors import ResumeError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["Existing", "RowWriter", "compare_headers", "dump_line", "read_existing"]
+__all__ = ["Existing", "RowWriter", "compare_headers", "dump_line", "read_existing", "resumed_rows"]
 
 
 def dump_line(record: dict[str, Any]) -> str:
@@ -126,6 +126,27 @@ def compare_headers(found: dict[str, Any], expected: dict[str, Any], path: PathL
         f"file, {_short(_lookup(expected, field))} now){more}; rerun with the same model, objective and "
         "settings, or start over (--force instead of --resume)"
     )
+
+
+def resumed_rows(
+    path: PathLike, rows: Sequence[dict[str, Any]], queries: Sequence[str], batch_size: int
+) -> list[dict[str, Any]]:
+    """The rows of a resumed file, checked (`ResumeError`): row i answers query i, and they
+    fill whole batches of `batch_size` (batch b is generated with seed + b) unless all done."""
+    if len(rows) > len(queries):
+        raise ResumeError(f"cannot resume {path}: it holds {len(rows)} rows, but {len(queries)} queries are given")
+    for i, row in enumerate(rows):
+        if row.get("query") != queries[i]:
+            raise ResumeError(
+                f"cannot resume {path}: row {i} answers {row.get('query')!r}, but query {i} is now "
+                f"{queries[i]!r}: pass the same queries, or start over (--force instead of --resume)"
+            )
+    if len(rows) % batch_size and len(rows) < len(queries):
+        raise ResumeError(
+            f"cannot resume {path}: its {len(rows)} rows are not whole batches of {batch_size}; start over "
+            "(--force instead of --resume)"
+        )
+    return list(rows)
 
 
 def _short(value: Any, limit: int = 80) -> str:

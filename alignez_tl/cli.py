@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from ._io import atomic_write_jsonl, atomic_write_text, check_writable_folder, output_lock, staged_folder
-from .errors import AlignezError, CLIError, ResumeError
+from .errors import AlignezError, CLIError
 from .settings import (
     EDITS,
     FILTERS,
@@ -279,8 +279,6 @@ def _generate_rows(
     _check_prompts(args, model, queries)
     bs = args.batch_size
     rows = list(done)
-    if len(rows) % bs and len(rows) < len(queries):
-        raise CLIError(f"{len(rows)} rows were written, not a whole number of batches of {bs}; pass --force")
     gen = dict(max_new_tokens=args.max_new_tokens, batch_size=bs, verbose=False)
     with tqdm(total=len(queries), initial=len(rows), unit="row", desc="rows", disable=args.quiet) as bar:
         for start in range(len(rows), len(queries), bs):
@@ -775,7 +773,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ._stream import RowWriter, compare_headers, dump_line
+    from ._stream import RowWriter, compare_headers, dump_line, resumed_rows
     from .models import model_signature
     from .subspace import AlignmentSubspace, SubspaceFileError, SubspaceMismatchError
 
@@ -807,7 +805,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     done: list[dict] = []
     if existing is not None:
         compare_headers(existing.header, header, out)
-        done = _check_done_rows(out, existing.rows, queries)
+        done = resumed_rows(out, existing.rows, queries, args.batch_size)
     args.resume_hint = out
     with RowWriter(out, dump_line(header), existing.end_of(len(done)) if existing else None) as writer:
         rows = _generate_rows(args, model, steerer, queries, done=done, write=writer.write)
@@ -825,19 +823,6 @@ def _precheck_resume(out: Path) -> Any:
     from ._stream import read_existing
 
     return read_existing(out)
-
-
-def _check_done_rows(path: Path, rows: list[dict], queries: Sequence[str]) -> list[dict]:
-    """The rows of a resumed file, checked: row i answers query i."""
-    if len(rows) > len(queries):
-        raise ResumeError(f"cannot resume {path}: it holds {len(rows)} rows, but {len(queries)} queries are given")
-    for i, row in enumerate(rows):
-        if row.get("query") != queries[i]:
-            raise ResumeError(
-                f"cannot resume {path}: row {i} answers {row.get('query')!r}, but query {i} is now "
-                f"{queries[i]!r}: pass the same queries, or start over (--force instead of --resume)"
-            )
-    return rows
 
 
 # --------------------------------------------------------------------------- parser

@@ -166,7 +166,7 @@ def _stream_generations(
     """
     from tqdm.auto import tqdm
 
-    from ._stream import RowWriter, compare_headers, dump_line, read_existing
+    from ._stream import RowWriter, compare_headers, dump_line, read_existing, resumed_rows
     from .models import model_signature
 
     recorded = settings.to_dict()
@@ -186,15 +186,8 @@ def _stream_generations(
     rows: list[dict] = []
     if existing is not None:
         compare_headers(existing.header, header, path)
-        rows = existing.rows
-        if len(rows) > len(queries) or any(r.get("query") != q for r, q in zip(rows, queries)):
-            raise EvalError(
-                f"cannot resume {path}: its rows answer other prompts than these; pass the same prompts, or "
-                "start over (--force instead of --resume)"
-            )
+        rows = resumed_rows(path, existing.rows, queries, settings.prefs.batch_size)
     bs, seed = settings.prefs.batch_size, settings.seed
-    if len(rows) % bs and len(rows) < len(queries):
-        raise EvalError(f"cannot resume {path}: {len(rows)} rows are not whole batches of {bs}; start over")
     first = settings.methods[0]
     gen = dict(max_new_tokens=settings.max_new_tokens, batch_size=bs, verbose=False)
     with RowWriter(path, dump_line(header), existing.end_of(len(rows)) if existing else None) as writer:

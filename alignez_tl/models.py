@@ -645,9 +645,7 @@ def load_hooked(
         raise ModelSpecError("load_hooked got an empty model spec")
     hooked_cls = _hooked_transformer_class()
     _check_transformers_version()
-    path, model_id = _resolve_spec(spec, verbose)
-    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
-        raise ModelSpecError(f"{path!r} has no config.json: pass a Hugging Face checkpoint folder")
+    path, model_id = _resolve_spec(spec, verbose)  # a folder without config.json is refused there
 
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -133,6 +133,14 @@ def no_model_load(monkeypatch):
     monkeypatch.setattr(cli, "_load", refuse)
 
 
+def assert_each_refused(command: str, cases, out: Path, capsys) -> None:
+    """`alignez COMMAND ARGS --out OUT` exits 2 with `message` and no traceback, writing nothing, for each case."""
+    for args, message in cases:
+        code, _, err = run_cli([command, *args, "--out", str(out)], capsys)
+        assert code == 2 and message in err and "Traceback" not in err, (args, err)
+        assert not out.exists()
+
+
 def assert_complete(folder: Path) -> list[str]:
     """Every file in `folder` parses completely, and no temporary file is left over."""
     names = sorted(p.name for p in folder.iterdir())
@@ -1347,10 +1355,7 @@ def test_b58_compose_refusals_before_any_work(tmp_path, capsys, no_model_load):
         (["--compose", "tone,harmless", "--etas", "half"], "--etas takes comma-separated numbers, got 'half'"),
         (["--compose", "tone,harmless", "--sweep", "tone"], "--sweep does not apply to --compose"),
     ]
-    for args, message in cases:
-        code, _, err = run_cli(["eval", *args, "--out", str(out)], capsys)
-        assert code == 2 and message in err and "Traceback" not in err, (args, err)
-        assert not out.exists()
+    assert_each_refused("eval", cases, out, capsys)
 
 
 def test_b59_duplicate_layers_refused(tmp_path, capsys, no_model_load, prefs_file):
@@ -1434,10 +1439,7 @@ def test_b81_bad_sweep_options_refused_before_loading(tmp_path, capsys, no_model
         (["--sweep", "tone", "--kl-targets", "-1"], "kl_targets must be positive numbers"),
         (["--methods", "nosuch"], "--methods takes a comma-separated subset of"),
     ]
-    for args, message in cases:
-        code, _, err = run_cli(["eval", *args, "--out", str(out)], capsys)
-        assert code == 2 and message in err and "Traceback" not in err, (args, err)
-        assert not out.exists()
+    assert_each_refused("eval", cases, out, capsys)
 
 
 def test_b82_bad_scale_refused_before_loading(tmp_path, capsys, no_model_load, saved):
