@@ -374,33 +374,51 @@ def edit_hook(
         raise InvalidArgumentError("edit_hook needs at least one term")
     guard = guard if guard is not None else EditGuard()
     first = [True]
+    # each term's tensors cast once per (device, dtype), not on every generated token
+    prepared: dict[tuple[torch.device, torch.dtype], list[tuple[Tensor, Tensor, Tensor, EditTerm]]] = {}
+
+    def prepare(device: torch.device, dtype: torch.dtype) -> list[tuple[Tensor, Tensor, Tensor, EditTerm]]:
+        key = (device, dtype)
+        if key not in prepared:
+            prepared[key] = [
+                (
+                    t.directions.to(device, dtype),
+                    t.scales.to(device, dtype),
+                    t.coef.to(device, dtype)[:, None, :],
+                    t,
+                )
+                for t in terms
+            ]
+        return prepared[key]
 
     def fn(activation: Float[Tensor, "batch pos d_model"], hook: object) -> Tensor:
-        start, stop = tracker.window(activation.shape[1])
+        seq_len = activation.shape[1]
+        start, stop = tracker.window(seq_len)
         batch = activation.shape[0]
         x = activation[:, start:stop].to(_work_dtype(activation.dtype))
-        delta = torch.zeros_like(x)
-        for term in terms:
-            coef = term.coef
+        delta: Optional[Tensor] = None
+        for theta, scales, coef, term in prepare(x.device, x.dtype):
             if coef.shape[0] not in (1, batch):
                 raise InvalidArgumentError(
                     f"the steering was set up for {coef.shape[0]} queries but the forward pass "
                     f"has a batch of {batch}: pass one query per row (or a single query)"
                 )
-            theta = term.directions.to(x.device, x.dtype)
-            coef = coef.to(x.device, x.dtype)[:, None, :]
             proj = x @ theta.T
-            steps = edit_steps(proj, term.scales.to(x.device, x.dtype), coef, term.mode, term.edit)
-            delta = delta + steps @ theta
+            step = edit_steps(proj, scales, coef, term.mode, term.edit) @ theta
+            delta = step if delta is None else delta + step
             if monitor is not None:
                 active = (coef != 0).expand_as(proj)
                 monitor["edited"] = monitor.get("edited", 0) + int(active.sum())
                 monitor["negative"] = monitor.get("negative", 0) + int((active & (proj < 0)).sum())
+        assert delta is not None  # terms is not empty
         if first[0]:  # the first edited forward only: no device sync per generated token
             first[0] = False
             guard.check(name or str(getattr(hook, "name", "the edited hook")), x, delta)
+        edited = (x + delta).to(activation.dtype)
+        if start == 0 and stop == seq_len:  # a generated token: every position is edited
+            return edited
         out = activation.clone()
-        out[:, start:stop] = (x + delta).to(activation.dtype)
+        out[:, start:stop] = edited
         return out
 
     return fn
