@@ -1011,8 +1011,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         default=None,
         help="comma-separated: alignez, diffmean, pca, prompt, iti (default: alignez, diffmean, pca, prompt); "
-        "with --sweep also alignez-paper and alignez-null (default: alignez, alignez-paper, alignez-null, "
-        "diffmean, pca, prompt)",
+        "with --sweep also alignez-paper, alignez-null and the diagnostics alignez-layer (DiffMean's single "
+        "layer) and alignez-theta1 (θ1 only) (default: alignez, alignez-paper, alignez-null, diffmean, pca, prompt)",
     )
     p.add_argument(
         "--pairs-file",

@@ -52,7 +52,16 @@ __all__ = [
     "score_answers",
 ]
 
-ACTIVATION_METHODS = ("alignez", "alignez-paper", "alignez-null", "diffmean", "pca", "iti")
+ACTIVATION_METHODS = (
+    "alignez",
+    "alignez-paper",
+    "alignez-null",
+    "alignez-layer",
+    "alignez-theta1",
+    "diffmean",
+    "pca",
+    "iti",
+)
 OTHER_METHODS = ("prompt",)
 TASKS = ("tone", "harmless", "math", "helpful")
 # the built-in objective each task steers with
@@ -75,8 +84,11 @@ class SweepConfig:
         kl_targets: neutral KL per token (nats) each activation method is calibrated to.
         methods: activation methods (`ACTIVATION_METHODS`: `alignez` is the oriented edit,
             `alignez-paper` the paper's formula, `alignez-null` the oriented edit on a
-            subspace fitted with `rank="null"`, `iti` the ITI baseline, not in the
-            default list) and `prompt`.
+            subspace fitted with `rank="null"`; two diagnostics of why AlignEZ and
+            DiffMean differ, not in the default list: `alignez-layer`, the oriented
+            edit at DiffMean's single layer instead of per-query top-n layers, and
+            `alignez-theta1`, per-query layers but θ₁ only; `iti` the ITI baseline, not
+            in the default list) and `prompt`.
         null_for: activation methods that also get the null-direction control.
         rank: the rank rule of the `alignez` and `alignez-paper` subspace: None (the
             paper's 90% variance rule) or "null".
@@ -429,6 +441,13 @@ def _fit_methods(model: Any, config: SweepConfig, prefs: Any, queries: list[str]
             methods[name] = alignez
         elif name == "alignez-paper":
             methods[name] = Steerer(sub, edit="paper", top_n=config.top_n)
+        elif name == "alignez-layer":  # top-n per-query layers vs DiffMean's one layer
+            if layer not in sub.layers or not sub.layers[layer].rank:
+                say(f"    the subspace keeps no direction at layer {layer}; alignez-layer skipped")
+                continue
+            methods[name] = Steerer(sub, edit="oriented", layers=[layer])
+        elif name == "alignez-theta1":  # θ₁'s share of the effect (the ablation analysis' only_components)
+            methods[name] = alignez.only_components([0])
         elif name == "alignez-null":
             try:
                 null_sub = fit_subspace(model, (pos, neg), **{**fit_kwargs, "rank": "null"})
@@ -717,6 +736,8 @@ _COLOURS = {
     "alignez": "#1565c0",
     "alignez-paper": "#6a1b9a",
     "alignez-null": "#00838f",
+    "alignez-layer": "#5d4037",
+    "alignez-theta1": "#9e9d24",
     "diffmean": "#2e7d32",
     "pca": "#ef6c00",
     "iti": "#ad1457",

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from alignez_tl.efficacy import (
     SweepConfig,
@@ -256,3 +257,29 @@ def test_a_sweep_with_iti_on_labelled_pairs(llama, tmp_path):
     row = results["conditions"][0]
     if row["calibration"]["reached"]:
         assert abs(row["kl"] - 0.05) <= 0.005 + 1e-9
+
+
+def test_the_diagnostic_variants_edit_one_layer_and_theta1_only(llama, tmp_path):
+    """alignez-layer edits only DiffMean's layer; alignez-theta1 edits θ₁ where alignez does, nothing else."""
+    from alignez_tl.efficacy import _fit_methods
+    from alignez_tl.preferences import generate_preferences
+
+    fit_queries = ["How do I bake bread?", "Describe a river.", "Write about trains.", "Explain chess."]
+    prefs = generate_preferences(
+        llama, fit_queries, objective="tone", n_characteristics=2, elicit_tokens=8, response_tokens=8, batch_size=4
+    )
+    cfg = SweepConfig(task="tone", methods=("alignez", "alignez-layer", "alignez-theta1"), batch_size=4)
+    queries = ["How do I fix a chair?", "Tell me about clouds.", "What is a prime number?"]
+    methods, fit = _fit_methods(llama, cfg, prefs, queries, lambda *a: None)
+    [sel] = methods["alignez"].select(llama, queries)
+    full = methods["alignez"].edit_terms([sel])
+    assert set(methods) == {"alignez", "alignez-layer", "alignez-theta1"}
+    layer_terms = methods["alignez-layer"].edit_terms(methods["alignez-layer"].select(llama, queries))
+    assert set(layer_terms) == {fit["layer"]}
+    theta1 = methods["alignez-theta1"].edit_terms([sel])
+    assert theta1 and set(theta1) <= set(full)
+    for layer, [term] in theta1.items():
+        [ref] = full[layer]
+        assert torch.equal(term.coef[:, 1:], torch.zeros_like(term.coef[:, 1:]))
+        assert torch.equal(term.coef[:, 0], ref.coef[:, 0])
+    assert methods["alignez-theta1"].with_strength(0.05).mirror().edit_terms([sel]).keys() == theta1.keys()
