@@ -601,6 +601,12 @@ def _sweep_config(args: argparse.Namespace) -> Any:
         settings["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if args.rank == "null":
         settings["rank"] = "null"
+    if args.elicit_prefill is not None:
+        if args.pairs_file:
+            raise CLIError("--elicit-prefill applies to self-generated pairs, not to --pairs-file")
+        from .preferences import LIST_PREFILL
+
+        settings["elicit_prefill"] = LIST_PREFILL if args.elicit_prefill == "list" else args.elicit_prefill
     if args.judge:
         settings["judge"] = "self" if args.judge == "self" else args.judge
     if args.prompts:
@@ -1056,7 +1062,7 @@ def build_parser() -> argparse.ArgumentParser:
         const="list",
         default=None,
         metavar="TEXT",
-        help="--compose: start each elicitation reply with TEXT; the flag alone (or 'list') starts a "
+        help="--sweep/--compose: start each elicitation reply with TEXT; the flag alone (or 'list') starts a "
         "numbered list of traits (preferences.LIST_PREFILL) (default: no prefill, the paper's prompt)",
     )
     p.add_argument(

@@ -98,6 +98,9 @@ class SweepConfig:
         max_new_tokens: per answer (default: the task's, 48 or 96 for math).
         judge: `logprob:<model spec>` or `self`, for `helpful` only.
         prompts_file: a user JSONL of evaluation prompts instead of the built-in pool.
+        elicit_prefill: text that starts each elicitation reply of self-generated pairs
+            (`preferences.LIST_PREFILL` makes small chat models list traits instead of
+            answering the query; default "": the paper's prompt).
         pairs_file: a saved PreferenceSet or a labelled pair file (JSONL, read with
             `preferences.read_pairs`) to fit every method on, instead of
             self-generating pairs from the fit pool (its queries must not be evaluation
@@ -115,6 +118,7 @@ class SweepConfig:
     top_n: int = 5
     n_characteristics: int = 3
     elicit_tokens: int = 40
+    elicit_prefill: str = ""
     response_tokens: int = 64
     max_new_tokens: Optional[int] = None
     batch_size: int = 16
@@ -160,6 +164,8 @@ class SweepConfig:
             isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0
         ):
             raise InvalidArgumentError(f"layer must be None or an int >= 0, got {self.layer!r}")
+        if not isinstance(self.elicit_prefill, str):
+            raise InvalidArgumentError(f"elicit_prefill must be a string, got {self.elicit_prefill!r}")
         if self.rank not in (None, "null"):
             raise InvalidArgumentError(f"rank must be None (the variance rule) or 'null', got {self.rank!r}")
         kind = self.judge.split(":", 1)[0]
@@ -563,6 +569,7 @@ def run_sweep(
             objective=TASK_OBJECTIVE[config.task],
             n_characteristics=config.n_characteristics,
             elicit_tokens=config.elicit_tokens,
+            elicit_prefill=config.elicit_prefill,
             response_tokens=config.response_tokens,
             seed=config.seed,
             batch_size=config.batch_size,

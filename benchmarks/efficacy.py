@@ -89,6 +89,13 @@ def main(argv=None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=None, help="new tokens per answer (default: the task's)")
     p.add_argument("--n-fit", type=int, default=None, help="fit prompts (default: 48)")
     p.add_argument("--pairs", default=None, help="a saved pairs JSONL to fit on instead of generating pairs")
+    p.add_argument(
+        "--elicit-prefill",
+        nargs="?",
+        const="list",
+        default=None,
+        help="start each elicitation reply with this text; alone: preferences.LIST_PREFILL",
+    )
     p.add_argument("--quick", action="store_true", help="smoke size")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(OUT))
@@ -137,6 +144,10 @@ def main(argv=None) -> int:
                 settings["null_for"] = tuple(m for m in args.null_for.split(",") if m)
             if args.pairs:
                 settings["pairs_file"] = args.pairs
+            if args.elicit_prefill is not None:
+                from alignez_tl.preferences import LIST_PREFILL
+
+                settings["elicit_prefill"] = LIST_PREFILL if args.elicit_prefill == "list" else args.elicit_prefill
             config = SweepConfig(**settings)
             model = model or load_model(spec, verbose=False)
             if task == "helpful" and config.judge != "self" and judge_model is None:

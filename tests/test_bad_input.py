@@ -1438,6 +1438,10 @@ def test_b81_bad_sweep_options_refused_before_loading(tmp_path, capsys, no_model
         (["--sweep", "tone", "--kl-targets", "abc"], "--kl-targets takes comma-separated numbers, got 'abc'"),
         (["--sweep", "tone", "--kl-targets", "-1"], "kl_targets must be positive numbers"),
         (["--methods", "nosuch"], "--methods takes a comma-separated subset of"),
+        (
+            ["--sweep", "tone", "--pairs-file", "p.jsonl", "--elicit-prefill"],
+            "--elicit-prefill applies to self-generated pairs, not to --pairs-file",
+        ),
     ]
     assert_each_refused("eval", cases, out, capsys)
 

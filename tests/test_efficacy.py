@@ -283,3 +283,28 @@ def test_the_diagnostic_variants_edit_one_layer_and_theta1_only(llama, tmp_path)
         assert torch.equal(term.coef[:, 1:], torch.zeros_like(term.coef[:, 1:]))
         assert torch.equal(term.coef[:, 0], ref.coef[:, 0])
     assert methods["alignez-theta1"].with_strength(0.05).mirror().edit_terms([sel]).keys() == theta1.keys()
+
+
+@pytest.mark.parametrize(
+    "flag, expected",
+    [([], ""), (["--elicit-prefill"], "LIST"), (["--elicit-prefill", "Traits:"], "Traits:")],
+)
+def test_the_sweep_passes_the_elicitation_prefill_on(flag, expected, llama, monkeypatch, tmp_path):
+    """`alignez eval --sweep --elicit-prefill` reaches the config and generate_preferences."""
+    from alignez_tl import cli
+    from alignez_tl import preferences as prefs_mod
+
+    args = cli.build_parser().parse_args(["eval", "--sweep", "tone", "--out", "x", *flag])
+    config = cli._sweep_config(args)
+    want = prefs_mod.LIST_PREFILL if expected == "LIST" else expected
+    assert config.elicit_prefill == want
+    seen = {}
+
+    def stop(model, queries, **kwargs):
+        seen.update(kwargs)
+        raise KeyboardInterrupt  # enough: the call's arguments are what this test reads
+
+    monkeypatch.setattr(prefs_mod, "generate_preferences", stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(llama, config, tmp_path)
+    assert seen["elicit_prefill"] == want
