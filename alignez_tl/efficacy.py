@@ -485,11 +485,11 @@ def _fit_diagnostics(sub: Any, prefs: Any, pos: Any, neg: Any, layer: int, count
     from .baselines import diffmean_vector
 
     cos_theta1 = {}
-    for layer in sub.layer_indices:
-        ls = sub.layers[layer]
+    for at in sub.layer_indices:  # not `layer`: that is the baseline layer reported below
+        ls = sub.layers[at]
         if ls.rank:
-            v = diffmean_vector(pos[:, layer], neg[:, layer]).to(torch.float64)
-            cos_theta1[str(layer)] = float(ls.directions[0].to(torch.float64) @ v / v.norm().clamp_min(1e-30))
+            v = diffmean_vector(pos[:, at], neg[:, at]).to(torch.float64)
+            cos_theta1[str(at)] = float(ls.directions[0].to(torch.float64) @ v / v.norm().clamp_min(1e-30))
     fallbacks = sum(
         1 for p in prefs if (p.meta or {}).get("fallback_positive") or (p.meta or {}).get("fallback_negative")
     )

@@ -162,6 +162,10 @@ def test_a_whole_sweep_on_a_tiny_model(llama, tmp_path, task):
     from alignez_tl.preferences import PreferenceSet
 
     assert results["fit"]["pairs"]["n"] == len(PreferenceSet.load(tmp_path / "pairs.jsonl"))
+    # the reported baseline layer is the one DiffMean edits (and the most frequent pick)
+    picks = results["fit"]["layer_picks"]
+    assert results["fit"]["baseline_layer"] == results["methods"]["diffmean"]["layer"] == results["fit"]["layer"]
+    assert picks[str(results["fit"]["baseline_layer"])] == max(picks.values())
     if task == "helpful":
         assert results["judge_calibration"]["n"] >= 30
         assert scores["base"] == [0.0] * 6  # the base against itself: identical answers, no call
@@ -275,7 +279,7 @@ def test_the_diagnostic_variants_edit_one_layer_and_theta1_only(llama, tmp_path)
     full = methods["alignez"].edit_terms([sel])
     assert set(methods) == {"alignez", "alignez-layer", "alignez-theta1"}
     layer_terms = methods["alignez-layer"].edit_terms(methods["alignez-layer"].select(llama, queries))
-    assert set(layer_terms) == {fit["layer"]}
+    assert set(layer_terms) == {fit["layer"]} and fit["baseline_layer"] == fit["layer"]
     theta1 = methods["alignez-theta1"].edit_terms([sel])
     assert theta1 and set(theta1) <= set(full)
     for layer, [term] in theta1.items():
