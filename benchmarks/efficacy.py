@@ -52,10 +52,23 @@ def summary(root: Path) -> str:
                 f"({'passed' if cal['passed'] else 'FAILED: not evidence'}), "
                 f"consistency {100 * cal['consistency']:.0f}%."
             )
+        run = path.parent.name  # the task, or a named variant of it (e.g. tone-listed)
+        title = cfg["task"] if run == cfg["task"] else f"{run} (task {cfg['task']})"
+        pairs = r.get("fit", {}).get("pairs", {})
+        source = (
+            f"pairs from {Path(cfg['pairs_file']).name}"
+            if cfg.get("pairs_file")
+            else "self-generated pairs" + (", listed characteristics" if cfg.get("elicit_prefill") else "")
+        )
+        pair_line = (
+            f" {pairs.get('n')} {source}, {pairs.get('fallback_pairs')} with a fallback characteristic."
+            if pairs
+            else ""
+        )
         lines += [
-            f"## {cfg['task']} — {r.get('model')} (n = {r['n_prompts']}, score: {r['score_unit']})",
+            f"## {title} — {r.get('model')} (n = {r['n_prompts']}, score: {r['score_unit']})",
             "",
-            f"Base score {_fmt(r['base']['score'])}.{judge} Wall time {r['wall_seconds'] / 60:.0f} min.",
+            f"Base score {_fmt(r['base']['score'])}.{pair_line}{judge} Wall time {r['wall_seconds'] / 60:.0f} min.",
             "",
             "| method | "
             + " | ".join(f"Δ @ KL {k}" for k in MATCHED_KL)

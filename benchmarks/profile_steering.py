@@ -123,7 +123,9 @@ def main() -> None:
                 "steered": profile_runs(lambda: run(True, queries), args.profiled),
             }
             rc.log(f"timing: batch {bs}, {args.repeats} paired repeats")
-            ra, rb = rc.interleaved(args.repeats, lambda: {"cpu": run(False, queries)}, lambda: {"cpu": run(True, queries)})
+            ra, rb = rc.interleaved(
+                args.repeats, lambda: {"cpu": run(False, queries)}, lambda: {"cpu": run(True, queries)}
+            )
             a, b = [r["cpu"] for r in ra], [r["cpu"] for r in rb]
             result[f"batch_{bs}"] = {"profile": prof, "cpu_s_unsteered": a, "cpu_s_steered": b, **rc.ratio_stats(a, b)}
     atomic_write_text(out_path, json.dumps(result, indent=1) + "\n")
