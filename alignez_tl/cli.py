@@ -604,9 +604,9 @@ def _sweep_config(args: argparse.Namespace) -> Any:
     if args.elicit_prefill is not None:
         if args.pairs_file:
             raise CLIError("--elicit-prefill applies to self-generated pairs, not to --pairs-file")
-        from .preferences import LIST_PREFILL
+        from .preferences import prefill_text
 
-        settings["elicit_prefill"] = LIST_PREFILL if args.elicit_prefill == "list" else args.elicit_prefill
+        settings["elicit_prefill"] = prefill_text(args.elicit_prefill)
     if args.judge:
         settings["judge"] = "self" if args.judge == "self" else args.judge
     if args.prompts:
@@ -662,7 +662,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_compose(args: argparse.Namespace) -> int:
     """`alignez eval --compose a,b`: the two-objective trade-off (compose.run_compose)."""
     from .compose import DEFAULT_ETAS, check_compose, run_compose
-    from .preferences import LIST_PREFILL
+    from .preferences import prefill_text
 
     if args.resume:
         raise CLIError("--resume applies to alignez eval without --sweep or --compose")
@@ -689,7 +689,7 @@ def _cmd_compose(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         edit=args.edit,
         top_n=args.top_n,
-        elicit_prefill=LIST_PREFILL if args.elicit_prefill == "list" else (args.elicit_prefill or ""),
+        elicit_prefill=prefill_text(args.elicit_prefill),
     )
     if args.quick:  # smoke-sized: every step runs, the numbers mean little
         settings.update(
@@ -711,16 +711,15 @@ def _cmd_compose(args: argparse.Namespace) -> int:
 
 
 def cmd_prefs(args: argparse.Namespace) -> int:
-    from .preferences import LIST_PREFILL, generate_preferences
+    from .preferences import generate_preferences, prefill_text
 
     queries = _read_queries(args)
     if args.greedy and args.n_responses > 1:
         raise CLIError("--n-responses above 1 needs sampling: greedy answers would all be the same; drop --greedy")
-    prefill = LIST_PREFILL if args.elicit_prefill == "list" else args.elicit_prefill
     settings = _pref_settings_of(
         args,
         n_responses=args.n_responses,
-        elicit_prefill=prefill,
+        elicit_prefill=prefill_text(args.elicit_prefill),
         do_sample=not args.greedy,
         temperature=args.temperature,
         top_p=args.top_p,

@@ -40,6 +40,7 @@ __all__ = [
     "FORMAT_VERSION",
     "LABELLED_PAIRS_PATH",
     "LIST_PREFILL",
+    "prefill_text",
     "PreferenceFileError",
     "PreferencePair",
     "PreferenceSet",
@@ -60,6 +61,14 @@ LIST_PREFILL = "Your answer to this query should:\n1."
 Chat models such as SmolLM2-135M-Instruct tend to answer the query itself when the
 elicitation prompt is a user turn; starting their reply with this text makes them list
 characteristics instead (measured in docs/preferences.md)."""
+
+
+def prefill_text(value: Optional[str]) -> str:
+    """The `elicit_prefill` a command-line value names: "list" is `LIST_PREFILL`, None is ""."""
+    if value is None:
+        return ""
+    return LIST_PREFILL if value == "list" else value
+
 
 logger = logging.getLogger(__name__)
 

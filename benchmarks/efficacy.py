@@ -158,9 +158,9 @@ def main(argv=None) -> int:
             if args.pairs:
                 settings["pairs_file"] = args.pairs
             if args.elicit_prefill is not None:
-                from alignez_tl.preferences import LIST_PREFILL
+                from alignez_tl.preferences import prefill_text
 
-                settings["elicit_prefill"] = LIST_PREFILL if args.elicit_prefill == "list" else args.elicit_prefill
+                settings["elicit_prefill"] = prefill_text(args.elicit_prefill)
             config = SweepConfig(**settings)
             model = model or load_model(spec, verbose=False)
             if task == "helpful" and config.judge != "self" and judge_model is None:
