@@ -25,6 +25,7 @@ outputs.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import time
@@ -333,23 +334,26 @@ def answer_nll(
 
     Each row is the prompt's tokens followed by the answer's ids, teacher-forced; only
     answer tokens count. Returns `(sum of NLL, number of tokens)`; the perplexity is
-    `exp(sum / n)`.
+    `exp(sum / n)`. Rows are left-padded, so every answer ends at the right edge: only the
+    last `longest answer + 1` positions need logits, and the bridge's view computes no
+    others (the unembedding and log-softmax over the prompt were most of the cost).
     """
     from .fastpath import unwrapped_hf_model
     from .models import encode, model_device, pad_id, padding_kwargs
 
     view = unwrapped_hf_model(model)
+    keep_kwarg = view is not None and "logits_to_keep" in inspect.signature(type(view).forward).parameters
     device = model_device(model)
     pad = pad_id(model.tokenizer)
     total, count = 0.0, 0
     for start in range(0, len(prompts), batch_size):
-        rows, starts = [], []
+        rows, lengths = [], []
         enc = encode(model, list(prompts[start : start + batch_size]))  # as generation encodes them
         for ids, mask, ans in zip(enc.input_ids, enc.attention_mask, answers[start : start + batch_size]):
-            p = ids[mask.bool()].tolist()
-            rows.append(p + list(ans))
-            starts.append(len(p))
+            rows.append(ids[mask.bool()].tolist() + list(ans))
+            lengths.append(len(ans))
         width = max(len(r) for r in rows)
+        keep = max(lengths) + 1  # the last `keep` columns: each answer token's predictor, and one more
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):
@@ -357,17 +361,19 @@ def answer_nll(
             mask[i, width - len(r) :] = 1
         if view is not None:  # the bridge's own weights, without the wrapper's overhead
             positions = (mask.cumsum(-1) - 1).clamp_min(0)  # left padding: each row counts from 0
+            extra = {"logits_to_keep": keep} if keep_kwarg else {}
             logits = view(
-                input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device)
+                input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), **extra
             ).logits
         else:
             logits = model(ids.to(device), **padding_kwargs(model, mask.to(device)))
+        logits = logits[:, -keep:]  # columns width-keep .. width-1
         lp = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
-        token_lp = lp.gather(-1, ids[:, 1:, None].to(lp.device))[..., 0].cpu()  # [rows, width-1]
-        for i, (r, s) in enumerate(zip(rows, starts)):
-            off = width - len(r)  # position t of the row predicts its token t from column off+t-1
-            total -= float(token_lp[i, off + s - 1 : off + len(r) - 1].sum())
-            count += len(r) - s
+        targets = ids[:, width - keep + 1 :, None].to(lp.device)  # the tokens those columns predict
+        token_lp = lp.gather(-1, targets)[..., 0].cpu()  # [rows, keep-1]
+        for i, n in enumerate(lengths):  # row i's answer is its last n tokens: token_lp[i, keep-1-n:]
+            total -= float(token_lp[i, keep - 1 - n :].sum())
+            count += n
     return total, count
 
 

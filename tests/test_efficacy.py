@@ -201,22 +201,47 @@ def test_the_quick_sweep_runs_from_the_command_line(tmp_path):
     assert (out / "frontier.png").stat().st_size > 10_000
 
 
-def test_answer_nll_equals_the_unpadded_per_row_sum(gpt2):
+def test_answer_nll_equals_the_unpadded_per_row_sum(tiny):
+    """Batched, left-padded, logits only for the answers' columns == one row at a time
+    through the model's own forward (an empty answer counts nothing)."""
     import torch
 
     from alignez_tl.efficacy import answer_nll
     from alignez_tl.models import encode, render
 
-    prompts = [render(gpt2, q) for q in ("Hi", "How do I bake bread today?", "Tell me a story")]
-    answers = [[5, 9, 11], [7], [3, 3, 3, 3, 8]]
-    total, n = answer_nll(gpt2, prompts, answers, batch_size=2)
+    prompts = [render(tiny, q) for q in ("Hi", "How do I bake bread today?", "Tell me a story", "Why?")]
+    answers = [[5, 9, 11], [7], [3, 3, 3, 3, 8], []]
+    total, n = answer_nll(tiny, prompts, answers, batch_size=3)
     want = 0.0
     for p, a in zip(prompts, answers):
-        ids = encode(gpt2, [p]).input_ids[0].tolist() + a
+        ids = encode(tiny, [p]).input_ids[0].tolist() + a
         with torch.inference_mode():
-            lp = gpt2(torch.tensor([ids])).log_softmax(-1)[0]
+            lp = tiny(torch.tensor([ids])).double().log_softmax(-1)[0]
         want -= sum(float(lp[len(ids) - len(a) + k - 1, tok]) for k, tok in enumerate(a))
-    assert n == 9 and total == pytest.approx(want, rel=1e-9)
+    assert n == 9
+    # float64 GPT-2 agrees to rounding; the float32 Llama to float32 batching noise
+    assert total == pytest.approx(want, rel=1e-9 if tiny.cfg.dtype == torch.float64 else 1e-5)
+
+
+def test_answer_nll_asks_the_view_only_for_the_answer_columns(gpt2, monkeypatch):
+    from alignez_tl import fastpath
+    from alignez_tl.efficacy import answer_nll
+    from alignez_tl.models import render
+
+    view = fastpath.unwrapped_hf_model(gpt2)
+    assert view is not None
+    seen = []
+    real = view.forward
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        seen.append((kwargs.get("logits_to_keep"), tuple(out.logits.shape)))
+        return out
+
+    monkeypatch.setattr(view, "forward", spy)
+    prompts = [render(gpt2, q) for q in ("Hi there, how are you doing today?", "Tell me a story")]
+    answer_nll(gpt2, prompts, [[5, 9, 11], [7]], batch_size=2)
+    assert [(k, shape[1]) for k, shape in seen] == [(4, 4)]  # longest answer (3) + 1 columns
 
 
 def test_a_pairs_file_with_evaluation_prompts_is_refused(llama, tmp_path):
