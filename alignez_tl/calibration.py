@@ -75,11 +75,12 @@ def calibrate_strength(
 ) -> Calibration:
     """The strength at which `steerer`'s neutral KL per token is `target_kl` (±`rel_tol`).
 
-    The KL grows with the strength's magnitude, so the search first brackets the target
-    by growing or shrinking the magnitude four-fold per step from `start` (default: the
-    steerer's own strength, or 1 when that is 0), then bisects geometrically. The sign of
-    the steerer's strength is kept (the paper's suppress has α < 0). Each evaluation is
-    one steered forward pass over the texts; the unsteered pass is computed once.
+    The KL grows with the strength's magnitude roughly as a power of it (KL ∝ s² at small
+    strengths), so each step solves that law through the last measurements, starting from
+    `start` (default: the steerer's own strength, or 1 when that is 0), and keeps inside
+    the bracket once the target is bracketed: 2–4 evaluations on smooth laws. The sign of
+    the steerer's strength is kept (the paper's suppress has α < 0). Each evaluation is one
+    steered forward pass over the texts; the unsteered pass is computed once.
 
     Args:
         model: the model the steerer was fitted on.
@@ -135,38 +136,62 @@ def calibrate_strength(
         best_s, best_kl = min(history, key=lambda h: abs(math.log(max(h[1], 1e-300) / target_kl)))
         return Calibration(best_s, best_kl, float(target_kl), close(best_kl), limited, list(history))
 
-    kl = measure(magnitude)
-    if close(kl):
-        return result()
-    lo = hi = None  # magnitudes below and above the target
-    if kl < target_kl:
-        lo = magnitude
-    else:
-        hi = magnitude
-    while (lo is None or hi is None) and len(history) < max_evals:
-        if hi is None:
-            assert lo is not None  # the loop runs until both are known, and one is
-            if cap is not None and lo >= cap:
-                return result(f"the strength is bounded by {cap:g} and reaches KL {kl:.3g} < {target_kl:g} there")
-            m = lo * 4.0 if cap is None else min(lo * 4.0, cap)
-        else:
-            m = hi / 4.0
+    # The neutral KL grows like a power of the strength (KL ≈ c·s², the second-order term,
+    # at small strengths; slower once an edit saturates). Each step solves that law in log
+    # space through the two nearest measurements (slope 2 until there are two), then stays
+    # inside the bracket once the target is bracketed.
+    lo: Optional[tuple[float, float]] = None  # (magnitude, kl) below the target
+    hi: Optional[tuple[float, float]] = None  # (magnitude, kl) above it
+    m = magnitude
+    while len(history) < max_evals:
         kl = measure(m)
         if close(kl):
             return result()
         if kl < target_kl:
-            lo = m
+            lo = (m, kl) if lo is None or m > lo[0] else lo
         else:
-            hi = m
+            hi = (m, kl) if hi is None or m < hi[0] else hi
+        if hi is None:
+            assert lo is not None
+            if cap is not None and lo[0] >= cap:
+                return result(f"the strength is bounded by {cap:g} and reaches KL {kl:.3g} < {target_kl:g} there")
         if m < 1e-12 or m > 1e12:
             return result("the KL does not respond to the strength")
-    while lo is not None and hi is not None and len(history) < max_evals:
-        m = math.sqrt(lo * hi)
-        kl = measure(m)
-        if close(kl):
-            break
-        if kl < target_kl:
-            lo = m
-        else:
-            hi = m
+        m = _next_magnitude(lo, hi, target_kl, [(abs(h_s), h_kl) for h_s, h_kl in history[-2:]])
+        if cap is not None:
+            m = min(m, cap)
     return result()
+
+
+def _next_magnitude(
+    lo: Optional[tuple[float, float]],
+    hi: Optional[tuple[float, float]],
+    target: float,
+    last: list[tuple[float, float]],
+) -> float:
+    """The next strength magnitude to measure, from the nearest points below/above the target.
+
+    Unbracketed: extrapolate from the nearest side with the power law read off the last two
+    measurements (`last`; slope kept in [0.25, 4], and 2, KL ∝ s², until there are two),
+    at most ×/÷ 16 per step; ×4 when the KL is 0, where no law can be read. Bracketed: interpolate the power law
+    through both ends in log space, kept at least 10% of the log-width from either end so
+    that a lopsided bracket still shrinks (the geometric mean when the slope is unusable).
+    """
+    if lo is not None and hi is not None:
+        (m0, k0), (m1, k1) = lo, hi
+        width = math.log(m1 / m0)
+        if k0 > 0 and k1 > k0 and width > 0:
+            frac = math.log(target / k0) / math.log(k1 / k0)  # where log target falls in log-KL
+            frac = min(max(frac, 0.1), 0.9)
+            return m0 * math.exp(frac * width)
+        return math.sqrt(m0 * m1)
+    m, kl = lo if lo is not None else hi  # type: ignore[misc]  # one of them is set
+    if kl <= 0:
+        return m * 4.0
+    slope = 2.0  # KL ∝ s²
+    if len(last) == 2:
+        (ma, ka), (mb, kb) = last
+        if ka > 0 and kb > 0 and ma != mb and ka != kb:
+            slope = min(max(math.log(kb / ka) / math.log(mb / ma), 0.25), 4.0)
+    step = (target / kl) ** (1.0 / slope)
+    return m * min(max(step, 1.0 / 16.0), 16.0)

@@ -656,8 +656,13 @@ def run_sweep(
     (out / "conditions").mkdir(exist_ok=True)
     for method, steerer in methods.items():
         say(f"[4] {method}: calibrating to KL {list(config.kl_targets)} and generating with controls")
+        previous: Optional[tuple[float, float]] = None  # (strength, KL) of the last target
         for target in config.kl_targets:
-            cal = calibrate_strength(model, steerer, target, texts=base_neutral)
+            start: Optional[float] = None  # a later target starts from the last strength, scaled by KL ∝ s²
+            if previous is not None and previous[0] != 0 and previous[1] > 0:
+                start = abs(previous[0]) * math.sqrt(target / previous[1])
+            cal = calibrate_strength(model, steerer, target, texts=base_neutral, start=start)
+            previous = (cal.strength, cal.kl)
             at = steerer.with_strength(cal.strength)
             tag = f"{method}@{target:g}"
             row = run_condition(tag, method, None, at, target, cal.to_dict())

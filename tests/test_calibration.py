@@ -1,5 +1,7 @@
 """Strength calibration: the strength that reaches a target KL on neutral text."""
 
+import math
+
 import pytest
 from test_steering import PAIRS, subspace_for
 
@@ -59,3 +61,32 @@ def test_bad_arguments_fail_before_any_work(subs):
         calibrate_strength(None, steerer, 0.1, rel_tol=1.5)
     with pytest.raises(TypeError, match="strength to vary"):
         calibrate_strength(None, object(), 0.1)
+
+
+class _Knob:
+    """A stand-in steerer whose neutral KL is a known function of its strength."""
+
+    def __init__(self, strength: float = 1.0) -> None:
+        self.strength = strength
+
+    def with_strength(self, s: float) -> "_Knob":
+        return _Knob(s)
+
+
+@pytest.mark.parametrize(
+    "law, target, most",
+    [
+        (lambda s: 0.3 * s * s, 0.02, 2),  # the small-strength law itself: one step from the start
+        (lambda s: 0.5 * math.tanh(s) ** 2, 0.4, 6),  # saturating: the slope falls as it is approached
+        (lambda s: 0.0 if s < 5 else 0.01 * (s - 5) ** 3, 0.08, 8),  # no effect at all below a threshold
+        (lambda s: 2.0 * s**0.5, 0.1, 5),  # a slower law than s², from far above
+    ],
+)
+def test_the_search_reaches_known_laws_in_few_evaluations(monkeypatch, law, target, most):
+    from alignez_tl import calibration
+    from alignez_tl.eval.effects import NeutralBase
+
+    monkeypatch.setattr(calibration, "neutral_kl", lambda model, steerer, base: law(abs(steerer.strength)))
+    cal = calibrate_strength(None, _Knob(), target, texts=NeutralBase.__new__(NeutralBase))
+    assert cal.reached and abs(cal.kl - target) <= 0.1 * target
+    assert cal.kl == law(abs(cal.strength)) and len(cal.history) <= most

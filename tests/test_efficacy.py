@@ -159,6 +159,14 @@ def test_a_whole_sweep_on_a_tiny_model(llama, tmp_path, task):
             )
         if c["method"] == "alignez":
             assert 0.0 <= c["negative_push_share"] <= 1.0
+    # the second target's search starts from the first's strength, scaled by KL ∝ s²
+    for method in ("alignez", "diffmean"):
+        first, second = (
+            next(c for c in results["conditions"] if c["name"] == f"{method}@{t}")["calibration"]
+            for t in ("0.02", "0.08")
+        )
+        want = abs(first["strength"]) * (0.08 / first["kl"]) ** 0.5
+        assert abs(second["history"][0][0]) == pytest.approx(want, rel=1e-12)
     from alignez_tl.preferences import PreferenceSet
 
     assert results["fit"]["pairs"]["n"] == len(PreferenceSet.load(tmp_path / "pairs.jsonl"))
