@@ -173,9 +173,10 @@ def _next_magnitude(
 
     Unbracketed: extrapolate from the nearest side with the power law read off the last two
     measurements (`last`; slope kept in [0.25, 4], and 2, KL ∝ s², until there are two),
-    at most ×/÷ 16 per step; ×4 when the KL is 0, where no law can be read. Bracketed: interpolate the power law
-    through both ends in log space, kept at least 10% of the log-width from either end so
-    that a lopsided bracket still shrinks (the geometric mean when the slope is unusable).
+    at most ×/÷ 16 per step; ×4 when the KL is 0, where no law can be read. Bracketed:
+    interpolate the power law through both ends in log space, kept at least 10% of the
+    log-width from either end so that a lopsided bracket still shrinks (the geometric mean
+    when the slope is unusable).
     """
     if lo is not None and hi is not None:
         (m0, k0), (m1, k1) = lo, hi

@@ -336,7 +336,8 @@ def answer_nll(
     answer tokens count. Returns `(sum of NLL, number of tokens)`; the perplexity is
     `exp(sum / n)`. Rows are left-padded, so every answer ends at the right edge: only the
     last `longest answer + 1` positions need logits, and the bridge's view computes no
-    others (the unembedding and log-softmax over the prompt were most of the cost).
+    others (the unembedding and log-softmax over the prompt positions: about 13% of this
+    function's time on SmolLM2 at 32-token answers; the transformer body is the rest).
     """
     from .fastpath import unwrapped_hf_model
     from .models import encode, model_device, pad_id, padding_kwargs
