@@ -35,6 +35,9 @@ class Calibration:
         limited: why the search stopped short, if it did (e.g. the oriented suppress is
             bounded by α = 1), else None.
         history: every `(strength, kl)` evaluated, in order.
+        effects: the full `eval.side_effects` result at `strength` (KL, perplexity ratio,
+            per text), so that a caller reporting it needs no second steered pass; left
+            out of `to_dict`.
     """
 
     strength: float
@@ -43,9 +46,12 @@ class Calibration:
     reached: bool
     limited: Optional[str] = None
     history: list[tuple[float, float]] = field(default_factory=list)
+    effects: Optional[dict[str, Any]] = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["effects"]
+        return out
 
 
 def neutral_kl(model: Any, steerer: Any, texts: Sequence[str] | NeutralBase, *, batch_size: int = 8) -> float:
@@ -123,9 +129,11 @@ def calibrate_strength(
     if cap is not None:
         magnitude = min(magnitude, cap)
     history: list[tuple[float, float]] = []
+    effects: list[dict[str, Any]] = []  # side_effects of each history entry
 
     def measure(m: float) -> float:
-        kl = neutral_kl(model, steerer.with_strength(sign * m), base)
+        effects.append(side_effects(model, steerer.with_strength(sign * m), base.texts, base=base))
+        kl = float(effects[-1]["kl"])
         history.append((sign * m, kl))
         return kl
 
@@ -133,8 +141,9 @@ def calibrate_strength(
         return abs(kl - target_kl) <= rel_tol * target_kl
 
     def result(limited: Optional[str] = None) -> Calibration:
-        best_s, best_kl = min(history, key=lambda h: abs(math.log(max(h[1], 1e-300) / target_kl)))
-        return Calibration(best_s, best_kl, float(target_kl), close(best_kl), limited, list(history))
+        best = min(range(len(history)), key=lambda i: abs(math.log(max(history[i][1], 1e-300) / target_kl)))
+        best_s, best_kl = history[best]
+        return Calibration(best_s, best_kl, float(target_kl), close(best_kl), limited, list(history), effects[best])
 
     # The neutral KL grows like a power of the strength (KL ≈ c·s², the second-order term,
     # at small strengths; slower once an edit saturates). Each step solves that law in log

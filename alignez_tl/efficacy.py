@@ -607,8 +607,15 @@ def run_sweep(
     per_prompt: dict[str, list[float]] = {"base": base_scores}
 
     def run_condition(
-        name: str, method: str, control: Optional[str], steerer: Any, target: Optional[float], calib: Optional[dict]
+        name: str,
+        method: str,
+        control: Optional[str],
+        steerer: Any,
+        target: Optional[float],
+        calib: Optional[dict],
+        side: Optional[dict] = None,
     ) -> dict[str, Any]:
+        """Generate, score and measure one condition; `side`: its side effects if already measured."""
         monitor: dict[str, int] = {}
         kwargs = dict(gen)
         if hasattr(steerer, "terms"):
@@ -633,7 +640,8 @@ def run_sweep(
             "generation": generation_stats(base_text, text, tokenizer=model.tokenizer),
         }
         if hasattr(steerer, "hooks") and method != "prompt":
-            side = side_effects(model, steerer, base_neutral.texts, base=base_neutral)
+            if side is None:  # the calibrated strength's were measured by the calibration
+                side = side_effects(model, steerer, base_neutral.texts, base=base_neutral)
             row["kl"] = side["kl"]
             row["neutral_ppl_ratio"] = side["ppl_ratio"]
         if monitor.get("edited"):
@@ -666,7 +674,7 @@ def run_sweep(
             previous = (cal.strength, cal.kl)
             at = steerer.with_strength(cal.strength)
             tag = f"{method}@{target:g}"
-            row = run_condition(tag, method, None, at, target, cal.to_dict())
+            row = run_condition(tag, method, None, at, target, cal.to_dict(), cal.effects)
             mirror = run_condition(f"{tag}:mirror", method, "mirror", at.mirror(), target, None)
             row["vs_mirror"] = bootstrap_mean(
                 [a - b for a, b in zip(per_prompt[tag], per_prompt[mirror["name"]])],

@@ -38,6 +38,11 @@ def test_calibration_hits_the_target_kl_within_ten_percent(arch, kind, llama, gp
     assert again == pytest.approx(cal.kl, rel=1e-6)
     assert neutral_kl(model, steerer.with_strength(cal.strength), base) == pytest.approx(cal.kl, rel=1e-9)
     assert cal.history[-1][0] == cal.strength or any(s == cal.strength for s, _ in cal.history)
+    # the side effects kept at that strength are the ones a fresh pass over the same base gives
+    fresh = side_effects(model, steerer.with_strength(cal.strength), NEUTRAL, base=base)
+    assert cal.effects["kl"] == fresh["kl"] == cal.kl
+    assert cal.effects["ppl_ratio"] == fresh["ppl_ratio"] and cal.effects["kl_per_text"] == fresh["kl_per_text"]
+    assert "effects" not in cal.to_dict() and cal.to_dict()["kl"] == cal.kl
 
 
 def test_a_bounded_edit_says_so_when_the_target_is_out_of_reach(llama, subs):
@@ -86,7 +91,11 @@ def test_the_search_reaches_known_laws_in_few_evaluations(monkeypatch, law, targ
     from alignez_tl import calibration
     from alignez_tl.eval.effects import NeutralBase
 
-    monkeypatch.setattr(calibration, "neutral_kl", lambda model, steerer, base: law(abs(steerer.strength)))
-    cal = calibrate_strength(None, _Knob(), target, texts=NeutralBase.__new__(NeutralBase))
+    monkeypatch.setattr(
+        calibration, "side_effects", lambda model, steerer, texts, base: {"kl": law(abs(steerer.strength))}
+    )
+    blank = NeutralBase.__new__(NeutralBase)
+    blank.texts = []
+    cal = calibrate_strength(None, _Knob(), target, texts=blank)
     assert cal.reached and abs(cal.kl - target) <= 0.1 * target
     assert cal.kl == law(abs(cal.strength)) and len(cal.history) <= most

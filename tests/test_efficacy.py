@@ -150,6 +150,7 @@ def test_a_whole_sweep_on_a_tiny_model(llama, tmp_path, task):
     scores = results["per_prompt"]["scores"]
     for c in results["conditions"]:
         if c["control"] is None and c["method"] != "prompt":
+            assert c["kl"] == c["calibration"]["kl"]  # the calibration's own measurement, not a second pass
             if c["calibration"]["reached"]:  # the generation-time KL is the calibrated one
                 assert abs(c["kl"] - c["target_kl"]) <= 0.1 * c["target_kl"] + 1e-9
             diffs = np.array(scores[c["name"]]) - np.array(scores[c["name"] + ":mirror"])
