@@ -232,6 +232,50 @@ def test_answer_nll_equals_the_unpadded_per_row_sum(tiny):
     assert total == pytest.approx(want, rel=1e-9 if tiny.cfg.dtype == torch.float64 else 1e-5)
 
 
+def test_answer_nll_on_a_kept_prompt_cache_equals_the_full_pass(tiny, monkeypatch):
+    """With `prompt_cache`, the prompts run once; later calls run only their answers on
+    that cache (cropped back after each), and every call gives the full pass's NLL."""
+    import torch
+
+    from alignez_tl import fastpath
+    from alignez_tl.efficacy import answer_nll
+    from alignez_tl.models import render
+
+    prompts = [render(tiny, q) for q in ("Hi", "How do I bake bread today?", "Tell me a story", "Why?", "Go")]
+    sets = [
+        [[5, 9, 11], [7], [3, 3, 3, 3, 8], [], [4, 4]],
+        [[2], [6, 1, 6, 1, 6, 1], [], [9, 8, 7], [5]],
+        [[], [], [], [], []],
+        [[5, 9, 11], [7], [3, 3, 3, 3, 8], [], [4, 4]],  # the first set again: the cache was cropped back
+    ]
+    view = fastpath.unwrapped_hf_model(tiny)
+    calls = []
+    real = view.forward
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs["input_ids"].shape[1], kwargs.get("past_key_values") is not None))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(view, "forward", spy)
+    cache: dict = {}
+    rel = 1e-9 if tiny.cfg.dtype == torch.float64 else 1e-5
+    for answers in sets:
+        calls.clear()
+        want = answer_nll(tiny, prompts, answers, batch_size=2)
+        full = list(calls)
+        calls.clear()
+        got = answer_nll(tiny, prompts, answers, batch_size=2, prompt_cache=cache)
+        assert got[1] == want[1] and got[0] == pytest.approx(want[0], rel=rel, abs=1e-9)
+        assert len(full) == 3 and not any(kv for _, kv in full)
+        assert all(kv for _, kv in calls)
+        longest = [max((len(a) for a in answers[i : i + 2]), default=0) for i in (0, 2, 4)]
+        if answers is sets[0]:  # the first call fills the cache: per batch its prompt pass, then its answers
+            assert [n for n, _ in calls][1::2] == longest == [3, 5, 2] and len(calls) == 6
+        else:  # later calls: answers only, one pass per batch with a token after the first to predict
+            assert [n for n, _ in calls] == [n for n in longest if n > 1]
+    assert sorted(k[0] for k in cache) == [0, 2, 4]
+
+
 def test_answer_nll_asks_the_view_only_for_the_answer_columns(gpt2, monkeypatch):
     from alignez_tl import fastpath
     from alignez_tl.efficacy import answer_nll
