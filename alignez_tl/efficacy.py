@@ -404,14 +404,11 @@ def answer_nll(
 def _prompt_state(model: Any, view: Any, prompts: list[str], keep_kwarg: bool) -> Optional[dict[str, Any]]:
     """One batch of prompts run into a KV cache: the cache, the mask, and the log-probs
     of the first answer token; None where the cache cannot be cropped back exactly."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
+    from .generation import croppable_cache
     from .models import encode, model_device
 
-    cache = DynamicCache(config=view.config)
-    replicated = getattr(cache, "layer_class_to_replicate", None)
-    if any(type(layer) is not DynamicLayer for layer in cache.layers) or replicated not in (None, DynamicLayer):
+    cache = croppable_cache(view)
+    if cache is None:
         return None
     device = model_device(model)
     enc = encode(model, prompts)

@@ -394,6 +394,19 @@ def _decode_hooked(model: Any, ids: Tensor, mask: Tensor, s: _Sampling, stops: l
     return torch.cat([ids, torch.stack(new, 1)], 1)
 
 
+def croppable_cache(view: nn.Module) -> Any:
+    """An empty Hugging Face `DynamicCache` for `view`, or None where one could not be
+    cropped back exactly (a sliding-window or other non-dynamic layer)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache = DynamicCache(config=view.config)  # type: ignore[arg-type]  # a Hugging Face config
+    replicated = getattr(cache, "layer_class_to_replicate", None)
+    if any(type(layer) is not DynamicLayer for layer in cache.layers) or replicated not in (None, DynamicLayer):
+        return None
+    return cache
+
+
 def _read_prefill(view: nn.Module, ids: Tensor, mask: Tensor, prefill: Prefill) -> tuple[Optional[Tensor], Any]:
     """Run the prompt unedited into a KV cache, read the last token at `prefill`, crop it off.
 
@@ -401,12 +414,8 @@ def _read_prefill(view: nn.Module, ids: Tensor, mask: Tensor, prefill: Prefill) 
     positions 0..P-2)`, or `(None, None)` where the cache cannot be cropped exactly (a
     sliding-window layer).
     """
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    cache = DynamicCache(config=view.config)  # type: ignore[arg-type]  # a Hugging Face config
-    replicated = getattr(cache, "layer_class_to_replicate", None)
-    if any(type(layer) is not DynamicLayer for layer in cache.layers) or replicated not in (None, DynamicLayer):
+    cache = croppable_cache(view)
+    if cache is None:
         return None, None
     # the position ids Hugging Face generate gives a left-padded prompt
     positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
