@@ -427,7 +427,6 @@ def _prompt_state(model: Any, view: Any, prompts: list[str], keep_kwarg: bool) -
     return {
         "cache": cache,
         "mask": mask,
-        "width": int(mask.shape[1]),
         "first_lp": last.to(torch.promote_types(last.dtype, torch.float32)).log_softmax(-1),
     }
 
