@@ -351,6 +351,7 @@ def answer_nll(
     HookedTransformer path, and a model whose cache cannot be cropped exactly (a
     sliding-window layer), ignore it.
     """
+    from .eval.effects import _log_probs
     from .fastpath import unwrapped_hf_model
     from .models import encode, model_device, pad_id, padding_kwargs
 
@@ -391,7 +392,7 @@ def answer_nll(
         else:
             logits = model(ids.to(device), **padding_kwargs(model, mask.to(device)))
         logits = logits[:, -keep:]  # columns width-keep .. width-1
-        lp = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
+        lp = _log_probs(logits[:, :-1])
         targets = ids[:, width - keep + 1 :, None].to(lp.device)  # the tokens those columns predict
         token_lp = lp.gather(-1, targets)[..., 0].cpu()  # [rows, keep-1]
         for i, n in enumerate(lengths):  # row i's answer is its last n tokens: token_lp[i, keep-1-n:]
@@ -404,6 +405,7 @@ def answer_nll(
 def _prompt_state(model: Any, view: Any, prompts: list[str], keep_kwarg: bool) -> Optional[dict[str, Any]]:
     """One batch of prompts run into a KV cache: the cache, the mask, and the log-probs
     of the first answer token; None where the cache cannot be cropped back exactly."""
+    from .eval.effects import _log_probs
     from .generation import croppable_cache
     from .models import encode, model_device
 
@@ -423,11 +425,10 @@ def _prompt_state(model: Any, view: Any, prompts: list[str], keep_kwarg: bool) -
         use_cache=True,
         **extra,
     )
-    last = out.logits[:, -1]
     return {
         "cache": cache,
         "mask": mask,
-        "first_lp": last.to(torch.promote_types(last.dtype, torch.float32)).log_softmax(-1),
+        "first_lp": _log_probs(out.logits[:, -1]),
     }
 
 
@@ -435,6 +436,8 @@ def _prompt_state(model: Any, view: Any, prompts: list[str], keep_kwarg: bool) -
 def _answers_on_cache(view: Any, state: dict[str, Any], answers: list[list[int]], pad: int) -> tuple[float, int]:
     """The answers' NLL on top of `_prompt_state`'s cache (right-padded after the prompt);
     the cache is cropped back to the prompt afterwards."""
+    from .eval.effects import _log_probs
+
     mask, first_lp = state["mask"], state["first_lp"]
     lengths = [len(a) for a in answers]
     longest = max(lengths)
@@ -457,7 +460,7 @@ def _answers_on_cache(view: Any, state: dict[str, Any], answers: list[list[int]]
             ).logits
         finally:
             state["cache"].crop(-longest)  # back to the prompt alone, for the next call
-        lp = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
+        lp = _log_probs(logits[:, :-1])
         token_lp = lp.gather(-1, ids[:, 1:, None].to(lp.device))[..., 0].cpu()  # column j predicts token j+1
         for i, n in enumerate(lengths):
             total -= float(token_lp[i, : max(n - 1, 0)].sum())
