@@ -106,7 +106,7 @@ def test_sweep_config_refuses_bad_settings(bad, match):
 
 
 @pytest.mark.parametrize("task", ["tone", "helpful"])
-def test_a_whole_sweep_on_a_tiny_model(llama, tmp_path, task):
+def test_a_whole_sweep_on_a_tiny_model(llama, tmp_path, task, monkeypatch):
     cfg = SweepConfig(
         task=task,
         n_prompts=6,
@@ -122,7 +122,21 @@ def test_a_whole_sweep_on_a_tiny_model(llama, tmp_path, task):
         methods=("alignez", "diffmean", "prompt"),
         null_for=("alignez",),
     )
+    import sys
+
+    from alignez_tl.eval import effects
+
+    real_side_effects, measured = effects.side_effects, []  # the sweep's own neutral passes (not the calibration's)
+
+    def counting_side_effects(model, steerer, *args, **kwargs):
+        if sys._getframe(1).f_code.co_filename.endswith("efficacy.py"):
+            measured.append(steerer)
+        return real_side_effects(model, steerer, *args, **kwargs)
+
+    monkeypatch.setattr(effects, "side_effects", counting_side_effects)
     results = run_sweep(llama, cfg, tmp_path)
+    # a calibrated row reuses its calibration's pass: only the mirrors and the nulls get one
+    assert len(measured) == sum(1 for c in results["conditions"] if c["control"] in ("mirror", "null")) == 6
     for name in (
         "results.json",
         "results.md",
@@ -150,7 +164,7 @@ def test_a_whole_sweep_on_a_tiny_model(llama, tmp_path, task):
     scores = results["per_prompt"]["scores"]
     for c in results["conditions"]:
         if c["control"] is None and c["method"] != "prompt":
-            assert c["kl"] == c["calibration"]["kl"]  # the calibration's own measurement, not a second pass
+            assert c["kl"] == c["calibration"]["kl"]  # the calibration's own measurement
             if c["calibration"]["reached"]:  # the generation-time KL is the calibrated one
                 assert abs(c["kl"] - c["target_kl"]) <= 0.1 * c["target_kl"] + 1e-9
             diffs = np.array(scores[c["name"]]) - np.array(scores[c["name"] + ":mirror"])
