@@ -636,12 +636,16 @@ def _sweep_config(args: argparse.Namespace) -> Any:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .efficacy import run_sweep
 
-    if args.resume:
-        raise CLIError("--resume applies to alignez eval without --sweep or --compose")
+    resume = _check_resume(args)
     config = _sweep_config(args)
     judge_spec = config.judge.partition(":")[2] if config.task == "helpful" and config.judge != "self" else None
-    final = _out_dir(args.out, args.force, f"sweep-{config.task}")
+    final = _out_dir(args.out, args.force, f"sweep-{config.task}", resume=resume)
+    if resume and (final / "results.json").is_file() and not (final / "checkpoint").is_dir():
+        raise CLIError(
+            f"--resume: the sweep in {final} has finished (results.json, no checkpoint/): nothing to continue"
+        )
     model = _load(args)
+    args.resume_hint = f"{final}/checkpoint/"  # each finished step of the sweep, for --resume
     judge_model = None
     if judge_spec:
         from .models import ModelSpecError, load_model
@@ -652,7 +656,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             raise CLIError(f"--judge {config.judge}: {exc}") from None
     with staged_folder(final) as out:
         run_sweep(
-            model, config, out, judge_model=judge_model, say=lambda *parts: _say(args, *parts), verbose=not args.quiet
+            model,
+            config,
+            out,
+            judge_model=judge_model,
+            say=lambda *parts: _say(args, *parts),
+            verbose=not args.quiet,
+            resume=resume,
         )
     _say(args, (final / "results.md").read_text(encoding="utf-8"))
     print(f"wrote {final}/ (results.json, results.md, frontier.png, generations.jsonl, pairs.jsonl)")
@@ -665,7 +675,7 @@ def _cmd_compose(args: argparse.Namespace) -> int:
     from .preferences import prefill_text
 
     if args.resume:
-        raise CLIError("--resume applies to alignez eval without --sweep or --compose")
+        raise CLIError("--resume does not apply to --compose (alignez eval and eval --sweep resume)")
     for flag in ("sweep", "kl_targets", "rank", "methods", "judge", "pairs_file", "prompts", "per_category"):
         if getattr(args, flag) not in (None, False):
             raise CLIError(f"--{flag.replace('_', '-')} does not apply to --compose")

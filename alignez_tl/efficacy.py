@@ -604,6 +604,67 @@ def _fit_diagnostics(sub: Any, prefs: Any, pos: Any, neg: Any, layer: int, count
     }
 
 
+class _Checkpoint:
+    """A sweep's finished steps in `out/checkpoint/`, so that an interrupted sweep resumes.
+
+    `header.json` holds what a resume must match (format, model, settings, a digest of the
+    evaluation prompts and of the pairs file); every other file is one finished step (the
+    judge's calibration, the pairs, the base answers, one condition), written atomically
+    once the step is complete, so a kill leaves only whole steps. Every step is seeded and
+    greedy, so a resumed sweep's results equal an uninterrupted one's. The folder is
+    removed once the sweep has written its results.
+    """
+
+    def __init__(self, folder: Path, header: dict[str, Any], resume: bool) -> None:
+        import shutil
+
+        from ._stream import compare_headers
+
+        self.folder = folder
+        header = json.loads(json.dumps(header, ensure_ascii=False, default=str))  # as the file holds it
+        self.started = time.perf_counter()
+        self.earlier = 0.0  # seconds the interrupted runs spent, up to their last finished step
+        self.resumed: set[str] = set()  # the steps read back
+        head = folder / "header.json"
+        if resume and head.is_file():
+            compare_headers(json.loads(head.read_text(encoding="utf-8")), header, folder)
+            clock = self.folder / "clock.json"
+            if clock.is_file():
+                self.earlier = float(json.loads(clock.read_text(encoding="utf-8"))["seconds"])
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        atomic_write_text(head, json.dumps(header, ensure_ascii=False, default=str) + "\n")
+
+    def seconds(self) -> float:
+        """Wall time of the sweep so far, over every run of it."""
+        return self.earlier + time.perf_counter() - self.started
+
+    def get(self, step: str) -> Optional[dict[str, Any]]:
+        """The record of a finished step, or None."""
+        path = self.folder / f"{step}.json"
+        if not path.is_file():
+            return None
+        self.resumed.add(step)
+        return cast(dict[str, Any], json.loads(path.read_text(encoding="utf-8")))
+
+    def put(self, step: str, record: dict[str, Any]) -> None:
+        atomic_write_text(self.folder / f"{step}.json", json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        atomic_write_text(self.folder / "clock.json", json.dumps({"seconds": self.seconds()}) + "\n")
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _digest(value: Any) -> str:
+    import hashlib
+
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def run_sweep(
     model: Any,
     config: SweepConfig,
@@ -612,11 +673,16 @@ def run_sweep(
     judge_model: Any = None,
     say: Callable[..., None] = lambda *a: None,
     verbose: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run one objective's sweep into `out`; returns the results dict (also results.json).
 
     `judge_model` is the pairwise judge's model for the `helpful` task (None with
-    `judge="self"`: the steered model judges).
+    `judge="self"`: the steered model judges). Each finished step is kept in
+    `out/checkpoint/` until the results are written; `resume=True` continues from there
+    (the pairs, the base answers and every finished condition are read back, not
+    recomputed), and refuses (`ResumeError`, naming the field) a checkpoint written with
+    another model or other settings. A resumed sweep's results equal an uninterrupted one's.
     """
     from .calibration import calibrate_strength
     from .eval.effects import generation_stats, is_degenerate, neutral_base, side_effects
@@ -625,12 +691,24 @@ def run_sweep(
     from .preferences import generate_preferences
     from .prompts import NEUTRAL_TEXTS_EXTENDED
 
-    t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     evals, fit_queries = task_prompts(config)
     queries = [p["query"] for p in evals]
     categories = [p.get("category", "") for p in evals]
+    checkpoint = _Checkpoint(
+        out / "checkpoint",
+        {
+            "type": "header",
+            "format": "alignez-sweep-checkpoint/1",
+            "model": getattr(model.cfg, "model_name", None),
+            "judge_model": None if judge_model is None else getattr(judge_model.cfg, "model_name", None),
+            "config": config.to_dict(),
+            "prompts": _digest(evals),
+            "pairs_file": _digest(Path(config.pairs_file).read_text(encoding="utf-8")) if config.pairs_file else None,
+        },
+        resume,
+    )
     gen: dict[str, Any] = dict(
         max_new_tokens=config.max_new_tokens,
         batch_size=config.batch_size,
@@ -643,8 +721,12 @@ def run_sweep(
     if config.task == "helpful":
         judge = LogprobJudge(judge_model if judge_model is not None else model, name=config.judge)
         say("[0] judge calibration on the known-winner set")
-        calibration = judge_calibration(judge)
+        calibration = checkpoint.get("judge_calibration")
+        if calibration is None:
+            calibration = judge_calibration(judge)
+            checkpoint.put("judge_calibration", calibration)
 
+    pairs_done = checkpoint.get("pairs") is not None
     if config.pairs_file:
         from .preferences import read_pairs
 
@@ -657,6 +739,11 @@ def run_sweep(
             )
         fit_queries = prefs.queries
         say(f"[1] {len(prefs)} pairs from {config.pairs_file}")
+    elif pairs_done:
+        from .preferences import PreferenceSet
+
+        prefs = PreferenceSet.load(out / "pairs.jsonl")
+        say(f"[1] {len(prefs)} pairs generated before the interruption (resumed)")
     else:
         say(f"[1] self-generating {TASK_OBJECTIVE[config.task]} pairs from {len(fit_queries)} held-out fit prompts")
         prefs = generate_preferences(
@@ -671,7 +758,9 @@ def run_sweep(
             batch_size=config.batch_size,
             verbose=verbose,
         )
-    prefs.save(out / "pairs.jsonl")
+    if not pairs_done:
+        prefs.save(out / "pairs.jsonl")
+        checkpoint.put("pairs", {"n": len(prefs)})
     say("[2] fitting the methods on the same pairs")
     methods, fit = _fit_methods(model, config, prefs, queries, say)
     fit["subspace"].save(out / "subspace.safetensors")
@@ -686,12 +775,17 @@ def run_sweep(
     say("[3] base answers")
     from .baselines import NoSteerer
 
-    base_ids, base_text = cast(  # return_tokens=True: (new token ids, texts)
-        tuple[list[list[int]], list[str]], NoSteerer().generate(model, queries, **gen)
-    )  # the shared loop, no hooks
-    base_scores = score(base_text, base_text)
     nll_cache: dict = {}  # the prompts' KV, run once for every condition's answer_nll
-    base_nll = answer_nll(model, prompts_text, base_ids, batch_size=config.batch_size, prompt_cache=nll_cache)
+    done = checkpoint.get("base")
+    if done is None:
+        base_ids, base_text = cast(  # return_tokens=True: (new token ids, texts)
+            tuple[list[list[int]], list[str]], NoSteerer().generate(model, queries, **gen)
+        )  # the shared loop, no hooks
+        base_scores = score(base_text, base_text)
+        base_nll = answer_nll(model, prompts_text, base_ids, batch_size=config.batch_size, prompt_cache=nll_cache)
+        checkpoint.put("base", {"text": base_text, "scores": base_scores, "nll": list(base_nll)})
+    else:
+        base_text, base_scores, base_nll = done["text"], done["scores"], tuple(done["nll"])
     conditions: list[dict[str, Any]] = []
     answers: dict[str, list[str]] = {"base": base_text}
     per_prompt: dict[str, list[float]] = {"base": base_scores}
@@ -705,7 +799,14 @@ def run_sweep(
         calib: Optional[dict],
         side: Optional[dict] = None,
     ) -> dict[str, Any]:
-        """Generate, score and measure one condition; `side`: its side effects if already measured."""
+        """Generate, score and measure one condition; `side`: its side effects if already measured.
+
+        A condition the checkpoint holds is read back instead."""
+        done = checkpoint.get(name)
+        if done is not None:
+            answers[name], per_prompt[name] = done["answers"], done["scores"]
+            say(f"    {name}: finished before the interruption (resumed)")
+            return cast(dict[str, Any], done["row"])
         monitor: dict[str, int] = {}
         kwargs = dict(gen)
         if hasattr(steerer, "terms"):
@@ -745,6 +846,7 @@ def run_sweep(
             out / "conditions" / f"{name}.jsonl",
             [{"query": q, "answer": a, "score": s} for q, a, s in zip(queries, text, scores)],
         )
+        checkpoint.put(name, {"row": row, "answers": text, "scores": scores})
         say(
             f"    {name}: strength {row['strength']}, KL {row.get('kl', float('nan')):.4f}, "
             f"Δ vs base {row['vs_base']['mean']:+.4f} {row['vs_base']['ci']}, changed {row['changed']:.0f}%, "
@@ -760,11 +862,17 @@ def run_sweep(
             start: Optional[float] = None  # a later target starts from the last strength, scaled by KL ∝ s²
             if previous is not None and previous[0] != 0 and previous[1] > 0:
                 start = abs(previous[0]) * math.sqrt(target / previous[1])
-            cal = calibrate_strength(model, steerer, target, texts=base_neutral, start=start)
-            previous = (cal.strength, cal.kl)
-            at = steerer.with_strength(cal.strength)
             tag = f"{method}@{target:g}"
-            row = run_condition(tag, method, None, at, target, cal.to_dict(), cal.effects)
+            done = checkpoint.get(tag)
+            if done is None:
+                cal = calibrate_strength(model, steerer, target, texts=base_neutral, start=start)
+                calib, effects, strength, reached_kl = cal.to_dict(), cal.effects, cal.strength, cal.kl
+            else:  # finished before an interruption: its calibrated strength, read back
+                calib, effects = done["row"]["calibration"], None
+                strength, reached_kl = calib["strength"], calib["kl"]
+            previous = (strength, reached_kl)
+            at = steerer.with_strength(strength)
+            row = run_condition(tag, method, None, at, target, calib, effects)
             mirror = run_condition(f"{tag}:mirror", method, "mirror", at.mirror(), target, None)
             row["vs_mirror"] = bootstrap_mean(
                 [a - b for a, b in zip(per_prompt[tag], per_prompt[mirror["name"]])],
@@ -815,7 +923,8 @@ def run_sweep(
         "conditions": conditions,
         "matched_kl": matched,
         "per_prompt": {"queries": queries, "scores": per_prompt, "steerability": _steerability(conditions, per_prompt)},
-        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "wall_seconds": round(checkpoint.seconds(), 1),
+        "resumed_steps": len(checkpoint.resumed),
     }
     atomic_write_jsonl(
         out / "generations.jsonl",
@@ -831,6 +940,7 @@ def run_sweep(
     plt.close(fig)
     atomic_write_text(out / "results.md", markdown(results))
     atomic_write_text(out / "results.json", json.dumps(results, indent=1, ensure_ascii=False, default=str) + "\n")
+    checkpoint.close()
     return results
 
 
@@ -982,7 +1092,12 @@ def markdown(results: dict[str, Any]) -> str:
         f"- ranks per layer: {fit['ranks']}",
         "- cos(θ₁, mean difference) per layer: "
         + ", ".join(f"{k}: {v:.2f}" for k, v in fit["cos_theta1_diffmean"].items()),
-        f"- wall time: {results['wall_seconds']:.0f} s",
+        f"- wall time: {results['wall_seconds']:.0f} s"
+        + (
+            f" (resumed after an interruption: {results['resumed_steps']} finished steps read back)"
+            if results.get("resumed_steps")
+            else ""
+        ),
         "",
     ]
     return "\n".join(lines)

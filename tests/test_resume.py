@@ -171,3 +171,102 @@ def test_read_existing_and_compare_headers(tmp_path):
     path.write_bytes(b'{"type": "header"}\nnot json\n{"i": 1}\n')
     with pytest.raises(ResumeError, match="line 2 is not a complete JSON line"):
         read_existing(path)
+
+
+def test_a_sweep_interrupted_between_conditions_resumes_to_the_same_results(llama, tmp_path, monkeypatch):
+    from alignez_tl import baselines, calibration, preferences
+    from alignez_tl.efficacy import SweepConfig, run_sweep
+
+    cfg = SweepConfig(
+        task="tone",
+        n_prompts=4,
+        n_fit=2,
+        kl_targets=(0.02, 0.08),
+        n_characteristics=1,
+        elicit_tokens=6,
+        response_tokens=6,
+        max_new_tokens=5,
+        batch_size=4,
+        n_boot=100,
+        methods=("alignez", "diffmean"),
+        null_for=("alignez",),
+    )
+    full = run_sweep(llama, cfg, tmp_path / "full")
+    assert full["resumed_steps"] == 0 and not (tmp_path / "full" / "checkpoint").exists()
+
+    real = calibration.calibrate_strength
+    out = tmp_path / "cut"
+    with monkeypatch.context() as m:  # killed while calibrating the second target (Ctrl-C)
+        calls = []
+
+        def calibrate_then_die(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        m.setattr(calibration, "calibrate_strength", calibrate_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(llama, cfg, out)
+    kept = sorted(p.name for p in (out / "checkpoint").iterdir())
+    assert kept == sorted(
+        ["header.json", "clock.json", "pairs.json", "base.json"]
+        + [f"alignez@0.02{c}.json" for c in ("", ":mirror", ":null")]
+    )
+    assert not (out / "results.json").exists()
+
+    with pytest.raises(ResumeError, match=r"another config\.n_boot \(100 in the file, 200 now\)"):
+        run_sweep(llama, SweepConfig(**{**cfg.to_dict(), "n_boot": 200}), out, resume=True)
+
+    with monkeypatch.context() as m:  # what was finished is read back, never recomputed
+        recalibrated = []
+
+        def counted(*args, **kwargs):
+            recalibrated.append(1)
+            return real(*args, **kwargs)
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("a finished step ran again")
+
+        m.setattr(calibration, "calibrate_strength", counted)
+        m.setattr(preferences, "generate_preferences", refuse)
+        m.setattr(baselines.NoSteerer, "generate", refuse)
+        resumed = run_sweep(llama, cfg, out, resume=True)
+    assert len(recalibrated) == 3  # alignez@0.08, diffmean@0.02, diffmean@0.08
+    assert resumed["resumed_steps"] == 5  # the pairs, the base answers, alignez@0.02 and its two controls
+    assert not (out / "checkpoint").exists()
+
+    def comparable(results):
+        return json.loads(
+            json.dumps({k: v for k, v in results.items() if k not in ("wall_seconds", "resumed_steps")}, default=str)
+        )
+
+    assert comparable(resumed) == comparable(full)
+    for name in ("generations.jsonl", "pairs.jsonl"):
+        assert (out / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name
+    assert "resumed after an interruption: 5 finished steps read back" in (out / "results.md").read_text()
+
+
+def test_a_killed_command_line_sweep_says_how_to_resume_and_resumes(tiny_dir, tmp_path, monkeypatch, capsys):
+    from alignez_tl import calibration
+
+    out = tmp_path / "sweep"
+    argv = ["eval", "--sweep", "tone", "--model", tiny_dir, "--quick", "--quiet", "--methods", "diffmean"]
+    argv += ["--out", str(out)]
+    with monkeypatch.context() as m:
+
+        def killed(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        m.setattr(calibration, "calibrate_strength", killed)
+        assert cli.main(argv) == 130
+    err = capsys.readouterr().err
+    assert f"{out}/checkpoint/ keeps every completed row: rerun the same command with --resume" in err, err
+    assert (out / "checkpoint" / "base.json").is_file() and not (out / "results.json").exists()
+    assert cli.main(argv) == 2  # the interrupted folder is not overwritten by accident
+    assert "is not empty" in capsys.readouterr().err
+    assert cli.main(argv + ["--resume"]) == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert results["resumed_steps"] == 2 and not (out / "checkpoint").exists()  # the pairs, the base answers
+    assert cli.main(argv + ["--resume"]) == 2
+    assert "has finished" in capsys.readouterr().err
