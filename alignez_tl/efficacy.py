@@ -692,10 +692,21 @@ def run_sweep(
     from .prompts import NEUTRAL_TEXTS_EXTENDED
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     evals, fit_queries = task_prompts(config)
     queries = [p["query"] for p in evals]
     categories = [p.get("category", "") for p in evals]
+    file_prefs = None
+    if config.pairs_file:  # read and checked before any work
+        from .preferences import read_pairs
+
+        file_prefs = read_pairs(config.pairs_file, objective=TASK_OBJECTIVE[config.task])
+        overlap = set(file_prefs.queries) & set(queries)
+        if overlap:
+            raise InvalidArgumentError(
+                f"{len(overlap)} queries of {config.pairs_file} are evaluation prompts: the "
+                "evaluation must be on held-out prompts"
+            )
+    out.mkdir(parents=True, exist_ok=True)
     checkpoint = _Checkpoint(
         out / "checkpoint",
         {
@@ -727,16 +738,8 @@ def run_sweep(
             checkpoint.put("judge_calibration", calibration)
 
     pairs_done = checkpoint.get("pairs") is not None
-    if config.pairs_file:
-        from .preferences import read_pairs
-
-        prefs = read_pairs(config.pairs_file, objective=TASK_OBJECTIVE[config.task])
-        overlap = set(prefs.queries) & set(queries)
-        if overlap:
-            raise InvalidArgumentError(
-                f"{len(overlap)} queries of {config.pairs_file} are evaluation prompts: the "
-                "evaluation must be on held-out prompts"
-            )
+    if file_prefs is not None:
+        prefs = file_prefs
         fit_queries = prefs.queries
         say(f"[1] {len(prefs)} pairs from {config.pairs_file}")
     elif pairs_done:

@@ -322,7 +322,7 @@ def test_a_pairs_file_with_evaluation_prompts_is_refused(llama, tmp_path):
     cfg = SweepConfig(task="tone", n_prompts=6, pairs_file=str(path), batch_size=4, max_new_tokens=4)
     with pytest.raises(ValueError, match="held-out"):
         run_sweep(llama, cfg, tmp_path / "out")
-    assert not (tmp_path / "out" / "results.json").exists()
+    assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
 def test_a_sweep_with_iti_on_labelled_pairs(llama, tmp_path):
